@@ -1,0 +1,147 @@
+"""Dataset registry. Every dataset is read from package data or a local path; nothing is downloaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+
+from kmim.config import DataConfig
+from kmim.data.mnist5k import load_mnist5k
+from kmim.data.transforms import eval_transform, pretrain_transform
+from kmim.errors import KmimError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_size: int | None  # side of every image when fixed (digits, CIFAR), None for photo folders
+    classes: tuple[str, ...]
+
+
+class ArrayDataset(Dataset):
+    """In-memory images (N, C, H, W) uint8 with integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.images[i]  # (C, H, W) uint8
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+def _mnist5k(cfg: DataConfig, split: str) -> tuple[Dataset, DatasetInfo]:
+    x, y = load_mnist5k(split)
+    info = DatasetInfo(1, (0.1307,), (0.3081,), 28, tuple(str(i) for i in range(10)))
+    return ArrayDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y)), info
+
+
+def synthetic_arrays(per_class: int, classes: int, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny seeded dataset: each class is a bright square at its own place on a noisy background."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    n = per_class * classes
+    y = np.repeat(np.arange(classes), per_class)
+    x = rng.integers(0, 40, size=(n, 1, size, size)).astype(np.uint8)
+    side = max(size // 3, 2)
+    for i, c in enumerate(y):
+        r0 = (c * side // 2 + rng.integers(0, 2)) % (size - side)
+        c0 = ((c * 5) % (size - side) + rng.integers(0, 2)) % (size - side)
+        x[i, 0, r0 : r0 + side, c0 : c0 + side] = 200
+    return x, y
+
+
+def _synthetic(cfg: DataConfig, split: str) -> tuple[Dataset, DatasetInfo]:
+    x, y = synthetic_arrays(cfg.synthetic_per_class, cfg.synthetic_classes, cfg.img_size, split)
+    info = DatasetInfo(1, (0.5,), (0.25,), cfg.img_size, tuple(str(i) for i in range(cfg.synthetic_classes)))
+    return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y)), info
+
+
+def _root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise KmimError(f"data.root is not set: data.name={cfg.name} reads a local folder (data.root=/path/to/data)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise KmimError(f"data.root {root} does not exist or is not a folder")
+    return root
+
+
+def _cifar(cfg: DataConfig, split: str, hundred: bool) -> tuple[Dataset, DatasetInfo]:
+    cls = tvd.CIFAR100 if hundred else tvd.CIFAR10
+    root = _root(cfg)
+    try:
+        ds = cls(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
+        raise KmimError(
+            f"{root}: no valid CIFAR python-pickle folder '{folder}' (missing or corrupted files)"
+        ) from None
+    x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+    info = DatasetInfo(3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, tuple(ds.classes))
+    return ArrayDataset(x, torch.as_tensor(ds.targets)), info
+
+
+class _CheckedLoader:
+    """PIL loader for ImageFolder that turns unreadable or too-small images into one-line errors."""
+
+    def __init__(self, min_side: int) -> None:
+        self.min_side = min_side
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as e:
+            raise KmimError(f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it") from None
+        if min(img.size) < self.min_side:
+            raise KmimError(f"{path}: image is {img.size[0]}x{img.size[1]}, smaller than one patch ({self.min_side})")
+        return img
+
+
+def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset, DatasetInfo]:
+    folder = _root(cfg) / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise KmimError(f"{folder} does not exist: an ImageFolder root needs train/ and val/ with one folder per class")
+    if not any(p.is_dir() for p in folder.iterdir()):
+        raise KmimError(f"{folder} has no class folders: put images in {folder}/<class>/*.jpg")
+    try:
+        ds = tvd.ImageFolder(str(folder), loader=_CheckedLoader(min_side), allow_empty=False)
+    except FileNotFoundError as e:
+        raise KmimError(f"{folder}: {str(e).splitlines()[0]}: every class folder needs at least one image") from None
+    return ds, DatasetInfo(3, IMAGENET_MEAN, IMAGENET_STD, None, tuple(ds.classes))
+
+
+DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset, DatasetInfo]]] = {
+    "mnist5k": _mnist5k,
+    "synthetic": _synthetic,
+    "cifar10": lambda cfg, split: _cifar(cfg, split, hundred=False),
+    "cifar100": lambda cfg, split: _cifar(cfg, split, hundred=True),
+    "imagefolder": _imagefolder,
+}
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool = False, min_side: int = 1) -> tuple[Dataset, DatasetInfo]:
+    """The `split` ("train" | "test") of dataset `cfg.name` with the pretraining (train=True) or eval transform."""
+    if cfg.name not in DATASETS:
+        raise KmimError(f"data.name={cfg.name!r} is unknown: valid names are {', '.join(sorted(DATASETS))}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    ds, info = _imagefolder(cfg, split, min_side) if cfg.name == "imagefolder" else DATASETS[cfg.name](cfg, split)
+    make = pretrain_transform if train else eval_transform
+    tf = make(cfg, info.mean, info.std, info.native_size)
+    ds.transform = tf  # ArrayDataset and torchvision datasets both apply .transform to each image
+    return ds, info

@@ -1,0 +1,46 @@
+"""Pretraining and evaluation transforms (torchvision v2), shared by every dataset."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from kmim.config import DataConfig
+from kmim.errors import KmimError
+
+AUGS = ("rrc", "crop", "none")
+
+
+def _to_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def _fit_size(cfg: DataConfig, native: int | None) -> v2.Transform:
+    """Bring an image to img_size: pad smaller fixed-size images (digits), else resize + center crop."""
+    if native is not None and native <= cfg.img_size:
+        return v2.CenterCrop(cfg.img_size)  # pads with zeros (background) when the image is smaller
+    return v2.Compose([v2.Resize(round(cfg.img_size / 0.875), InterpolationMode.BICUBIC), v2.CenterCrop(cfg.img_size)])
+
+
+def eval_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None) -> v2.Compose:
+    """Deterministic view used for tokenizer fitting, feature extraction and probes."""
+    return v2.Compose([_fit_size(cfg, native), *_to_float(mean, std)])
+
+
+def pretrain_transform(
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+) -> v2.Compose:
+    """Augmented view seen by the encoder; the tokenizer computes targets on this same view."""
+    if cfg.aug not in AUGS:
+        raise KmimError(f"data.aug={cfg.aug!r} is not valid: use one of {', '.join(AUGS)}")
+    if cfg.aug == "rrc":
+        ops: list[v2.Transform] = [
+            v2.RandomResizedCrop(cfg.img_size, scale=(cfg.crop_scale_min, 1.0), interpolation=InterpolationMode.BICUBIC)
+        ]
+    elif cfg.aug == "crop":
+        ops = [_fit_size(cfg, native), v2.RandomCrop(cfg.img_size, padding=cfg.crop_pad, fill=0)]
+    else:
+        ops = [_fit_size(cfg, native)]
+    if cfg.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*ops, *_to_float(mean, std)])

@@ -1,0 +1,49 @@
+"""Training loop of the linear probe (MAE's head: BatchNorm without affine, then a linear layer)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kmim.engine.optim import lr_at, set_lr
+
+
+def probe_head(dim: int, num_classes: int) -> nn.Sequential:
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
+def train_linear_probe(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    lr: float,
+    epochs: int = 100,
+    batch_size: int = 256,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Fit the head on cached features (N, D) with AdamW, 10% warmup then cosine; returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = probe_head(feats.shape[1], num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    n = feats.shape[0]
+    steps_per_epoch = max(1, n // batch_size)
+    total = epochs * steps_per_epoch
+    head.train()
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            set_lr(opt, lr_at(step, total, total // 10, lr, 0.0))
+            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.eval()

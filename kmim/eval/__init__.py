@@ -1,0 +1,51 @@
+"""Evaluation of a frozen encoder: weighted kNN and linear probe on the dataset's test split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from kmim.config import RunConfig
+from kmim.data import build_dataset
+from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
+from kmim.eval.knn import top1, weighted_knn_predict
+from kmim.eval.probe import linear_probe
+
+__all__ = ["POOLS", "evaluate_encoder", "extract_features", "load_encoder", "pool_tokens", "split_features"]
+
+
+def split_features(encoder: nn.Module, cfg: RunConfig, device: str = "cpu", progress: bool = True):
+    """Features and labels of the train and test splits (eval transform), for every pool."""
+    train, info = build_dataset(cfg.data, "train")
+    test, _ = build_dataset(cfg.data, "test")
+    tr = extract_features(encoder, train, cfg.eval.batch_size, device, progress)
+    te = extract_features(encoder, test, cfg.eval.batch_size, device, progress)
+    return tr, te, len(info.classes)
+
+
+def evaluate_encoder(
+    encoder: nn.Module,
+    cfg: RunConfig,
+    methods: tuple[str, ...] = ("knn", "probe"),
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-1 (%) on the test split for each method, for every pool; `pool` records cfg.eval.pool, the headline one."""
+    e = cfg.eval
+    (trf, try_), (tef, tey), n_cls = split_features(encoder, cfg, device, progress)
+    out: dict[str, Any] = {"pool": e.pool, "n_train": len(try_), "n_test": len(tey)}
+    for pool in POOLS:
+        res: dict[str, Any] = {}
+        if "knn" in methods:
+            pred = weighted_knn_predict(trf[pool], try_, tef[pool], n_cls, e.knn_k, e.knn_temperature)
+            res["knn_top1"] = top1(pred, tey)
+        if "probe" in methods:
+            lp = linear_probe(
+                trf[pool], try_, tef[pool], tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
+                e.probe_weight_decay, cfg.train.seed,
+            )  # fmt: skip
+            res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]
+        out[pool] = res
+    out.update(out[e.pool])
+    return out

@@ -1,0 +1,61 @@
+"""Frozen-encoder features with every patch visible, and encoder loading from runs and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from kmim.data import make_loader
+from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from kmim.errors import KmimError
+
+POOLS = ("cls", "mean")
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    """tokens (B, 1 + L, D) after the final norm -> (B, D): the CLS token, or the mean of the patch tokens."""
+    if pool not in POOLS:
+        raise KmimError(f"eval.pool={pool!r} is not valid: use one of {', '.join(POOLS)}")
+    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module, ds: Dataset, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of every image of `ds` for each pool ({"cls": (N, D), "mean": (N, D)}) and labels (N,)."""
+    encoder.eval().to(device)
+    feats: dict[str, list[torch.Tensor]] = {p: [] for p in POOLS}
+    labels = []
+    for imgs, y in tqdm(make_loader(ds, batch_size, shuffle=False), desc="features", disable=not progress, leave=False):
+        tokens = encoder.forward_features(imgs.to(device)).float().cpu()  # (B, 1 + L, D)
+        for p in POOLS:
+            feats[p].append(pool_tokens(tokens, p))
+        labels.append(y)
+    return {p: torch.cat(v) for p, v in feats.items()}, torch.cat(labels)
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The timm encoder of a run directory, a training checkpoint or an encoder.pt, and the run's saved config."""
+    p = resolve_checkpoint(path)
+    ckpt = load_checkpoint(p)
+    if "encoder" not in ckpt or "timm_name" not in ckpt.get("encoder", {}):
+        raise KmimError(f"{p} does not describe an encoder (no timm architecture recorded)")
+    spec = ckpt["encoder"]
+    enc = timm.create_model(spec["timm_name"], pretrained=False, **spec["timm_kwargs"])
+    if "state_dict" in ckpt:  # encoder.pt
+        state = ckpt["state_dict"]
+    else:
+        state = {k.removeprefix("encoder."): v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    enc.load_state_dict(state)
+    config = ckpt.get("config")
+    if config is None:
+        run_cfg = p.parent / "checkpoints" / "last.pt"
+        config = load_checkpoint(run_cfg)["config"] if run_cfg.is_file() else None
+    return enc, {"config": config, "checkpoint": str(p), "encoder": spec}

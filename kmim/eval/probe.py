@@ -1,0 +1,47 @@
+"""Linear probe on cached features: learning rate chosen on a held-out part of train, then refit on all of train."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sklearn.model_selection import train_test_split
+
+from kmim.engine.probe import train_linear_probe
+from kmim.eval.knn import top1
+
+
+@torch.no_grad()
+def _accuracy(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    return top1(head(feats).argmax(dim=1), labels)
+
+
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    lrs: list[float],
+    epochs: int = 100,
+    batch_size: int = 256,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Top-1 (%) on test of a head trained with the lr that scored best on a stratified 10% of train."""
+    idx = torch.arange(len(train_labels))
+    fit_idx, val_idx = train_test_split(idx.numpy(), test_size=0.1, stratify=train_labels.numpy(), random_state=seed)
+    fit_idx, val_idx = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
+    val_acc = {}
+    for lr in lrs:
+        head = train_linear_probe(
+            train_feats[fit_idx], train_labels[fit_idx], num_classes, lr, epochs, batch_size, weight_decay, seed
+        )
+        val_acc[lr] = _accuracy(head, train_feats[val_idx], train_labels[val_idx])
+    best = max(lrs, key=lambda lr: (val_acc[lr], -lr))
+    head = train_linear_probe(train_feats, train_labels, num_classes, best, epochs, batch_size, weight_decay, seed)
+    return {
+        "top1": _accuracy(head, test_feats, test_labels),
+        "lr": best,
+        "val_top1": {str(k): v for k, v in val_acc.items()},
+    }

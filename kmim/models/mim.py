@@ -1,0 +1,106 @@
+"""MAE-style asymmetric masked image model: a timm ViT encoder on visible patches, a light decoder, a linear head.
+
+The head predicts `out_dim` values per patch: K logits for token targets (K-MIM) or p*p*C pixels (MAE). The model
+never sees a tokenizer: targets are computed by the training step.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+
+def random_masking(batch: int, num_patches: int, mask_ratio: float, device: torch.device) -> torch.Tensor:
+    """Per-sample random permutation of patch indices; the first L - round-down(L * ratio) are kept.
+
+    Returns ids_shuffle (B, L): ids_shuffle[:, :n_keep] are the visible patches, the rest are masked.
+    """
+    noise = torch.rand(batch, num_patches, device=device)  # (B, L)
+    return torch.argsort(noise, dim=1)  # small noise is kept, large is masked
+
+
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    return int(num_patches * (1 - mask_ratio))
+
+
+def sincos_pos_embed(grid: tuple[int, int], dim: int, cls_token: bool) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (1, [1 +] L, dim); the CLS entry is zeros, as in MAE."""
+    pe = build_sincos2d_pos_embed(list(grid), dim)  # (L, dim)
+    if cls_token:
+        pe = torch.cat([torch.zeros(1, dim), pe])
+    return pe[None]
+
+
+class MIMDecoder(nn.Module):
+    """Embeds encoder tokens, fills the masked positions with a mask token, runs timm blocks, predicts per patch."""
+
+    def __init__(
+        self,
+        enc_dim: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        grid: tuple[int, int],
+        out_dim: int,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed(grid, dim, cls_token=True), requires_grad=False)
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(
+            *[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
+        )
+        self.norm = norm(dim)
+        self.head = nn.Linear(dim, out_dim)
+
+    def forward(self, latent: torch.Tensor, ids_shuffle: torch.Tensor) -> torch.Tensor:
+        """latent (B, 1 + V, D_enc) with CLS first; ids_shuffle (B, L). Returns predictions (B, L, out_dim)."""
+        x = self.embed(latent)  # (B, 1 + V, D)
+        b, n_vis, d = x.shape[0], x.shape[1] - 1, x.shape[2]
+        n = ids_shuffle.shape[1]
+        masked = self.mask_token.expand(b, n - n_vis, d)  # (B, L - V, D)
+        shuffled = torch.cat([x[:, 1:], masked], dim=1)  # (B, L, D) in shuffled order
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
+        patches = torch.gather(shuffled, 1, ids_restore[..., None].expand(-1, -1, d))  # (B, L, D) in image order
+        x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed  # (B, 1 + L, D)
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 1:])  # (B, L, out_dim)
+
+
+class MaskedImageModel(nn.Module):
+    """Encoder = timm `VisionTransformer` (checkpoints load with `timm.create_model`); sees visible patches only."""
+
+    def __init__(self, encoder: VisionTransformer, decoder: MIMDecoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.patch_size = encoder.patch_embed.patch_size[0]
+        self.grid = tuple(encoder.patch_embed.grid_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+
+    def forward_encoder(self, imgs: torch.Tensor, ids_shuffle: torch.Tensor, n_keep: int) -> torch.Tensor:
+        """imgs (B, C, H, W) -> latent (B, 1 + n_keep, D) for the patches ids_shuffle[:, :n_keep]."""
+        enc = self.encoder
+        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]  # (B, L, D)
+        keep = ids_shuffle[:, :n_keep]  # (B, V)
+        x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, V, D)
+        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + V, D)
+        return enc.norm(enc.blocks(enc.norm_pre(x)))
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns predictions (B, L, out_dim) and mask (B, L) with 1 = masked (predicted), 0 = visible."""
+        b = imgs.shape[0]
+        ids_shuffle = random_masking(b, self.num_patches, mask_ratio, imgs.device)  # (B, L)
+        n_keep = num_visible(self.num_patches, mask_ratio)
+        latent = self.forward_encoder(imgs, ids_shuffle, n_keep)
+        pred = self.decoder(latent, ids_shuffle)
+        mask = torch.ones(b, self.num_patches, device=imgs.device)
+        mask.scatter_(1, ids_shuffle[:, :n_keep], 0.0)
+        return pred, mask

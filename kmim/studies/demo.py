@@ -1,0 +1,169 @@
+"""`kmim demo`: on mnist5k, fit the pixel tokenizer, pretrain K-MIM and MAE with the same encoder and budget,
+evaluate both and a random-init encoder (kNN and linear probe), and write report.md and results.json."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmim.commands import tokenize
+from kmim.config import RunConfig, config_to_dict, load_config
+from kmim.data import build_dataset
+from kmim.engine.checkpoint import load_checkpoint
+from kmim.engine.pretrain import pretrain, resume, seed_everything
+from kmim.errors import KmimError
+from kmim.eval import evaluate_encoder, load_encoder
+from kmim.models import build_mim, resolve_spec
+from kmim.runinfo import environment, write_json, write_text
+
+RANDOM_SEEDS = (0, 1, 2)
+FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.probe_epochs=10", "eval.probe_lrs=[0.1]"]
+
+
+def _method_cfgs(base: RunConfig, out: Path) -> dict[str, RunConfig]:
+    kmim = replace(base, name="kmim", out_dir=str(out))
+    kmim.tokenizer = replace(base.tokenizer, path=str(out / "tokenizer.pt"))
+    kmim.train = replace(base.train, target="tokens")
+    mae = replace(base, name="mae", out_dir=str(out))
+    mae.train = replace(base.train, target="pixels", norm_pix=True)
+    return {"kmim": kmim, "mae": mae}
+
+
+def _pretrain_or_reuse(cfg: RunConfig, progress: bool) -> Path:
+    """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        return pretrain(cfg, progress)[0]
+    if load_checkpoint(last)["config"] != config_to_dict(cfg):
+        raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
+    return resume(run_dir, (), progress)[0]
+
+
+def _random_init(cfg: RunConfig, seed: int):
+    """An untrained encoder with exactly the initialisation pretraining starts from."""
+    channels = build_dataset(cfg.data, "test")[1].channels
+    seed_everything(seed)
+    return build_mim(resolve_spec(cfg.model), cfg.data.img_size, channels, out_dim=1).encoder
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def run_demo(
+    out: str, config: str | None = None, overrides: list[str] = (), fast: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run the whole comparison; returns the results written to out/results.json."""
+    out_dir = Path(out)
+    base = load_config(config, [*(FAST if fast else []), *overrides])
+    if base.data.name != "mnist5k":
+        print(f"note: the demo is tuned for mnist5k; running on data.name={base.data.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tok_file = out_dir / "tokenizer.pt"
+    if not tok_file.exists():
+        tokenize(base, str(tok_file), progress)
+    methods: dict[str, dict[str, Any]] = {}
+    for name, cfg in _method_cfgs(base, out_dir).items():
+        _say(progress, f"[demo] pretraining {name} ({cfg.train.epochs} epochs, target={cfg.train.target})")
+        ts = time.perf_counter()
+        run_dir = _pretrain_or_reuse(cfg, progress)
+        train_s = time.perf_counter() - ts
+        _say(progress, f"[demo] evaluating {name}")
+        ev = evaluate_encoder(load_encoder(run_dir)[0], base, progress=progress)
+        methods[name] = {**_headline(ev), "wall_s": round(time.perf_counter() - ts, 1), "train_s": round(train_s, 1),
+                         "run_dir": str(run_dir), "by_pool": {p: ev[p] for p in ("cls", "mean")}}  # fmt: skip
+    methods["random_init"] = _random_rows(base, progress)
+    results = {
+        "dataset": base.data.name,
+        "pool": base.eval.pool,
+        "epochs": base.train.epochs,
+        "tokenizer_k": base.tokenizer.k,
+        "n_test": 1000 if base.data.name == "mnist5k" else None,
+        "methods": methods,
+        "total_wall_s": round(time.perf_counter() - t0, 1),
+        "env": environment(),
+    }
+    write_json(out_dir / "results.json", results)
+    report = render_report(results, fast)
+    write_text(out_dir / "report.md", report)
+    print(report)
+    return results
+
+
+def _headline(ev: dict[str, Any]) -> dict[str, Any]:
+    return {"knn_top1": round(ev["knn_top1"], 2), "linear_probe_top1": round(ev["linear_probe_top1"], 2)}
+
+
+def _random_rows(cfg: RunConfig, progress: bool) -> dict[str, Any]:
+    """The floor: untrained encoders (MAE initialisation) over several seeds; reports mean and spread."""
+    ts = time.perf_counter()
+    runs = [evaluate_encoder(_random_init(cfg, s), cfg, progress=progress) for s in RANDOM_SEEDS]
+    knn = _mean_std([r["knn_top1"] for r in runs])
+    lp = _mean_std([r["linear_probe_top1"] for r in runs])
+    return {
+        "knn_top1": round(knn[0], 2),
+        "linear_probe_top1": round(lp[0], 2),
+        "knn_top1_std": round(knn[1], 2),
+        "linear_probe_top1_std": round(lp[1], 2),
+        "seeds": list(RANDOM_SEEDS),
+        "wall_s": round(time.perf_counter() - ts, 1),
+    }
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def render_report(res: dict[str, Any], fast: bool = False) -> str:
+    m = res["methods"]
+    n = res["n_test"] or 1000
+    se = {k: 100 * math.sqrt(max(v["linear_probe_top1"], 1e-9) / 100 * (1 - v["linear_probe_top1"] / 100) / n)
+          for k, v in m.items()}  # fmt: skip
+    rows = [
+        "| method | kNN top-1 % | linear probe top-1 % | wall s |",
+        "|---|---|---|---|",
+    ]
+    names = {"kmim": f"K-MIM PIXEL (K={res['tokenizer_k']})", "mae": "MAE (norm-pix)", "random_init": "random init"}
+    for key in ("kmim", "mae", "random_init"):
+        v = m[key]
+        pm = (
+            (f" ± {v['knn_top1_std']:.1f}", f" ± {v['linear_probe_top1_std']:.1f}")
+            if key == "random_init"
+            else ("", "")
+        )
+        rows.append(
+            f"| {names[key]} | {v['knn_top1']:.1f}{pm[0]} | {v['linear_probe_top1']:.1f}{pm[1]} | {v['wall_s']:.0f} |"
+        )
+    gap_knn = m["kmim"]["knn_top1"] - m["mae"]["knn_top1"]
+    gap_lp = m["kmim"]["linear_probe_top1"] - m["mae"]["linear_probe_top1"]
+    lines = [
+        "# kmim demo: K-MIM vs MAE on mnist5k" + (" (FAST smoke run: numbers are not meaningful)" if fast else ""),
+        "",
+        f"Same ViT encoder and budget for both ({res['epochs']} epochs of {res['dataset']}'s 4,000 training images, "
+        f"mask ratio 0.75); features = {res['pool']} token of the frozen encoder; test split of {n} images.",
+        "",
+        *rows,
+        "",
+        f"K-MIM − MAE: kNN {gap_knn:+.1f} pt, linear probe {gap_lp:+.1f} pt. "
+        f"Total wall time {res['total_wall_s']:.0f} s.",
+        "",
+        "## How noisy is this?",
+        f"- Test-set sampling alone: one standard error of a top-1 near these values is about "
+        f"{max(se.values()):.1f} pt (binomial, n = {n}); a gap under ~2 SE ({2 * max(se.values()):.1f} pt) is not "
+        "resolved.",
+        f"- Random init over seeds {res['methods']['random_init']['seeds']}: the ± above is the standard deviation "
+        "of the encoder initialisation (plus the probe), the floor that pretraining must clear.",
+        "- K-MIM and MAE are one pretraining seed each; the linear probe on MNIST saturates early (a random encoder "
+        "already scores high), so kNN carries more of the signal.",
+        "",
+        "Per-pool numbers, probe learning rates and run directories are in results.json.",
+    ]
+    return "\n".join(lines) + "\n"

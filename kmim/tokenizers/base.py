@@ -1,0 +1,92 @@
+"""The tokenizer interface and its file format.
+
+A tokenizer maps each image patch to one id in [0, K). It is fitted on a dataset's training split, encodes batches
+on any device without gradients, and saves to one self-describing file:
+
+    {"format": "kmim-tokenizer", "version": 1, "kind": <registry name>, "meta": {...}, "state": <state_dict>}
+
+`meta` records K, patch size, channels, feature dim, the image normalization it was fitted under, the feature
+source, the dataset, fit statistics, the kmim version and git SHA. `check_compatible` refuses a tokenizer whose
+patch size, channels or normalization differ from the model's data, naming both values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kmim.errors import KmimError
+from kmim.runinfo import atomic_write
+
+FORMAT, VERSION = "kmim-tokenizer", 1
+
+
+class Tokenizer(nn.Module):
+    kind: ClassVar[str] = ""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.meta = dict(meta)
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["k"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.meta["patch_size"])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta["in_chans"])
+
+    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalized images -> token ids (B, L) int64, one per patch in row-major order."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.meta}
+
+    def save(self, path: str | Path) -> None:
+        blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "meta": self.meta, "state": self.state_dict()}
+        atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+    def check_compatible(
+        self, patch_size: int, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...], where: str = "tokenizer"
+    ) -> None:
+        """Refuse a tokenizer fitted for other patches or other image normalization than the model's data."""
+        if self.patch_size != patch_size:
+            raise KmimError(f"{where}: patch size {self.patch_size} does not match the model's patch size {patch_size}")
+        if self.in_chans != in_chans:
+            raise KmimError(f"{where}: fitted on {self.in_chans}-channel images, the data has {in_chans} channels")
+        norm = self.meta.get("normalization")
+        if norm is not None and (_rounded(norm["mean"]) != _rounded(mean) or _rounded(norm["std"]) != _rounded(std)):
+            raise KmimError(
+                f"{where}: fitted under normalization mean={norm['mean']} std={norm['std']}, "
+                f"the data uses mean={list(mean)} std={list(std)}: refit it on this dataset"
+            )
+
+
+def _rounded(v: Any) -> list[float]:
+    return [round(float(x), 5) for x in v]
+
+
+def read_tokenizer_file(path: str | Path) -> dict[str, Any]:
+    """Load and validate the container of a tokenizer file (not its kind-specific state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KmimError(f"tokenizer file {path} does not exist: fit one with `kmim tokenize`")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise KmimError(
+            f"tokenizer file {path} cannot be read ({type(e).__name__}): it is not a kmim tokenizer"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise KmimError(f"{path} is not a kmim tokenizer file (no '{FORMAT}' header)")
+    if blob.get("version") != VERSION:
+        raise KmimError(f"{path}: tokenizer file version {blob.get('version')} is not supported (expected {VERSION})")
+    return blob

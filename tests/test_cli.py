@@ -1,0 +1,72 @@
+"""End-to-end smoke tests of every command on tiny synthetic data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kmim.cli import main
+from tests.conftest import TINY
+
+
+def test_tokenize_pretrain_resume_knn_probe(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    tok = tmp_path / "tok.pt"
+    assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
+    assert tok.is_file() and "saved kmeans-pixels tokenizer (K=8" in capsys.readouterr().out
+
+    assert main(["pretrain", "-q", *TINY, f"out_dir={runs}", "name=r", f"tokenizer.path={tok}", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert '"steps": 3' in out
+
+    assert main(["pretrain", "-q", "--resume", f"{runs}/r", "train.epochs=2"]) == 0
+    assert '"steps": 6' in capsys.readouterr().out
+
+    assert main(["knn", "-q", f"{runs}/r", "eval.pool=mean"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["pool"] == "mean" and 0 <= res["knn_top1"] <= 100 and "linear_probe_top1" not in res
+
+    assert main(["probe", "-q", f"{runs}/r/checkpoints/last.pt"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 <= res["linear_probe_top1"] <= 100 and "knn_top1" not in res
+
+
+def test_demo_writes_report_and_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-q", "--fast", "--out", str(out), *TINY]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["methods"]) == {"kmim", "mae", "random_init"}
+    for m in res["methods"].values():
+        assert 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_probe_top1"] <= 100 and m["wall_s"] >= 0
+    report = (out / "report.md").read_text()
+    assert "| K-MIM PIXEL (K=8) |" in report and "How noisy" in report
+    # a second run in the same folder reuses the finished runs instead of training again
+    assert main(["demo", "-q", "--fast", "--out", str(out), *TINY]) == 0
+    assert json.loads((out / "results.json").read_text())["methods"]["kmim"]["knn_top1"] == m_knn(res)
+    # a different config in the same folder is refused rather than overwritten
+    assert main(["demo", "-q", "--fast", "--out", str(out), *TINY, "train.epochs=3"]) == 2
+    assert "holds a run with another config" in capsys.readouterr().err
+
+
+def m_knn(res):
+    return res["methods"]["kmim"]["knn_top1"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "train.epoch=3"], "bad config key or value at 'train.epoch'"),
+        (["knn", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+        (["pretrain", "-c", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["pretrain", "tokenizer.path=/nope.pt", "data.name=synthetic"], "tokenizer file /nope.pt does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmim.cli", *argv, f"out_dir={tmp_path}"] if argv[0] == "pretrain" else
+        [sys.executable, "-m", "kmim.cli", *argv],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,78 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from kmim.config import load_config
+from kmim.engine.checkpoint import load_checkpoint
+from kmim.engine.pretrain import pretrain, resume
+from kmim.errors import KmimError
+
+
+def test_pretrain_writes_a_complete_run_dir(tiny_overrides):
+    cfg = load_config(None, [*tiny_overrides, "name=kmim"])
+    run_dir, res = pretrain(cfg, progress=False)
+    for f in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "tokenizer.pt", "encoder.pt"):
+        assert (run_dir / f).is_file(), f
+    assert res["steps"] == 2 * (24 // 8) and res["images_seen"] == 2 * 24
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["config"]["train"]["epochs"] == 2 and ckpt["tokenizer"]["meta"]["k"] == 8
+    assert "git_sha" in json.loads((run_dir / "env.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "epoch_loss" in r] == [0, 1]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_overrides):
+    three = [*tiny_overrides, "train.epochs=3", "train.save_every=2"]
+    straight, res3 = pretrain(load_config(None, [*three, "name=a"]), progress=False)
+    crashed, _ = pretrain(load_config(None, [*three, "name=b"]), progress=False)
+    ckpts = crashed / "checkpoints"
+    shutil.copy(ckpts / "checkpoint-0002.pt", ckpts / "last.pt")  # as if the run died during epoch 3
+    assert load_checkpoint(ckpts / "last.pt")["train_state"]["step"] == 6
+    _, res = resume(crashed, progress=False)
+    assert res["steps"] == res3["steps"] == 9 and res["epochs"] == 3
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(ckpts / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "epoch_loss" in r] == [0, 1, 2]  # the re-run epoch is logged once
+
+
+def test_resume_extends_a_finished_run(tiny_overrides):
+    run, _ = pretrain(load_config(None, [*tiny_overrides, "name=c", "train.epochs=1"]), progress=False)
+    _, res = resume(run, ["train.epochs=2"], progress=False)
+    assert res["epochs"] == 2 and res["steps"] == 6
+
+
+def test_same_seed_same_numbers(tiny_overrides):
+    _, r1 = pretrain(load_config(None, [*tiny_overrides, "name=s1", "train.target=pixels"]), progress=False)
+    _, r2 = pretrain(load_config(None, [*tiny_overrides, "name=s2", "train.target=pixels"]), progress=False)
+    assert r1["final_epoch_loss"] == r2["final_epoch_loss"]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_overrides):
+    cfg = load_config(None, [*tiny_overrides, "name=acc", "train.batch_size=4", "train.accum_steps=2"])
+    _, res = pretrain(cfg, progress=False)
+    assert res["steps"] == 2 * (24 // 4 // 2)
+
+
+def test_existing_run_is_not_overwritten(tiny_overrides):
+    cfg = load_config(None, [*tiny_overrides, "name=x", "train.epochs=1"])
+    pretrain(cfg, progress=False)
+    with pytest.raises(KmimError, match="already holds a run"):
+        pretrain(cfg, progress=False)
+
+
+def test_bad_target_and_batch(tiny_overrides):
+    with pytest.raises(KmimError, match="train.target='pix' is not valid"):
+        pretrain(load_config(None, [*tiny_overrides, "name=t", "train.target=pix"]), progress=False)
+    with pytest.raises(KmimError, match="lower train.batch_size"):
+        pretrain(load_config(None, [*tiny_overrides, "name=u", "train.batch_size=64"]), progress=False)
+
+
+def test_bad_tokenizer_file_writes_nothing(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "name=bad", f"tokenizer.path={tmp_path / 'missing.pt'}"])
+    with pytest.raises(KmimError, match="missing.pt does not exist"):
+        pretrain(cfg, progress=False)
+    assert not (tmp_path / "runs" / "bad").exists()

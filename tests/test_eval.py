@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from kmim.config import load_config
+from kmim.engine.pretrain import pretrain
+from kmim.eval import evaluate_encoder, load_encoder, pool_tokens
+from kmim.eval.knn import top1, weighted_knn_predict
+from kmim.eval.probe import linear_probe
+
+
+def test_weighted_knn_hand_bank():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    q = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
+    assert weighted_knn_predict(bank, labels, q, 2, k=2).tolist() == [0, 1]
+    # with k = 5 every point votes; a low temperature makes the nearest ones dominate
+    assert weighted_knn_predict(bank, labels, q, 2, k=5, temperature=0.01).tolist() == [0, 1]
+    # a high temperature makes votes nearly equal: 3 of 5 are class 1
+    assert weighted_knn_predict(bank, labels, q, 2, k=5, temperature=100.0).tolist() == [1, 1]
+
+
+def test_top1():
+    assert top1(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2])) == pytest.approx(75.0)
+
+
+def test_pool_tokens():
+    t = torch.arange(12.0).reshape(1, 3, 4)  # CLS + 2 patches
+    assert pool_tokens(t, "cls").tolist() == [[0, 1, 2, 3]]
+    assert pool_tokens(t, "mean").tolist() == [[6, 7, 8, 9]]
+
+
+def test_linear_probe_separable_data():
+    torch.manual_seed(0)
+    centers = torch.eye(3) * 4
+    y = torch.arange(3).repeat_interleave(40)
+    x = centers[y] + 0.3 * torch.randn(120, 3)
+    res = linear_probe(x, y, x, y, 3, lrs=[0.01, 0.1], epochs=30, batch_size=32)
+    assert res["top1"] == 100.0 and res["lr"] in (0.01, 0.1)
+
+
+def test_evaluate_pretrained_run(tiny_overrides):
+    cfg = load_config(None, [*tiny_overrides, "name=ev", "train.target=pixels"])
+    run_dir, _ = pretrain(cfg, progress=False)
+    enc, info = load_encoder(run_dir)
+    assert info["config"]["data"]["name"] == "synthetic"
+    enc2, _ = load_encoder(run_dir / "encoder.pt")
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(enc.eval().forward_features(x), enc2.eval().forward_features(x))
+    res = evaluate_encoder(enc, cfg, progress=False)
+    assert res["n_train"] == 24 and res["n_test"] == 24
+    assert 0 <= res["knn_top1"] <= 100 and res["knn_top1"] == res["cls"]["knn_top1"]
+    assert set(res["mean"]) == {"knn_top1", "linear_probe_top1", "linear_probe_lr"}
