@@ -37,12 +37,20 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 @torch.no_grad()
 def compute_targets(
-    imgs: torch.Tensor, target: str, patch_size: int, tokenizer: Tokenizer | None = None, norm_pix: bool = True
+    imgs: torch.Tensor,
+    target: str,
+    patch_size: int,
+    tokenizer: Tokenizer | None = None,
+    norm_pix: bool = True,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Targets on the augmented view the encoder sees: token ids (B, L) or pixels (B, L, p*p*C)."""
+    """Targets on the augmented view the encoder sees: token ids (B, L) or pixels (B, L, p*p*C).
+
+    `labels` (B,) reach only tokenizers with `needs_labels` (the class-wise / cross-class oracles).
+    """
     if target == "tokens":
         assert tokenizer is not None, "target=tokens needs a tokenizer"
-        return tokenizer.encode(imgs)
+        return tokenizer.encode(imgs, labels if tokenizer.needs_labels else None)
     x = patchify(imgs, patch_size)
     return normalize_patches(x) if norm_pix else x
 

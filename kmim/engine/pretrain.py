@@ -145,12 +145,12 @@ class Pretrainer:
         self.model.train()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not self.progress, leave=False)
         t0, losses = time.perf_counter(), []
-        for i, (imgs, _) in enumerate(loader):
+        for i, (imgs, labels) in enumerate(loader):
             if i >= n_batches:
                 break
             if i % t.accum_steps == 0:
                 set_lr(self.opt, lr_at(st.step, total, warmup, self.lr, t.min_lr))
-            loss = self._micro_step(imgs.to(self.device, non_blocking=True))
+            loss = self._micro_step(imgs.to(self.device, non_blocking=True), labels.to(self.device))
             losses.append(loss)
             st.images += imgs.shape[0]
             if (i + 1) % t.accum_steps == 0:
@@ -171,9 +171,9 @@ class Pretrainer:
         if self.progress and is_main():
             tqdm.write(f"epoch {epoch + 1}/{t.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s")
 
-    def _micro_step(self, imgs: torch.Tensor) -> float:
+    def _micro_step(self, imgs: torch.Tensor, labels: torch.Tensor) -> float:
         t = self.cfg.train
-        targets = compute_targets(imgs, t.target, self.model.patch_size, self.tok, t.norm_pix)  # no grad
+        targets = compute_targets(imgs, t.target, self.model.patch_size, self.tok, t.norm_pix, labels)  # no grad
         with autocast_ctx(t.amp, self.device):
             pred, mask = self.model(imgs, t.mask_ratio)
             loss = mim_loss(pred, targets, mask, t.target, t.label_smoothing)

@@ -18,14 +18,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+import kmim
 from kmim.errors import KmimError
-from kmim.runinfo import atomic_write
+from kmim.runinfo import atomic_write, git_sha
 
 FORMAT, VERSION = "kmim-tokenizer", 1
 
 
 class Tokenizer(nn.Module):
+    """Subclasses set `kind`, implement `encode` and `from_state`; `needs_labels` marks label-using oracles."""
+
     kind: ClassVar[str] = ""
+    needs_labels: ClassVar[bool] = False  # oracle tokenizers (class-wise, cross-class) read the image labels
 
     def __init__(self, meta: dict[str, Any]) -> None:
         super().__init__()
@@ -43,8 +47,13 @@ class Tokenizer(nn.Module):
     def in_chans(self) -> int:
         return int(self.meta["in_chans"])
 
-    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalized images -> token ids (B, L) int64, one per patch in row-major order."""
+    def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) normalized images [and (B,) labels] -> token ids (B, L) int64, patches in row-major order."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> Tokenizer:
+        """Rebuild from a file's `meta` and `state` (see `load_tokenizer`)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -68,6 +77,26 @@ class Tokenizer(nn.Module):
                 f"{where}: fitted under normalization mean={norm['mean']} std={norm['std']}, "
                 f"the data uses mean={list(mean)} std={list(std)}: refit it on this dataset"
             )
+
+
+def base_meta(
+    k: int, patch_size: int, info: Any, dataset: str, feature_source: str, feature_dim: int, **extra: Any
+) -> dict[str, Any]:
+    """The fields every tokenizer file records (see the module docstring)."""
+    return {
+        "k": k,
+        "patch_size": patch_size,
+        "in_chans": info.channels,
+        "feature_dim": feature_dim,
+        "feature_source": feature_source,
+        "normalization": {"mean": list(info.mean), "std": list(info.std)},
+        "dataset": dataset,
+        **extra,
+    }
+
+
+def provenance() -> dict[str, Any]:
+    return {"kmim_version": kmim.__version__, "git_sha": git_sha()}
 
 
 def _rounded(v: Any) -> list[float]:

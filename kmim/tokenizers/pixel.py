@@ -10,13 +10,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-import kmim
 from kmim.config import TokenizerConfig
 from kmim.data import make_loader
 from kmim.errors import KmimError
-from kmim.runinfo import git_sha
-from kmim.tokenizers.base import Tokenizer
-from kmim.tokenizers.kmeans import assign, fit_kmeans
+from kmim.tokenizers.base import Tokenizer, base_meta, provenance
+from kmim.tokenizers.kmeans import KMeansResult, assign, fit_kmeans
 from kmim.tokenizers.patches import normalize_patches, patchify
 
 
@@ -43,7 +41,7 @@ class KMeansPixelTokenizer(Tokenizer):
         return normalize_patches(x) if self.meta.get("patch_norm") else x
 
     @torch.no_grad()
-    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
+    def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(imgs)  # (B, L, D)
         b, n, d = x.shape
         return assign(x.reshape(b * n, d), self.centroids).view(b, n)  # (B, L)
@@ -56,7 +54,10 @@ class KMeansPixelTokenizer(Tokenizer):
 def sample_patches(
     ds: Dataset, feature_fn: Any, cap: int, seed: int, batch_size: int = 256, progress: bool = True
 ) -> np.ndarray:
-    """A seeded sample of about 2 * cap patch vectors, drawn evenly over all images of `ds` (N, D) float32."""
+    """A seeded sample of about 2 * cap patch vectors, drawn evenly over all images of `ds` (N, D) float32.
+
+    feature_fn maps a batch of images (B, C, H, W) to per-patch vectors (B, L, D).
+    """
     n_img = len(ds)
     rng = np.random.default_rng(seed)
     out = []
@@ -68,25 +69,9 @@ def sample_patches(
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def fit_pixel_tokenizer(
-    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
-) -> KMeansPixelTokenizer:
-    """Fit K-means on patches of the (eval-transformed) training split `ds`."""
-    meta = {
-        "k": cfg.k,
-        "patch_size": patch_size,
-        "in_chans": info.channels,
-        "feature_dim": patch_size**2 * info.channels,
-        "feature_source": "pixels",
-        "patch_norm": cfg.patch_norm,
-        "normalization": {"mean": list(info.mean), "std": list(info.std)},
-        "dataset": dataset,
-    }
-    probe = KMeansPixelTokenizer(meta, torch.zeros(cfg.k, meta["feature_dim"]))
-    cap = cfg.k * cfg.max_points_per_centroid
-    x = sample_patches(ds, probe.features, cap, cfg.seed, progress=progress)
-    res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
-    meta["fit"] = {
+def kmeans_fit_meta(cfg: TokenizerConfig, res: KMeansResult) -> dict[str, Any]:
+    """Fit statistics recorded in meta['fit'] by every K-means tokenizer."""
+    return {
         "inertia": res.inertia,
         "n_fit": res.n_fit,
         "niter": cfg.niter,
@@ -95,5 +80,16 @@ def fit_pixel_tokenizer(
         "max_points_per_centroid": cfg.max_points_per_centroid,
         "used_codes": int((res.counts > 0).sum()),
     }
-    meta["kmim_version"], meta["git_sha"] = kmim.__version__, git_sha()
+
+
+def fit_pixel_tokenizer(
+    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
+) -> KMeansPixelTokenizer:
+    """Fit K-means on patches of the (eval-transformed) training split `ds`."""
+    dim = patch_size**2 * info.channels
+    meta = base_meta(cfg.k, patch_size, info, dataset, "pixels", dim, patch_norm=cfg.patch_norm)
+    probe = KMeansPixelTokenizer(meta, torch.zeros(cfg.k, dim))
+    x = sample_patches(ds, probe.features, cfg.k * cfg.max_points_per_centroid, cfg.seed, progress=progress)
+    res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
+    meta.update(fit=kmeans_fit_meta(cfg, res), **provenance())
     return KMeansPixelTokenizer(meta, torch.from_numpy(res.centroids))
