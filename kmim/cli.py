@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from kmim.errors import KmimError
+
+# commands implemented by a module with `add_arguments(parser)` and `run(args) -> int`
+MODULE_COMMANDS = {
+    "tcas": ("kmim.studies.tcas", "score tokenizers without training: TCAS, NMI, purity, usage, perplexity"),
+    "show-tokens": ("kmim.studies.show_tokens", "PNG grid of images with each patch coloured by its token id"),
+    "theory": ("kmim.theory.command", "augmentation-graph analysis of tokenizers (spectra, labeling error, bound)"),
+}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -36,10 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a 1-minute smoke version (numbers are not meaningful)")
 
-    from kmim.theory import command as theory
-
-    p = sub.add_parser("theory", help="augmentation-graph analysis of tokenizers (spectra, labeling error, bound)")
-    theory.add_arguments(p)
+    for name, (module, what) in MODULE_COMMANDS.items():
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=what))
     return parser
 
 
@@ -62,10 +68,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from kmim.studies.demo import run_demo
 
         run_demo(args.out, args.config, args.overrides, fast=args.fast, progress=progress)
-    elif args.command == "theory":
-        from kmim.theory import command as theory
-
-        return theory.run(args)
+    elif args.command in MODULE_COMMANDS:
+        return importlib.import_module(MODULE_COMMANDS[args.command][0]).run(args)
     return 0
 
 

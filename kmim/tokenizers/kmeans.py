@@ -51,7 +51,10 @@ def fit_kmeans(
         raise KmimError(f"K-means needs at least K={k} vectors to fit, got {n}: lower tokenizer.k or use more data")
     idx = subsample(n, k, max_points_per_centroid, seed)
     sample = np.ascontiguousarray(x if idx is None else x[idx], dtype=np.float32)
-    km = faiss.Kmeans(d, k, niter=1, seed=seed, max_points_per_centroid=max(len(sample) // k + 1, 1), verbose=False)
+    if len(sample) < 39 * k:  # faiss's own threshold; it would warn on every iteration
+        tqdm.write(f"note: K-means with K={k} on only {len(sample)} vectors (< 39 per centroid): centroids may be noisy")
+    ppc = max(len(sample) // k + 1, 1)
+    km = faiss.Kmeans(d, k, niter=1, seed=seed, max_points_per_centroid=ppc, min_points_per_centroid=1, verbose=False)
     bar = tqdm(range(niter), desc=f"k-means K={k} on {len(sample):,}x{d}", disable=not progress, leave=False)
     start = kmeans_plusplus(sample, k, random_state=seed)[0] if init == "kmeans++" else None
     for it in bar:
