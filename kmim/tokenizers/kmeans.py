@@ -52,7 +52,7 @@ def fit_kmeans(
     idx = subsample(n, k, max_points_per_centroid, seed)
     sample = np.ascontiguousarray(x if idx is None else x[idx], dtype=np.float32)
     if len(sample) < 39 * k:  # faiss's own threshold; it would warn on every iteration
-        tqdm.write(f"note: K-means with K={k} on only {len(sample)} vectors (< 39 per centroid): centroids may be noisy")
+        tqdm.write(f"note: K-means with K={k} on only {len(sample)} vectors (< 39 per centroid): noisy centroids")
     ppc = max(len(sample) // k + 1, 1)
     km = faiss.Kmeans(d, k, niter=1, seed=seed, max_points_per_centroid=ppc, min_points_per_centroid=1, verbose=False)
     bar = tqdm(range(niter), desc=f"k-means K={k} on {len(sample):,}x{d}", disable=not progress, leave=False)
