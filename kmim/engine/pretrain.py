@@ -73,6 +73,7 @@ def _state(model, opt, scaler, cfg: RunConfig, st: TrainState, tok: Tokenizer | 
         "config": config_to_dict(cfg),
         "train_state": vars(st).copy(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "encoder": {"timm_name": resolve_spec(cfg.model).timm_name, "timm_kwargs": enc_kwargs},
         "tokenizer": None if tok is None else {"kind": tok.kind, "meta": tok.meta, "state": tok.state_dict()},
     }
@@ -101,6 +102,11 @@ class Pretrainer:
         use_scaler = self.device.type == "cuda" and cfg.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state = TrainState()
+        if self.steps_per_epoch == 0:
+            raise KmimError(
+                f"train.batch_size={cfg.train.batch_size} x accum_steps={cfg.train.accum_steps} exceeds the "
+                f"{len(self.ds)} training images: lower train.batch_size"
+            )
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -117,19 +123,15 @@ class Pretrainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
 
     @property
     def steps_per_epoch(self) -> int:
         return (len(self.ds) // self.cfg.train.batch_size) // self.cfg.train.accum_steps
 
     def run(self) -> dict[str, Any]:
-        t = self.cfg.train
-        if self.steps_per_epoch == 0:
-            raise KmimError(
-                f"train.batch_size={t.batch_size} x accum_steps={t.accum_steps} exceeds the {len(self.ds)} training "
-                "images: lower train.batch_size"
-            )
-        while self.state.epoch < t.epochs:
+        while self.state.epoch < self.cfg.train.epochs:
             self._epoch(self.state.epoch)
             self.state.epoch += 1
             self._save()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import timm
-import torch
 from torch import nn
 
 from kmim.config import ModelConfig
@@ -89,9 +88,3 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, out_dim: int) -> Ma
     nn.init.normal_(enc.cls_token, std=0.02)
     nn.init.normal_(dec.mask_token, std=0.02)
     return model
-
-
-@torch.no_grad()
-def encode_features(encoder: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
-    """All tokens of a frozen encoder with every patch visible: (B, C, H, W) -> (B, 1 + L, D), after the final norm."""
-    return encoder.forward_features(imgs)
