@@ -56,7 +56,9 @@ def dispatch(args: argparse.Namespace) -> int:
     progress = not getattr(args, "quiet", False)
     if args.command == "tokenize":
         desc = commands.tokenize(load_config(args.config, args.overrides), args.out, progress)
-        print(f"saved {desc['kind']} tokenizer (K={desc['k']}, inertia {desc['fit']['inertia']:.4g}) to {args.out}")
+        inertia = desc.get("fit", {}).get("inertia")
+        fit = f", inertia {inertia:.4g}" if inertia is not None else ""
+        print(f"saved {desc['kind']} tokenizer (K={desc['k']}{fit}) to {args.out}")
     elif args.command == "pretrain":
         cfg = None if args.resume else load_config(args.config, args.overrides)
         run_dir, res = commands.run_pretrain(cfg, args.resume, args.overrides, progress)

@@ -40,6 +40,26 @@ class TokenizerConfig:
     max_points_per_centroid: int = 256  # fit on a seeded sample of at most k * this many patches (faiss's rule)
     patch_norm: bool = False  # standardize each patch before clustering and encoding
     seed: int = 0
+    # learned and feature tokenizers (kmeans-features, kmeans-hog, vq)
+    device: str = "auto"  # where feature extraction and tokenizer training run: auto | cpu | cuda | cuda:N
+    batch_size: int = 64  # images per batch for feature extraction and for supervised / VQ-VAE training
+    fit_images: int = 0  # extract features for K-means from a seeded subset of this many training images; 0 = all
+    encoder: str | None = None  # kmeans-features: a timm model name, a kmim run dir / checkpoint, or "supervised"
+    encoder_weights: str | None = None  # local weights file for a timm encoder; unset = timm hub download
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. depth)
+    layer: int = -1  # encoder block whose patch tokens are clustered: -1 = last block after the final norm
+    supervised_preset: str = "mnist-tiny"  # encoder=supervised: model preset of the encoder (patch = the MIM's)
+    supervised_epochs: int = 10  # encoder=supervised: epochs on the labelled training split
+    supervised_lr: float = 1e-3  # encoder=supervised: peak AdamW learning rate (warmup, then cosine)
+    supervised_patch_drop: float = 0.5  # encoder=supervised: fraction of patch tokens dropped while training
+    hog_cells: int = 2  # kmeans-hog: cells per patch side (cell side = patch_size / hog_cells)
+    hog_bins: int = 9  # kmeans-hog: unsigned orientation bins over 0-180 degrees
+    vq_dim: int = 32  # vq: code vector dimension
+    vq_hidden: int = 64  # vq: hidden width of the VQ-VAE encoder and decoder
+    vq_epochs: int = 10  # vq: training epochs on the training split
+    vq_lr: float = 1e-3  # vq: peak AdamW learning rate (warmup, then cosine)
+    vq_beta: float = 0.25  # vq: commitment loss weight
+    vq_decay: float = 0.9  # vq: EMA decay of the codebook updates (short runs: 0.99 leaves stale codes alive)
 
 
 @dataclass

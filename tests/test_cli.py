@@ -62,11 +62,14 @@ def m_knn(res):
         (["pretrain", "tokenizer.path=/nope.pt", "data.name=synthetic"], "tokenizer file /nope.pt does not exist"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "kmim.cli", *argv, f"out_dir={tmp_path}"] if argv[0] == "pretrain" else
-        [sys.executable, "-m", "kmim.cli", *argv],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    extra = [f"out_dir={tmp_path}"] if argv[0] == "pretrain" else []
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_entry_point_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "kmim.cli", "knn", "/nonexistent/run"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("kmim knn: error: checkpoint /nonexistent/run")

@@ -11,12 +11,39 @@ from torch.utils.data import Dataset
 from kmim.config import TokenizerConfig
 from kmim.errors import KmimError
 from kmim.tokenizers.base import Tokenizer, read_tokenizer_file
+from kmim.tokenizers.features import FeatureTokenizer, fit_feature_tokenizer
+from kmim.tokenizers.hog import KMeansHOGTokenizer, fit_hog_tokenizer
+from kmim.tokenizers.oracle import (
+    ClassWiseTokenizer,
+    CrossClassTokenizer,
+    RandomTokenizer,
+    fit_class_wise_tokenizer,
+    fit_cross_class_tokenizer,
+    fit_random_tokenizer,
+)
 from kmim.tokenizers.pixel import KMeansPixelTokenizer, fit_pixel_tokenizer
+from kmim.tokenizers.vq import VQTokenizer, fit_vq_tokenizer
 
 __all__ = ["FITTERS", "KINDS", "Tokenizer", "fit_tokenizer", "load_tokenizer"]
 
-KINDS: dict[str, type[Tokenizer]] = {KMeansPixelTokenizer.kind: KMeansPixelTokenizer}
-FITTERS: dict[str, Callable[..., Tokenizer]] = {KMeansPixelTokenizer.kind: fit_pixel_tokenizer}
+KINDS: dict[str, type[Tokenizer]] = {
+    KMeansPixelTokenizer.kind: KMeansPixelTokenizer,
+    ClassWiseTokenizer.kind: ClassWiseTokenizer,
+    CrossClassTokenizer.kind: CrossClassTokenizer,
+    RandomTokenizer.kind: RandomTokenizer,
+    FeatureTokenizer.kind: FeatureTokenizer,
+    KMeansHOGTokenizer.kind: KMeansHOGTokenizer,
+    VQTokenizer.kind: VQTokenizer,
+}
+FITTERS: dict[str, Callable[..., Tokenizer]] = {
+    KMeansPixelTokenizer.kind: fit_pixel_tokenizer,
+    ClassWiseTokenizer.kind: fit_class_wise_tokenizer,
+    CrossClassTokenizer.kind: fit_cross_class_tokenizer,
+    RandomTokenizer.kind: fit_random_tokenizer,
+    FeatureTokenizer.kind: fit_feature_tokenizer,
+    KMeansHOGTokenizer.kind: fit_hog_tokenizer,
+    VQTokenizer.kind: fit_vq_tokenizer,
+}
 
 
 def fit_tokenizer(

@@ -1,0 +1,158 @@
+"""`vq`: a small learned VQ-VAE tokenizer (the BEiT dVAE / VQ-VAE family), one code per MIM patch.
+
+Architecture (`VQVAE`): a conv encoder (one (p+2)x(p+2) conv with stride p and padding 1, i.e. each patch plus a
+one-pixel halo of context, then two 1x1 convs; no full-resolution feature maps, so the default 10-epoch fit on
+mnist5k took 20 s on 2 shared CPU cores) maps each patch to a `dim`-vector z; the token is the nearest of K codes
+(squared Euclidean, as the K-means tokenizers); an MLP decoder reconstructs the patch's normalized pixels from its
+code alone, so a code must carry its patch's content (unlike dVAE's conv decoder, which also sees the neighbours).
+Codebook learning (van den Oord et al. 2017; Razavi et al. 2019): EMA of the assigned vectors' counts and sums,
+and a commitment loss beta * ||z - sg(e)||^2 on the encoder; codes whose EMA count falls below one vector per step
+are restarted at random encoder outputs of the current batch (Dhariwal et al. 2020, Jukebox); the codebook starts as
+K random encoder outputs of the first batch. The default EMA decay is 0.9, not the usual 0.99: a fit has only
+hundreds of steps, and at 0.99 codes that fell out of use kept counts above the restart threshold for the whole run
+(fewer codes used on mnist5k). Training is `kmim.engine.vq_train.train_vqvae`; meta['fit'] reports
+codebook usage and perplexity on the training split after training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from kmim.config import TokenizerConfig
+from kmim.engine.vq_train import train_vqvae
+from kmim.errors import KmimError
+from kmim.tokenizers.base import Tokenizer, base_meta, provenance
+from kmim.tokenizers.features import fit_device, isolated_rng
+from kmim.tokenizers.kmeans import assign
+from kmim.tokenizers.patches import patchify
+
+
+class VQVAE(nn.Module):
+    """Patch VQ-VAE: images (B, C, H, W) -> latents (B, L, dim) -> codes (B, L) -> patches (B, L, p*p*C)."""
+
+    def __init__(self, in_chans: int, patch_size: int, k: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_chans, hidden, patch_size + 2, stride=patch_size, padding=1),  # a patch and its halo
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, dim, 1),
+        )
+        self.decoder = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, patch_size**2 * in_chans))
+        self.register_buffer("codebook", torch.zeros(k, dim))  # (K, dim)
+        self.register_buffer("ema_count", torch.zeros(k))  # (K,)
+        self.register_buffer("ema_sum", torch.zeros(k, dim))  # (K, dim)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def latents(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> z (B, L, dim), patches row-major."""
+        return self.encoder(imgs.float()).flatten(2).transpose(1, 2)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L, dim) -> nearest code ids (B, L)."""
+        b, n, d = z.shape
+        return assign(z.detach().reshape(b * n, d), self.codebook).view(b, n)
+
+    def targets(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the decoder reconstructs: the normalized pixel patches (B, L, p*p*C)."""
+        return patchify(imgs.float(), self.patch_size)
+
+    def forward(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruction through the straight-through estimator: gradients of the decoder input flow to z."""
+        z = self.latents(imgs)  # (B, L, dim)
+        codes = self.quantize(z)  # (B, L)
+        zq = self.codebook[codes]  # (B, L, dim)
+        recon = self.decoder(z + (zq - z).detach())  # (B, L, p*p*C)
+        return {"z": z, "zq": zq, "codes": codes, "recon": recon}
+
+    @torch.no_grad()
+    def init_codebook(self, z: torch.Tensor) -> None:
+        """Codebook := K distinct random rows of z (N, dim)."""
+        k = self.codebook.shape[0]
+        if z.shape[0] < k:
+            raise KmimError(
+                f"the first VQ batch has {z.shape[0]} patches, fewer than K={k}: raise tokenizer.batch_size"
+            )
+        pick = z[torch.randperm(z.shape[0], device=z.device)[:k]]
+        self.codebook.copy_(pick)
+        self.ema_sum.copy_(pick)
+        self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def ema_update(self, z: torch.Tensor, codes: torch.Tensor, decay: float, threshold: float = 1.0) -> int:
+        """EMA codebook step on z (N, dim) assigned to codes (N,); restarts dead codes; returns how many restarted.
+
+        n_k <- decay n_k + (1 - decay) |{i: c_i = k}|,  s_k <- decay s_k + (1 - decay) sum_{c_i = k} z_i,
+        e_k = s_k / n_k. A code with n_k < threshold gets e_k = s_k = a random z_i and n_k = 1.
+        """
+        k = self.codebook.shape[0]
+        counts = torch.bincount(codes, minlength=k).to(z.dtype)  # (K,)
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, z)  # (K, dim)
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        dead = self.ema_count < threshold  # (K,)
+        n_dead = int(dead.sum())
+        if n_dead:
+            fresh = z[torch.randint(0, z.shape[0], (n_dead,), device=z.device)]  # (n_dead, dim)
+            self.ema_sum[dead] = fresh
+            self.ema_count[dead] = 1.0
+        self.codebook.copy_(self.ema_sum / self.ema_count[:, None])
+        return n_dead
+
+
+class VQTokenizer(Tokenizer):
+    """Token of a patch = the VQ-VAE code of its encoder output (see the module docstring)."""
+
+    kind = "vq"
+
+    def __init__(self, meta: dict[str, Any], vae: VQVAE) -> None:
+        super().__init__(meta)
+        if tuple(vae.codebook.shape) != (self.k, int(meta["feature_dim"])):
+            raise KmimError(
+                f"VQ codebook of shape {tuple(vae.codebook.shape)} does not match K={self.k}, D={meta['feature_dim']}"
+            )
+        if vae.patch_size != self.patch_size:
+            raise KmimError(f"VQ-VAE patch size {vae.patch_size} does not match the tokenizer's {self.patch_size}")
+        self.vae = vae.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vae.quantize(self.vae.latents(imgs))  # (B, L)
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> VQTokenizer:
+        vae = VQVAE(int(meta["in_chans"]), int(meta["patch_size"]), int(meta["k"]), int(meta["feature_dim"]),
+                    int(meta["vq_hidden"]))  # fmt: skip
+        tok = cls(meta, vae)
+        try:
+            tok.load_state_dict(state)
+        except RuntimeError as e:
+            raise KmimError(f"VQ tokenizer state does not match its meta: {str(e).splitlines()[0]}") from None
+        return tok
+
+
+def fit_vq_tokenizer(
+    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
+) -> VQTokenizer:
+    """Train a VQ-VAE with K codes on the (eval-transformed) training split `ds`."""
+    device = fit_device(cfg.device)
+    hparams = {"vq_hidden": cfg.vq_hidden, "vq_epochs": cfg.vq_epochs, "vq_lr": cfg.vq_lr, "vq_beta": cfg.vq_beta,
+               "vq_decay": cfg.vq_decay, "batch_size": cfg.batch_size, "seed": cfg.seed}  # fmt: skip
+    with isolated_rng(cfg.seed, device):
+        vae = VQVAE(info.channels, patch_size, cfg.k, cfg.vq_dim, cfg.vq_hidden).to(device)
+        fit = train_vqvae(
+            vae, ds, cfg.vq_epochs, cfg.vq_lr, cfg.batch_size, cfg.vq_beta, cfg.vq_decay, device, cfg.seed, progress
+        )
+    meta = base_meta(cfg.k, patch_size, info, dataset, "vq-vae", cfg.vq_dim, **hparams)
+    meta.update(fit=fit, **provenance())
+    return VQTokenizer(meta, vae.cpu().eval())
+
+
+__all__ = ["VQVAE", "VQTokenizer", "fit_vq_tokenizer"]
