@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kmim.argtypes import int_list
 from kmim.errors import KmimError
 
 GRID_K = (10, 25, 50, 100, 200)
@@ -36,18 +37,6 @@ COLUMNS = (
     "fit_s",
 )
 _SPLIT_KV = re.compile(r",(?=[A-Za-z_][\w.]*=)")  # commas that start a new key=value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        out = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers, e.g. 10,50,200"
-        ) from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least one K >= 1")
-    return out
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--grid-k",
-        type=_int_list,
+        type=int_list,
         default=list(GRID_K),
         metavar="K,K,...",
         help="K of kmeans-pixels in the grid; the other grid rows use the largest (default 10,25,50,100,200)",

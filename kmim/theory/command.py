@@ -10,15 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kmim.argtypes import int_list
 from kmim.errors import KmimError
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        out = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 8,32,128") from None
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--empirical-k",
-        type=_int_list,
+        type=int_list,
         default=[8, 32, 128],
         metavar="K,...",
         help="pixel K-means K (default 8,32,128)",
