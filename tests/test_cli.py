@@ -73,3 +73,23 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
 def test_entry_point_exit_code():
     proc = subprocess.run([sys.executable, "-m", "kmim.cli", "knn", "/nonexistent/run"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("kmim knn: error: checkpoint /nonexistent/run")
+
+
+def test_pretrain_and_probe_on_an_imagefolder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
+            for i in range(6):
+                arr = rng.integers(0, 60, (20, 24, 3), dtype=np.uint8) + np.uint8(150 * c)
+                Image.fromarray(arr).save(tmp_path / "data" / split / f"c{c}" / f"{i}.png")
+    common = [f"data.root={tmp_path / 'data'}", "data.name=imagefolder", "data.aug=rrc", "data.hflip=true"]
+    common += [o for o in TINY if not o.startswith(("data.name", "data.synthetic"))]
+    assert main(["pretrain", "-q", *common, f"out_dir={tmp_path / 'runs'}", "name=f", "train.batch_size=4"]) == 0
+    assert '"steps": 6' in capsys.readouterr().out  # 12 images / batch 4 = 3 steps per epoch, 2 epochs
+    assert main(["probe", "-q", str(tmp_path / "runs" / "f")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_train"] == 12 and res["n_test"] == 12 and res["linear_probe_top1"] == 100.0  # the classes differ in brightness
