@@ -7,7 +7,8 @@ from typing import Any
 
 from kmim.config import RunConfig, load_config
 from kmim.data import build_dataset
-from kmim.engine.pretrain import pretrain, resolve_device, resume
+from kmim.engine.dist import resolve_device
+from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder
 from kmim.models import resolve_spec

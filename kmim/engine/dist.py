@@ -5,6 +5,20 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from kmim.errors import KmimError
+
+
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """auto (CUDA when available) | cpu | cuda | cuda:N; `field` names the setting in errors."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KmimError(f"{field}={name} but CUDA is not available here: use {field}=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise KmimError(f"{field}={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
 
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()

@@ -16,21 +16,13 @@ from tqdm.auto import tqdm
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.data import build_dataset, make_loader
 from kmim.engine.checkpoint import load_checkpoint, save_checkpoint
-from kmim.engine.dist import get_world_size, is_main
+from kmim.engine.dist import get_world_size, is_main, resolve_device
 from kmim.engine.objectives import TARGETS, compute_targets, mim_loss
 from kmim.engine.optim import build_optimizer, effective_lr, lr_at, set_lr
 from kmim.errors import KmimError
 from kmim.models import build_mim, encoder_kwargs, resolve_spec
 from kmim.runinfo import append_jsonl, environment, write_json, write_text
 from kmim.tokenizers import KINDS, Tokenizer, fit_tokenizer, load_tokenizer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KmimError(f"train.device={name} but CUDA is not available here: use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kmim.data import build_dataset
-    from kmim.engine.pretrain import resolve_device
+    from kmim.engine.dist import resolve_device
     from kmim.models import resolve_spec
 
     if len(args.tokenizer) + len(args.file) != 1:
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     idx = pick_images(ds, args.images, len(info.classes), args.seed)
     imgs = torch.stack([ds[i][0] for i in idx])  # (N, C, H, W)
     labels = torch.tensor([int(ds[i][1]) for i in idx])
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     tok.to(device)
     with torch.no_grad():
         y = labels.to(device) if tok.needs_labels else None

@@ -291,7 +291,7 @@ def _registered(entry: Entry) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmim.engine.pretrain import resolve_device
+    from kmim.engine.dist import resolve_device
     from kmim.models import resolve_spec
     from kmim.tokenizers import FITTERS
 
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = base_config(args)
     patch = resolve_spec(cfg.model).patch_size
     fit_ds, ds, info = _datasets(cfg, args, patch)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     rows, skipped = [], []
     for entry in _entries(args):
         if entry.grid and not _registered(entry):

@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from kmim.config import ModelConfig, TokenizerConfig
+from kmim.engine.dist import resolve_device
 from kmim.engine.supervised import train_supervised
 from kmim.errors import KmimError
 from kmim.eval.features import load_encoder
@@ -60,14 +61,7 @@ SOURCES = ("timm", "kmim", "supervised")
 
 def fit_device(name: str) -> torch.device:
     """tokenizer.device: auto (CUDA when available) | cpu | cuda | cuda:N."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KmimError(f"tokenizer.device={name} but CUDA is not available here: use tokenizer.device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise KmimError(f"tokenizer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    return resolve_device(name, "tokenizer.device")
 
 
 @contextlib.contextmanager
