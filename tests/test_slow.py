@@ -1,4 +1,4 @@
-"""Slower checks on the real mnist5k data (run with `make test-all` or `pytest -m slow`; ~5 min on 2 cores)."""
+"""Slower checks on the real mnist5k data (run with `make test-all` or `pytest -m slow`; ~6 min on 2 cores)."""
 
 import pytest
 
