@@ -59,11 +59,6 @@ SOURCES = ("timm", "kmim", "supervised")
 # ---- fitting helpers shared by the learned and feature tokenizers ------------------------------------------------
 
 
-def fit_device(name: str) -> torch.device:
-    """tokenizer.device: auto (CUDA when available) | cpu | cuda | cuda:N."""
-    return resolve_device(name, "tokenizer.device")
-
-
 @contextlib.contextmanager
 def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch for a tokenizer fit and restore the global RNG afterwards, so the model built next is unaffected."""
@@ -363,7 +358,7 @@ def fit_feature_tokenizer(
     """Build or load the frozen encoder named by cfg.encoder, then K-means its patch features on `ds`."""
     source = encoder_source(cfg.encoder)
     grid = mim_grid(ds, patch_size)
-    device = fit_device(cfg.device)
+    device = resolve_device(cfg.device, "tokenizer.device")
     if source == "timm":
         enc, src_meta = timm_encoder(cfg, grid, info.channels)
     elif source == "kmim":

@@ -23,10 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.config import TokenizerConfig
+from kmim.engine.dist import resolve_device
 from kmim.engine.vq_train import train_vqvae
 from kmim.errors import KmimError
 from kmim.tokenizers.base import Tokenizer, base_meta, provenance
-from kmim.tokenizers.features import fit_device, isolated_rng
+from kmim.tokenizers.features import isolated_rng
 from kmim.tokenizers.kmeans import assign
 from kmim.tokenizers.patches import patchify
 
@@ -142,7 +143,7 @@ def fit_vq_tokenizer(
     cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
 ) -> VQTokenizer:
     """Train a VQ-VAE with K codes on the (eval-transformed) training split `ds`."""
-    device = fit_device(cfg.device)
+    device = resolve_device(cfg.device, "tokenizer.device")
     hparams = {"vq_hidden": cfg.vq_hidden, "vq_epochs": cfg.vq_epochs, "vq_lr": cfg.vq_lr, "vq_beta": cfg.vq_beta,
                "vq_decay": cfg.vq_decay, "batch_size": cfg.batch_size, "seed": cfg.seed}  # fmt: skip
     with isolated_rng(cfg.seed, device):
