@@ -13,13 +13,14 @@ import time
 
 import numpy as np
 import torch
+from kmim.tokenizers.pixel import sample_patches
 from sklearn.cluster import MiniBatchKMeans
 
 from kmim.config import load_config
 from kmim.data import build_dataset
-from kmim.tokenizers.kmeans import assign, fit_kmeans
+from kmim.fit.kmeans import fit_kmeans
+from kmim.tokenizers.codebook import assign
 from kmim.tokenizers.patches import patchify
-from kmim.tokenizers.pixel import sample_patches
 
 
 def inertia(x: np.ndarray, c: np.ndarray) -> float:

@@ -13,11 +13,11 @@ import time
 import torch
 
 from kmim.config import load_config
-from kmim.data import build_dataset, stack_dataset
+from kmim.data import stack_dataset
 from kmim.engine.objectives import compute_targets, mim_loss
 from kmim.engine.optim import build_optimizer
+from kmim.fit import fit_tokenizer, training_split
 from kmim.models import build_mim, resolve_spec
-from kmim.tokenizers import fit_tokenizer
 
 
 def main() -> None:
@@ -31,14 +31,17 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(None, [f"tokenizer.k={a.k}"])
     spec = resolve_spec(cfg.model)
-    ds, info = build_dataset(cfg.data, "train")
-    tok = fit_tokenizer(cfg.tokenizer, ds, info, spec.patch_size, "mnist5k", progress=False)
-    imgs = stack_dataset(ds)[0][: a.batch]  # (B, 1, 32, 32)
+    data = training_split(cfg)
+    tok = fit_tokenizer(cfg.tokenizer, data, progress=False)
+    imgs = stack_dataset(data.ds)[0][: a.batch]  # (B, 1, 32, 32)
     models = {
         "tokens": build_mim(spec, 32, 1, a.k),
         "pixels": build_mim(spec, 32, 1, spec.patch_size**2),
     }
-    opts = {k: build_optimizer(m, cfg.train, 1e-4) for k, m in models.items()}
+    opts = {
+        k: build_optimizer(m, 1e-4, cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2))
+        for k, m in models.items()
+    }
     times = {k: [] for k in models}
     tok_times = []
     for i in range(a.steps + 3):

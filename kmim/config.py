@@ -1,12 +1,18 @@
 """Typed run configuration: dataclasses, YAML presets (`configs/`), dotted CLI overrides (`train.epochs=5`).
 
-Resolution order: dataclass defaults < YAML file < overrides. Unknown keys and ill-typed values are refused with
-one line naming the field. The resolved config is saved in every run directory and checkpoint.
+Resolution order: dataclass defaults < saved config < YAML file < overrides. Unknown keys and ill-typed values are
+refused by OmegaConf, out-of-range values and unknown choices by `validate`, each with one line naming the field,
+the bad value and what is valid. Names that live in registries (dataset, model preset, tokenizer) and constraints
+across fields are checked one layer up, in `kmim.resolve`. The resolved config is saved in every run directory and
+checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kmim.errors import KmimError
+
+# choices of the enum-like fields; the modules that act on them import these tuples
+AUGS = ("rrc", "crop", "none")
+INITS = ("kmeans++", "random")
+TARGETS = ("tokens", "pixels")
+AMPS = ("auto", "bf16", "fp16", "off")
+POOLS = ("cls", "mean")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -31,35 +45,58 @@ class DataConfig:
 
 
 @dataclass
+class HOGConfig:
+    """kmeans-hog: the HOG descriptor of a patch."""
+
+    cells: int = 2  # cells per patch side (cell side = patch_size / cells)
+    bins: int = 9  # unsigned orientation bins over 0-180 degrees
+
+
+@dataclass
+class SupervisedConfig:
+    """kmeans-features with encoder=supervised: the labelled encoder kmim trains first."""
+
+    preset: str = "mnist-tiny"  # model preset of the encoder (its patch size is the MIM's)
+    epochs: int = 10  # epochs on the labelled training split
+    lr: float = 1e-3  # peak AdamW learning rate (warmup, then cosine)
+    patch_drop: float = 0.5  # fraction of patch tokens dropped while training
+
+
+@dataclass
+class VQConfig:
+    """vq: the VQ-VAE tokenizer."""
+
+    dim: int = 32  # code vector dimension
+    hidden: int = 64  # hidden width of the VQ-VAE encoder and decoder
+    epochs: int = 10  # training epochs on the training split
+    lr: float = 1e-3  # peak AdamW learning rate (warmup, then cosine)
+    beta: float = 0.25  # commitment loss weight
+    decay: float = 0.9  # EMA decay of the codebook updates (short runs: 0.99 leaves stale codes alive)
+
+
+@dataclass
 class TokenizerConfig:
-    name: str = "kmeans-pixels"  # registry name of the tokenizer
+    name: str = "kmeans-pixels"  # registry name of the tokenizer (kmim.fit.TOKENIZERS)
     k: int = 200  # codebook size
     path: str | None = None  # a fitted tokenizer file; when unset, pretraining fits one and saves it in the run dir
+    seed: int = 0
+    # K-means (every kmeans-* tokenizer and the class-wise / cross-class oracles)
     niter: int = 20  # K-means iterations
     init: str = "kmeans++"  # kmeans++ | random
     max_points_per_centroid: int = 256  # fit on a seeded sample of at most k * this many patches (faiss's rule)
+    fit_images: int = 0  # extract features for K-means from a seeded subset of this many training images; 0 = all
+    # pixel feature source (kmeans-pixels, oracles, random)
     patch_norm: bool = False  # standardize each patch before clustering and encoding
-    seed: int = 0
     # learned and feature tokenizers (kmeans-features, kmeans-hog, vq)
     device: str = "auto"  # where feature extraction and tokenizer training run: auto | cpu | cuda | cuda:N
     batch_size: int = 64  # images per batch for feature extraction and for supervised / VQ-VAE training
-    fit_images: int = 0  # extract features for K-means from a seeded subset of this many training images; 0 = all
     encoder: str | None = None  # kmeans-features: a timm model name, a kmim run dir / checkpoint, or "supervised"
     encoder_weights: str | None = None  # local weights file for a timm encoder; unset = timm hub download
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. depth)
     layer: int = -1  # encoder block whose patch tokens are clustered: -1 = last block after the final norm
-    supervised_preset: str = "mnist-tiny"  # encoder=supervised: model preset of the encoder (patch = the MIM's)
-    supervised_epochs: int = 10  # encoder=supervised: epochs on the labelled training split
-    supervised_lr: float = 1e-3  # encoder=supervised: peak AdamW learning rate (warmup, then cosine)
-    supervised_patch_drop: float = 0.5  # encoder=supervised: fraction of patch tokens dropped while training
-    hog_cells: int = 2  # kmeans-hog: cells per patch side (cell side = patch_size / hog_cells)
-    hog_bins: int = 9  # kmeans-hog: unsigned orientation bins over 0-180 degrees
-    vq_dim: int = 32  # vq: code vector dimension
-    vq_hidden: int = 64  # vq: hidden width of the VQ-VAE encoder and decoder
-    vq_epochs: int = 10  # vq: training epochs on the training split
-    vq_lr: float = 1e-3  # vq: peak AdamW learning rate (warmup, then cosine)
-    vq_beta: float = 0.25  # vq: commitment loss weight
-    vq_decay: float = 0.9  # vq: EMA decay of the codebook updates (short runs: 0.99 leaves stale codes alive)
+    hog: HOGConfig = field(default_factory=HOGConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
 
 
 @dataclass
@@ -121,6 +158,154 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# ---- checks ------------------------------------------------------------------------------------------------------
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo:g}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _device(v: Any) -> str | None:
+    return None if DEVICE_RE.fullmatch(str(v)) else "must be auto, cpu, cuda or cuda:N"
+
+
+def _non_empty(v: Any) -> str | None:
+    return None if str(v).strip() and "/" not in str(v) else "must be a non-empty name without '/'"
+
+
+def _optional_at_least_1(v: Any) -> str | None:
+    return None if v is None or v >= 1 else "must be >= 1 (or unset for the preset's value)"
+
+
+def _lr_list(v: Any) -> str | None:
+    return None if len(v) > 0 and all(x > 0 for x in v) else "must be a non-empty list of learning rates > 0"
+
+
+# field path -> check returning None (valid) or what is wrong; every numeric or enum field is listed
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "name": _non_empty,
+    "data.img_size": _at_least(1),
+    "data.aug": _one_of(AUGS),
+    "data.crop_scale_min": _in_range(0, 1, lo_open=True, hi_open=False),
+    "data.crop_pad": _at_least(0),
+    "data.num_workers": _at_least(0),
+    "data.synthetic_per_class": _at_least(1),
+    "data.synthetic_classes": _at_least(2),
+    "tokenizer.k": _at_least(2),
+    "tokenizer.seed": _at_least(0),
+    "tokenizer.niter": _at_least(1),
+    "tokenizer.init": _one_of(INITS),
+    "tokenizer.max_points_per_centroid": _at_least(1),
+    "tokenizer.fit_images": _at_least(0),
+    "tokenizer.device": _device,
+    "tokenizer.batch_size": _at_least(1),
+    "tokenizer.layer": _at_least(-1),
+    "tokenizer.hog.cells": _at_least(1),
+    "tokenizer.hog.bins": _at_least(2),
+    "tokenizer.supervised.epochs": _at_least(1),
+    "tokenizer.supervised.lr": _positive,
+    "tokenizer.supervised.patch_drop": _in_range(0, 1),
+    "tokenizer.vq.dim": _at_least(1),
+    "tokenizer.vq.hidden": _at_least(1),
+    "tokenizer.vq.epochs": _at_least(1),
+    "tokenizer.vq.lr": _positive,
+    "tokenizer.vq.beta": _at_least(0),
+    "tokenizer.vq.decay": _in_range(0, 1, lo_open=True),
+    **{f"model.{f}": _optional_at_least_1 for f in ("patch_size", "embed_dim", "depth", "num_heads")},
+    **{f"model.{f}": _optional_at_least_1 for f in ("decoder_dim", "decoder_depth", "decoder_heads")},
+    "train.target": _one_of(TARGETS),
+    "train.label_smoothing": _in_range(0, 1),
+    "train.mask_ratio": _in_range(0, 1, lo_open=True),
+    "train.epochs": _at_least(1),
+    "train.warmup_epochs": _at_least(0),
+    "train.batch_size": _at_least(1),
+    "train.accum_steps": _at_least(1),
+    "train.base_lr": _positive,
+    "train.min_lr": _at_least(0),
+    "train.weight_decay": _at_least(0),
+    "train.beta1": _in_range(0, 1),
+    "train.beta2": _in_range(0, 1),
+    "train.seed": _at_least(0),
+    "train.device": _device,
+    "train.amp": _one_of(AMPS),
+    "train.save_every": _at_least(1),
+    "train.log_every": _at_least(1),
+    "eval.pool": _one_of(POOLS),
+    "eval.batch_size": _at_least(1),
+    "eval.knn_k": _at_least(1),
+    "eval.knn_temperature": _positive,
+    "eval.probe_epochs": _at_least(1),
+    "eval.probe_batch_size": _at_least(1),
+    "eval.probe_lrs": _lr_list,
+    "eval.probe_weight_decay": _at_least(0),
+}
+
+
+def _get(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, float) or math.isfinite(v)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every field of CHECKS (and that floats are finite); one KmimError line for the first bad value."""
+    for path, check in CHECKS.items():
+        value = _get(cfg, path)
+        problem = check(value) if _finite(value) else "must be a finite number"
+        if problem:
+            raise KmimError(f"{path}={value!r} is not valid: {problem}")
+    if cfg.train.warmup_epochs > cfg.train.epochs:
+        raise KmimError(
+            f"train.warmup_epochs={cfg.train.warmup_epochs} is longer than train.epochs={cfg.train.epochs}: lower it"
+        )
+    return cfg
+
+
+# ---- loading -----------------------------------------------------------------------------------------------------
+
+# flat tokenizer keys of configs saved before the per-kind sub-configs (kmim 0.1.0) -> their new place
+LEGACY_KEYS = {
+    **{f"hog_{k}": f"hog.{k}" for k in ("cells", "bins")},
+    **{f"supervised_{k}": f"supervised.{k}" for k in ("preset", "epochs", "lr", "patch_drop")},
+    **{f"vq_{k}": f"vq.{k}" for k in ("dim", "hidden", "epochs", "lr", "beta", "decay")},
+}
+
+
+def migrate_legacy(raw: Any) -> Any:
+    """A saved or YAML config dict with the old flat tokenizer keys moved into their sub-configs."""
+    tok = raw.get("tokenizer") if isinstance(raw, dict) else None
+    if not isinstance(tok, dict) or not any(k in LEGACY_KEYS for k in tok):
+        return raw
+    new_tok: dict[str, Any] = {}
+    for key, value in tok.items():
+        group, _, sub = LEGACY_KEYS.get(key, key).partition(".")
+        if sub:
+            new_tok.setdefault(group, {})[sub] = value
+        else:
+            new_tok[key] = value
+    return {**raw, "tokenizer": new_tok}
+
+
 def _merge(base: Any, update: Any, where: str) -> Any:
     try:
         return OmegaConf.merge(base, update)
@@ -129,32 +314,56 @@ def _merge(base: Any, update: Any, where: str) -> Any:
         raise KmimError(f"{where}: bad config key or value at '{key}': {e.msg.splitlines()[0]}") from None
 
 
+def _load_yaml(p: Path) -> Any:
+    if not p.is_file():
+        raise KmimError(f"config file {p} does not exist: pass a YAML file such as configs/mnist5k_kmim.yaml")
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(p))
+    except Exception as e:
+        raise KmimError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return migrate_legacy(loaded)
+
+
+def _override(item: str) -> Any:
+    if "=" not in item:
+        raise KmimError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=5)")
+    key = item.split("=", 1)[0]
+    old = key.removeprefix("tokenizer.")
+    if key.startswith("tokenizer.") and old in LEGACY_KEYS:
+        raise KmimError(f"override {item!r}: {key} was renamed tokenizer.{LEGACY_KEYS[old]}")
+    return OmegaConf.from_dotlist([item])
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
 ) -> RunConfig:
-    """Defaults (or a saved config `base`), then the YAML file at `path`, then `overrides` like ["train.epochs=5"]."""
+    """Defaults (or a saved config `base`), then the YAML file at `path`, then `overrides` like ["train.epochs=5"];
+    every value is checked (`validate`)."""
     cfg = OmegaConf.structured(RunConfig)
     if base is not None:
-        cfg = _merge(cfg, base, "saved config")
+        cfg = _merge(cfg, migrate_legacy(base), "saved config")
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise KmimError(f"config file {p} does not exist: pass a YAML file such as configs/mnist5k_kmim.yaml")
-        try:
-            loaded = OmegaConf.load(p)
-        except Exception as e:
-            raise KmimError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, loaded, str(p))
+        cfg = _merge(cfg, _load_yaml(Path(path)), str(path))
     for item in overrides:
-        if "=" not in item:
-            raise KmimError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=5)")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        cfg = _merge(cfg, _override(item), f"override {item!r}")
+    return validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
 
-def config_to_dict(cfg: RunConfig) -> dict:
+def config_to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
-def config_to_yaml(cfg: RunConfig) -> str:
+def config_to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def field_paths(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every leaf field of a config dataclass as a dotted path (e.g. 'train.epochs')."""
+    out: list[str] = []
+    for f in fields(cls):
+        factory = f.default_factory
+        if factory is not MISSING and is_dataclass(factory):
+            out += field_paths(factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out

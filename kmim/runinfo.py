@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import kmim
+from kmim.errors import KmimError
 
 
 def git_sha() -> str | None:
@@ -52,18 +55,67 @@ def environment() -> dict[str, Any]:
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path` (never half-written)."""
+    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path` (never half-written).
+
+    Durable: the temp file is fsynced before the rename and the folder after it, so after a crash or power loss
+    `path` holds either its old or its new content in full. A crash can leave the temp file `.<name>.XXXX.tmp`
+    behind; `clean_orphan_tmp` removes those.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        _fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows fsyncs only writable handles
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable. A no-op where folders cannot be fsynced (Windows, some network mounts)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+_ORPHAN_TMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
+
+
+def clean_orphan_tmp(folder: str | Path) -> list[Path]:
+    """Delete the temp files `.<name>.XXXX.tmp` that an interrupted atomic_write left in `folder` (not in subfolders).
+
+    Returns the removed paths, sorted. Call it only while nothing writes into `folder` (e.g. before a resume), since a
+    write in progress has the same kind of temp file. A missing folder has nothing to clean.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if _ORPHAN_TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _umask() -> int:
@@ -81,5 +133,49 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """Append `row` as one JSON line and fsync it, so a row that was written survives a crash."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (blank lines are ignored).
+
+    A crash mid-append leaves a torn last line: it is dropped with a one-line warning on stderr and the file is
+    rewritten (atomically) to its intact lines, so the next append starts on a fresh line. An unparsable line
+    anywhere else, or a line that is not a JSON object, is real damage: KmimError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KmimError(f"{path} does not exist")
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise KmimError(f"{path}: line {n} is not valid JSON ({_reason(e)}): fix or delete that line") from None
+            print(f"warning: {path}: dropped its torn last line {n} (a crash mid-append)", file=sys.stderr)
+            _keep_prefix(path, b"".join(lines[: n - 1]))
+            break
+        if not isinstance(row, dict):
+            raise KmimError(f"{path}: line {n} is not a JSON object: fix or delete that line")
+        rows.append(row)
+    else:
+        if data and not data.endswith(b"\n"):  # intact but unterminated: end it so the next append is its own line
+            _keep_prefix(path, data + b"\n")
+    return rows
+
+
+def _reason(e: ValueError) -> str:
+    return e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+
+
+def _keep_prefix(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -59,7 +59,7 @@ def m_knn(res):
         (["pretrain", "train.epoch=3"], "bad config key or value at 'train.epoch'"),
         (["knn", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
         (["pretrain", "-c", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
-        (["pretrain", "tokenizer.path=/nope.pt", "data.name=synthetic"], "tokenizer file /nope.pt does not exist"),
+        (["pretrain", "tokenizer.path=/nope.pt", "data.name=synthetic"], "tokenizer.path=/nope.pt does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):

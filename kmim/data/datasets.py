@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
@@ -95,21 +96,93 @@ def _cifar(cfg: DataConfig, split: str, hundred: bool) -> tuple[Dataset, Dataset
 
 
 class _CheckedLoader:
-    """PIL loader for ImageFolder that turns unreadable or too-small images into one-line errors."""
+    """PIL loader for ImageFolder: any PIL mode becomes correct RGB; unreadable or too-small images are one-line errors.
+
+    RGB and L images convert exactly as `img.convert("RGB")`; the other modes are handled by `_to_rgb`.
+    """
 
     def __init__(self, min_side: int) -> None:
         self.min_side = min_side
 
     def __call__(self, path: str) -> Image.Image:
-        try:
-            with open(path, "rb") as f:
-                img = Image.open(f)
-                img = img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise KmimError(f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it") from None
+        img = _to_rgb(_load_image(path), path)
         if min(img.size) < self.min_side:
             raise KmimError(f"{path}: image is {img.size[0]}x{img.size[1]}, smaller than one patch ({self.min_side})")
         return img
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error)  # OSError covers UnidentifiedImageError
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA")
+_PREMULTIPLIED_MODES = ("RGBa", "La")
+
+
+def _load_image(path: str) -> Image.Image:
+    """Open and fully decode `path`. PIL decodes lazily, so a truncated file fails only at load(): force it here."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()
+    except Image.DecompressionBombError:
+        raise KmimError(
+            f"{path}: image has more pixels than PIL's safety limit: shrink it or raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
+    except _DECODE_ERRORS as e:
+        raise KmimError(f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it") from None
+    return img
+
+
+def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """An 8-bit RGB copy of `img` whatever its PIL mode.
+
+    - 16-bit gray (I;16*, and I holding 0..65535): v / 257 rounded, so 65535 -> 255 (convert() would clip to white).
+    - F (float gray): values in [0, 1] when the image's max is <= 1, else in [0, 255]; scaled, rounded, clipped.
+    - Transparency (RGBA, LA, PA, P with a transparent color): composited onto black. Black is the background of
+      digit data sets (MNIST) and the fill torchvision uses for padding and rotation in ImageNet pipelines, so a
+      transparent area reads as empty background, not as a bright shape (white) or a made-up color; premultiplied
+      RGBa/La already hold exactly that composite.
+    - Everything else (RGB, L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX): PIL's convert("RGB"). Embedded ICC profiles and
+      a tRNS color of RGB/L images are ignored, as before.
+    """
+    if img.mode in _INT_MODES:
+        return _gray_to_rgb(_scale_uint16(np.asarray(img), path))
+    if img.mode == "F":
+        return _gray_to_rgb(_scale_float(np.asarray(img)))
+    if img.mode in _PREMULTIPLIED_MODES:
+        color = np.asarray(img)[..., :-1]
+        return _gray_to_rgb(color[..., 0]) if img.mode == "La" else Image.fromarray(np.ascontiguousarray(color))
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        return _on_black(img.convert("RGBA"))
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        raise KmimError(f"{path}: PIL image mode {img.mode} cannot be converted to RGB: save it as RGB") from None
+
+
+def _scale_uint16(values: np.ndarray, path: str) -> np.ndarray:
+    """16-bit gray values 0..65535 -> 0..255 (v / 257, rounded half up)."""
+    v = values.astype(np.int64)
+    if v.size and (v.min() < 0 or v.max() > 65535):
+        raise KmimError(f"{path}: integer image with values outside 0..65535: save it as 8- or 16-bit")
+    return ((2 * v + 257) // 514).astype(np.uint8)
+
+
+def _scale_float(values: np.ndarray) -> np.ndarray:
+    """Float gray -> 0..255: times 255 when the max is <= 1 (a [0, 1] image), else as is; rounded, clipped; NaN -> 0."""
+    v = np.nan_to_num(values.astype(np.float64), nan=0.0)
+    scale = 255.0 if v.size and v.max() <= 1.0 else 1.0
+    return np.clip(np.floor(v * scale + 0.5), 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8)).convert("RGB")
+
+
+def _on_black(rgba: Image.Image) -> Image.Image:
+    """Composite an RGBA image onto black: each color times alpha / 255, rounded half up."""
+    a = np.asarray(rgba).astype(np.uint32)
+    rgb = (a[..., :3] * a[..., 3:] + 127) // 255
+    return Image.fromarray(rgb.astype(np.uint8))
 
 
 def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset, DatasetInfo]:

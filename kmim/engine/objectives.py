@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kmim.config import TARGETS
 from kmim.tokenizers import Tokenizer
 from kmim.tokenizers.patches import normalize_patches, patchify
 
-TARGETS = ("tokens", "pixels")
+__all__ = ["TARGETS", "compute_targets", "masked_cross_entropy", "masked_mse", "mim_loss"]
 
 
 def masked_cross_entropy(

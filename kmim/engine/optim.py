@@ -1,25 +1,26 @@
-"""Optimizer and learning-rate schedule (MAE's recipe)."""
+"""Optimizer and learning-rate schedule (MAE's recipe), shared by every training loop of kmim."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from kmim.config import TrainConfig
 
-
-def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+def effective_lr(base_lr: float, batch_size: int, accum_steps: int = 1, world_size: int = 1) -> float:
     """lr = base_lr * effective batch / 256, effective batch = batch_size * accum_steps * world_size."""
-    return cfg.base_lr * cfg.batch_size * cfg.accum_steps * world_size / 256
+    return base_lr * batch_size * accum_steps * world_size / 256
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on >=2-D parameters only (none on biases and norms, as MAE); frozen params excluded."""
-    groups = param_groups_weight_decay(model, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2))
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on >=2-D parameters only (none on biases and norms, as MAE); frozen params excluded
+    (timm's `param_groups_weight_decay`)."""
+    return torch.optim.AdamW(param_groups_weight_decay(model, weight_decay), lr=lr, betas=betas)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -28,6 +29,19 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
         return lr * step / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Warmup + cosine (`lr_at`) over optimizer steps."""
+
+    lr: float
+    total_steps: int
+    warmup_steps: int
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kmim.engine.optim import lr_at, set_lr
+from kmim.engine.loop import run_epoch
+from kmim.engine.optim import Schedule, build_optimizer
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
@@ -26,24 +29,26 @@ def train_linear_probe(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> nn.Sequential:
-    """Fit the head on cached features (N, D) with AdamW, 10% warmup then cosine; returns it in eval mode."""
+    """Fit the head on cached features (N, D) with AdamW (no decay on the bias), 10% warmup then cosine; returns it
+    in eval mode."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = probe_head(feats.shape[1], num_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = build_optimizer(head, lr, weight_decay)
     n = feats.shape[0]
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
+    schedule = Schedule(lr, total, total // 10)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            for b in range(steps_per_epoch):
+                yield perm[b * batch_size : (b + 1) * batch_size]
+
+    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return F.cross_entropy(head(feats[idx]), labels[idx]), {}
+
     head.train()
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            set_lr(opt, lr_at(step, total, total // 10, lr, 0.0))
-            loss = F.cross_entropy(head(feats[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+    run_epoch(batches(), loss_fn, opt, schedule, 0, total)
     return head.eval()

@@ -16,13 +16,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchDropout
-from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from kmim.data import make_loader
-from kmim.engine.optim import lr_at, set_lr
+from kmim.engine.loop import run_epoch
+from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 
 
@@ -50,41 +49,39 @@ def train_supervised(
     stats: epochs, steps, final_loss (mean over the last epoch), train_top1 (% correct over the last epoch, with
     patch dropout on), wall_s.
     """
-    if epochs < 1:
-        raise KmimError(f"tokenizer.supervised_epochs={epochs} must be at least 1")
-    if not 0.0 <= patch_drop < 1.0:
-        raise KmimError(f"tokenizer.supervised_patch_drop={patch_drop} must be in [0, 1)")
     steps_per_epoch = len(ds) // batch_size
     if steps_per_epoch == 0:
         raise KmimError(f"tokenizer.batch_size={batch_size} exceeds the {len(ds)} training images: lower it")
     head = nn.Linear(encoder.embed_dim, num_classes)
     model = nn.ModuleDict({"encoder": encoder, "head": head}).to(device)
-    opt = torch.optim.AdamW(param_groups_weight_decay(model, weight_decay), lr=lr)
+    opt = build_optimizer(model, lr, weight_decay)
+    schedule = Schedule(lr, epochs * steps_per_epoch, steps_per_epoch)
     if patch_drop > 0:
         encoder.patch_drop = PatchDropout(patch_drop, num_prefix_tokens=encoder.num_prefix_tokens)
-    total, t0, step = epochs * steps_per_epoch, time.perf_counter(), 0
+    t0, step, tally = time.perf_counter(), 0, {}
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        imgs, labels = batch[0].to(device), batch[1].to(device)
+        logits = pooled_logits(encoder, head, imgs)  # (B, classes)
+        loss = F.cross_entropy(logits, labels)
+        tally["loss"] += float(loss.detach()) * len(labels)
+        tally["correct"] += int((logits.argmax(dim=1) == labels).sum())
+        tally["seen"] += len(labels)
+        return loss, {}
+
+    def postfix(_loss: float, _extras: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{tally['loss'] / tally['seen']:.3f}", "top1": f"{100 * tally['correct'] / tally['seen']:.1f}"}
+
     model.train()
     for epoch in range(epochs):
-        loss_sum, correct, seen = 0.0, 0, 0
+        tally.update(loss=0.0, correct=0, seen=0)
         loader = make_loader(ds, batch_size, shuffle=True, seed=seed + epoch)
-        bar = tqdm(
-            loader, total=steps_per_epoch, desc=f"supervised {epoch + 1}/{epochs}", disable=not progress, leave=False
-        )
-        for imgs, labels in bar:
-            set_lr(opt, lr_at(step, total, steps_per_epoch, lr, 0.0))
-            imgs, labels = imgs.to(device), labels.to(device)
-            logits = pooled_logits(encoder, head, imgs)  # (B, classes)
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            seen += len(labels)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100 * correct / seen:.1f}")
+        step = run_epoch(
+            loader, loss_fn, opt, schedule, step, steps_per_epoch, desc=f"supervised {epoch + 1}/{epochs}",
+            progress=progress, postfix=postfix,
+        ).step  # fmt: skip
     encoder.patch_drop = nn.Identity()
     encoder.requires_grad_(False).eval()
     wall = time.perf_counter() - t0
-    return {"epochs": epochs, "steps": step, "final_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-            "wall_s": round(wall, 2)}  # fmt: skip
+    return {"epochs": epochs, "steps": step, "final_loss": tally["loss"] / tally["seen"],
+            "train_top1": 100 * tally["correct"] / tally["seen"], "wall_s": round(wall, 2)}  # fmt: skip

@@ -1,7 +1,8 @@
-"""Training loop of the `vq` tokenizer's VQ-VAE (kmim.tokenizers.vq.VQVAE) and its codebook statistics.
+"""Training of the `vq` tokenizer's VQ-VAE (kmim.tokenizers.vq.VQVAE): the loss, the EMA codebook with dead-code
+restarts, the loop (kmim.engine.loop) and codebook statistics.
 
 loss = mean_patches ||decoder(sg-estimator(e_c)) - x_patch||^2 / (p*p*C) + beta * mean ||z - sg(e_c)||^2 / dim;
-the codebook itself moves by EMA after each optimizer step (`VQVAE.ema_update`), not by gradient.
+the codebook itself moves by EMA after each optimizer step (`ema_update`), not by gradient.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kmim.data import make_loader
-from kmim.engine.optim import lr_at, set_lr
+from kmim.engine.loop import run_epoch
+from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 from kmim.metrics import codebook_usage, perplexity
+from kmim.tokenizers.vq import VQVAE
 
 
 def usage_stats(counts: np.ndarray) -> dict[str, float]:
@@ -41,8 +44,43 @@ def vq_losses(vae: nn.Module, imgs: torch.Tensor, beta: float) -> tuple[torch.Te
     }
 
 
+@torch.no_grad()
+def init_codebook(vae: VQVAE, z: torch.Tensor) -> None:
+    """Codebook := K distinct random rows of z (N, dim) (the global torch RNG draws them)."""
+    k = vae.codebook.shape[0]
+    if z.shape[0] < k:
+        raise KmimError(f"the first VQ batch has {z.shape[0]} patches, fewer than K={k}: raise tokenizer.batch_size")
+    pick = z[torch.randperm(z.shape[0], device=z.device)[:k]]
+    vae.codebook.copy_(pick)
+    vae.ema_sum.copy_(pick)
+    vae.ema_count.fill_(1.0)
+    vae.initialized.fill_(True)
+
+
+@torch.no_grad()
+def ema_update(vae: VQVAE, z: torch.Tensor, codes: torch.Tensor, decay: float, threshold: float = 1.0) -> int:
+    """EMA codebook step on z (N, dim) assigned to codes (N,); restarts dead codes; returns how many restarted.
+
+    n_k <- decay n_k + (1 - decay) |{i: c_i = k}|,  s_k <- decay s_k + (1 - decay) sum_{c_i = k} z_i,
+    e_k = s_k / n_k. A code with n_k < threshold gets e_k = s_k = a random z_i and n_k = 1.
+    """
+    k = vae.codebook.shape[0]
+    counts = torch.bincount(codes, minlength=k).to(z.dtype)  # (K,)
+    sums = torch.zeros_like(vae.ema_sum).index_add_(0, codes, z)  # (K, dim)
+    vae.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+    vae.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+    dead = vae.ema_count < threshold  # (K,)
+    n_dead = int(dead.sum())
+    if n_dead:
+        fresh = z[torch.randint(0, z.shape[0], (n_dead,), device=z.device)]  # (n_dead, dim)
+        vae.ema_sum[dead] = fresh
+        vae.ema_count[dead] = 1.0
+    vae.codebook.copy_(vae.ema_sum / vae.ema_count[:, None])
+    return n_dead
+
+
 def train_vqvae(
-    vae: nn.Module,
+    vae: VQVAE,
     ds: Dataset,
     epochs: int,
     lr: float,
@@ -53,37 +91,36 @@ def train_vqvae(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `vae` in place (AdamW, half an epoch of warmup then cosine); returns fit statistics (see
-    `codebook_stats`) plus epochs, steps, restarts (dead-code restarts in total) and wall_s."""
-    if epochs < 1:
-        raise KmimError(f"tokenizer.vq_epochs={epochs} must be at least 1")
-    if not 0.0 < decay < 1.0:
-        raise KmimError(f"tokenizer.vq_decay={decay} must be in (0, 1)")
+    """Train `vae` in place (AdamW without weight decay, half an epoch of warmup then cosine); returns fit
+    statistics (see `codebook_stats`) plus epochs, steps, restarts (dead-code restarts in total) and wall_s."""
     steps_per_epoch = len(ds) // batch_size
     if steps_per_epoch == 0:
         raise KmimError(f"tokenizer.batch_size={batch_size} exceeds the {len(ds)} training images: lower it")
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2
+    opt = build_optimizer(vae, lr, weight_decay=0.0)
+    schedule = Schedule(lr, epochs * steps_per_epoch, steps_per_epoch // 2)
     step, restarts, t0 = 0, 0, time.perf_counter()
+
+    def loss_fn(batch: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        imgs = batch[0].to(device)
+        if not bool(vae.initialized):
+            with torch.no_grad():
+                init_codebook(vae, vae.latents(imgs).flatten(0, 1))
+        return vq_losses(vae, imgs, beta)
+
+    def on_step(_step: int, parts: dict[str, Any]) -> None:
+        nonlocal restarts
+        restarts += ema_update(vae, parts["z"].detach().flatten(0, 1), parts["codes"].flatten(), decay)
+
+    def postfix(_loss: float, parts: dict[str, Any]) -> dict[str, Any]:
+        return {"rec": f"{parts['rec']:.4f}", "commit": f"{parts['commit']:.4f}", "restarts": restarts}
+
     vae.train()
     for epoch in range(epochs):
         loader = make_loader(ds, batch_size, shuffle=True, seed=seed + epoch)
-        bar = tqdm(
-            loader, total=steps_per_epoch, desc=f"vq-vae {epoch + 1}/{epochs}", disable=not progress, leave=False
-        )
-        for imgs, _ in bar:
-            imgs = imgs.to(device)
-            if not bool(vae.initialized):
-                with torch.no_grad():
-                    vae.init_codebook(vae.latents(imgs).flatten(0, 1))
-            set_lr(opt, lr_at(step, total, warmup, lr, 0.0))
-            loss, parts = vq_losses(vae, imgs, beta)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            restarts += vae.ema_update(parts["z"].detach().flatten(0, 1), parts["codes"].flatten(), decay)
-            step += 1
-            bar.set_postfix(rec=f"{parts['rec']:.4f}", commit=f"{parts['commit']:.4f}", restarts=restarts)
+        step = run_epoch(
+            loader, loss_fn, opt, schedule, step, steps_per_epoch, on_step=on_step,
+            desc=f"vq-vae {epoch + 1}/{epochs}", progress=progress, postfix=postfix,
+        ).step  # fmt: skip
     wall = time.perf_counter() - t0
     stats = codebook_stats(vae, ds, batch_size, device, progress)
     return {**stats, "epochs": epochs, "steps": step, "restarts": restarts, "wall_s": round(wall, 2)}

@@ -8,11 +8,28 @@ from torch import nn
 
 from kmim.config import RunConfig
 from kmim.data import build_dataset
+from kmim.engine.pretrain import seed_everything
 from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
 from kmim.eval.probe import linear_probe
+from kmim.models import build_mim, resolve_spec
 
-__all__ = ["POOLS", "evaluate_encoder", "extract_features", "load_encoder", "pool_tokens", "split_features"]
+__all__ = [
+    "POOLS",
+    "evaluate_encoder",
+    "extract_features",
+    "load_encoder",
+    "pool_tokens",
+    "random_encoder",
+    "split_features",
+]
+
+
+def random_encoder(cfg: RunConfig, seed: int) -> nn.Module:
+    """An untrained encoder with exactly the initialisation pretraining starts from (the floor of the probes)."""
+    channels = build_dataset(cfg.data, "test")[1].channels
+    seed_everything(seed)
+    return build_mim(resolve_spec(cfg.model), cfg.data.img_size, channels, out_dim=1).encoder
 
 
 def split_features(encoder: nn.Module, cfg: RunConfig, device: str = "cpu", progress: bool = True):

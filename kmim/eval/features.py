@@ -9,19 +9,16 @@ import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
+from kmim.config import POOLS
 from kmim.data import make_loader
 from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from kmim.errors import KmimError
 
-POOLS = ("cls", "mean")
-
 
 def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
     """tokens (B, 1 + L, D) after the final norm -> (B, D): the CLS token, or the mean of the patch tokens."""
-    if pool not in POOLS:
-        raise KmimError(f"eval.pool={pool!r} is not valid: use one of {', '.join(POOLS)}")
     return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 

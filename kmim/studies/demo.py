@@ -3,6 +3,7 @@ evaluate both and a random-init encoder (kNN and linear probe), and write report
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import replace
@@ -11,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from kmim.commands import tokenize
-from kmim.config import RunConfig, config_to_dict, load_config
-from kmim.data import build_dataset
+from kmim.commands.common import add_config_arguments
+from kmim.config import RunConfig, config_to_dict
 from kmim.engine.checkpoint import load_checkpoint
-from kmim.engine.pretrain import pretrain, resume, seed_everything
+from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
-from kmim.eval import evaluate_encoder, load_encoder
-from kmim.models import build_mim, resolve_spec
+from kmim.eval import evaluate_encoder, load_encoder, random_encoder
+from kmim.fit import from_blob, prepare_tokenizer
+from kmim.resolve import load_run_config
 from kmim.runinfo import environment, write_json, write_text
 
 RANDOM_SEEDS = (0, 1, 2)
@@ -39,17 +40,12 @@ def _pretrain_or_reuse(cfg: RunConfig, progress: bool) -> Path:
     run_dir = Path(cfg.out_dir) / cfg.name
     last = run_dir / "checkpoints" / "last.pt"
     if not last.exists():
-        return pretrain(cfg, progress)[0]
-    if load_checkpoint(last)["config"] != config_to_dict(cfg):
+        return pretrain(cfg, prepare_tokenizer(cfg, progress), progress)[0]
+    ckpt = load_checkpoint(last)
+    if ckpt["config"] != config_to_dict(cfg):
         raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
-    return resume(run_dir, (), progress)[0]
-
-
-def _random_init(cfg: RunConfig, seed: int):
-    """An untrained encoder with exactly the initialisation pretraining starts from."""
-    channels = build_dataset(cfg.data, "test")[1].channels
-    seed_everything(seed)
-    return build_mim(resolve_spec(cfg.model), cfg.data.img_size, channels, out_dim=1).encoder
+    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(last))
+    return resume(run_dir, cfg, ckpt, tok, progress)[0]
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
@@ -61,14 +57,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole comparison; returns the results written to out/results.json."""
     out_dir = Path(out)
-    base = load_config(config, [*(FAST if fast else []), *overrides])
+    base = load_run_config(config, [*(FAST if fast else []), *overrides])
     if base.data.name != "mnist5k":
         print(f"note: the demo is tuned for mnist5k; running on data.name={base.data.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tok_file = out_dir / "tokenizer.pt"
     if not tok_file.exists():
-        tokenize(base, str(tok_file), progress)
+        prepare_tokenizer(replace(base, train=replace(base.train, target="tokens")), progress).save(tok_file)
     methods: dict[str, dict[str, Any]] = {}
     for name, cfg in _method_cfgs(base, out_dir).items():
         _say(progress, f"[demo] pretraining {name} ({cfg.train.epochs} epochs, target={cfg.train.target})")
@@ -104,7 +100,7 @@ def _headline(ev: dict[str, Any]) -> dict[str, Any]:
 def _random_rows(cfg: RunConfig, progress: bool) -> dict[str, Any]:
     """The floor: untrained encoders (MAE initialisation) over several seeds; reports mean and spread."""
     ts = time.perf_counter()
-    runs = [evaluate_encoder(_random_init(cfg, s), cfg, progress=progress) for s in RANDOM_SEEDS]
+    runs = [evaluate_encoder(random_encoder(cfg, s), cfg, progress=progress) for s in RANDOM_SEEDS]
     knn = _mean_std([r["knn_top1"] for r in runs])
     lp = _mean_std([r["linear_probe_top1"] for r in runs])
     return {
@@ -167,3 +163,14 @@ def render_report(res: dict[str, Any], fast: bool = False) -> str:
         "Per-pool numbers, probe learning rates and run directories are in results.json.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a 1-minute smoke version (numbers are not meaningful)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(args.out, args.config, args.overrides, fast=args.fast, progress=not args.quiet)
+    return 0

@@ -116,20 +116,20 @@ def run(args: argparse.Namespace) -> int:
 
     from kmim.data import build_dataset
     from kmim.engine.dist import resolve_device
-    from kmim.models import resolve_spec
+    from kmim.fit import training_split
 
     if len(args.tokenizer) + len(args.file) != 1:
         raise KmimError("show-tokens draws one tokenizer: pass exactly one --tokenizer SPEC or --file PATH")
     if args.images < 1 or args.cols < 1:
         raise KmimError(f"--images={args.images} and --cols={args.cols} must be at least 1")
     cfg = base_config(args)
-    patch = resolve_spec(cfg.model).patch_size
-    fit_ds, info = build_dataset(cfg.data, "train", min_side=patch)
+    data = training_split(cfg)
+    info = data.info
     entry = (
         Entry(args.tokenizer[0], spec=args.tokenizer[0]) if args.tokenizer else Entry(args.file[0], file=args.file[0])
     )
-    tok = build_tokenizer(entry, cfg, fit_ds, info, patch, not args.quiet).eval()
-    ds = fit_ds if args.split == "train" else build_dataset(cfg.data, "test", min_side=patch)[0]
+    tok = build_tokenizer(entry, cfg, data, not args.quiet).eval()
+    ds = data.ds if args.split == "train" else build_dataset(cfg.data, "test", min_side=data.patch_size)[0]
     idx = pick_images(ds, args.images, len(info.classes), args.seed)
     imgs = torch.stack([ds[i][0] for i in idx])  # (N, C, H, W)
     labels = torch.tensor([int(ds[i][1]) for i in idx])

@@ -112,30 +112,33 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 def base_config(args: argparse.Namespace):
     """The run config from -c, the overrides, --data and --data-root."""
-    from kmim.config import load_config
+    from kmim.resolve import load_run_config
 
     extra = [f"data.name={args.data}"] if args.data else []
     extra += [f"data.root={args.data_root}"] if args.data_root else []
-    return load_config(args.config, [*args.overrides, *extra])
+    return load_run_config(args.config, [*args.overrides, *extra])
 
 
 def spec_config(cfg: Any, spec: str):
     """cfg.tokenizer with the spec's name and fields applied (validated like any override)."""
-    from kmim.config import config_to_dict, load_config
+    from kmim.config import config_to_dict
+    from kmim.resolve import load_run_config
 
     name, overrides = parse_spec(spec)
-    return load_config(None, [f"tokenizer.name={name}", "tokenizer.path=null", *overrides], base=config_to_dict(cfg))
+    ov = [f"tokenizer.name={name}", "tokenizer.path=null", *overrides]
+    return load_run_config(None, ov, base=config_to_dict(cfg))
 
 
-def build_tokenizer(entry: Entry, cfg: Any, fit_ds: Any, info: Any, patch_size: int, progress: bool):
-    """Fit the entry's spec on `fit_ds` (the train split) or load its file; refuses files fitted for other data."""
-    from kmim.tokenizers import fit_tokenizer, load_tokenizer
+def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool):
+    """Fit the entry's spec on `data` (the train split, kmim.fit.FitData) or load its file; refuses files fitted
+    for other data."""
+    from kmim.fit import fit_tokenizer, load_tokenizer
 
+    info = data.info
     if entry.file is not None:
         tok = load_tokenizer(entry.file)
     else:
-        tcfg = spec_config(cfg, entry.spec).tokenizer
-        tok = fit_tokenizer(tcfg, fit_ds, info, patch_size, cfg.data.name, progress)
+        tok = fit_tokenizer(spec_config(cfg, entry.spec).tokenizer, data, progress)
     tok.check_compatible(tok.patch_size, info.channels, info.mean, info.std, where=entry.file or entry.spec)
     if cfg.data.img_size % tok.patch_size:
         raise KmimError(f"{entry.label}: patch size {tok.patch_size} does not divide data.img_size={cfg.data.img_size}")
@@ -146,7 +149,7 @@ def score(tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 25
     """Co-occurrence matrix (K, L) of the tokens of every patch of `ds` with its image's label."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from kmim.data import make_loader
     from kmim.metrics import cooccurrence
@@ -272,33 +275,35 @@ def _datasets(cfg: Any, args: argparse.Namespace, patch_size: int):
     from torch.utils.data import Subset
 
     from kmim.data import build_dataset
+    from kmim.fit import training_split
 
-    fit_ds, info = build_dataset(cfg.data, "train", min_side=patch_size)
-    ds = fit_ds if args.split == "train" else build_dataset(cfg.data, "test", min_side=patch_size)[0]
+    data = training_split(cfg)
+    ds = data.ds if args.split == "train" else build_dataset(cfg.data, "test", min_side=patch_size)[0]
     if args.max_images is not None:
         if args.max_images < 1:
             raise KmimError(f"--max-images={args.max_images} must be at least 1")
         if args.max_images < len(ds):
             g = torch.Generator().manual_seed(args.seed)
             ds = Subset(ds, torch.randperm(len(ds), generator=g)[: args.max_images].sort().values.tolist())
-    return fit_ds, ds, info
+    return data, ds
 
 
 def _registered(entry: Entry) -> bool:
-    from kmim.tokenizers import FITTERS
+    from kmim.fit import TOKENIZERS
 
-    return entry.spec is None or parse_spec(entry.spec)[0] in FITTERS
+    return entry.spec is None or parse_spec(entry.spec)[0] in TOKENIZERS
 
 
 def run(args: argparse.Namespace) -> int:
     from kmim.engine.dist import resolve_device
+    from kmim.fit import TOKENIZERS
     from kmim.models import resolve_spec
-    from kmim.tokenizers import FITTERS
 
     progress = not args.quiet
     cfg = base_config(args)
     patch = resolve_spec(cfg.model).patch_size
-    fit_ds, ds, info = _datasets(cfg, args, patch)
+    data, ds = _datasets(cfg, args, patch)
+    info = data.info
     device = resolve_device(args.device, "--device")
     rows, skipped = [], []
     for entry in _entries(args):
@@ -306,11 +311,11 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(entry.label)
             print(
                 f"note: skipped grid entry {entry.label}: that tokenizer is not registered "
-                f"(registered: {', '.join(sorted(FITTERS))})"
+                f"(registered: {', '.join(sorted(TOKENIZERS))})"
             )
             continue
         t0 = time.perf_counter()
-        tok = build_tokenizer(entry, cfg, fit_ds, info, patch, progress)
+        tok = build_tokenizer(entry, cfg, data, progress)
         fit_s = time.perf_counter() - t0 if entry.file is None else 0.0
         rows.append(_row(entry, tok, score(tok, ds, len(info.classes), device, progress=progress), fit_s))
         if progress:

@@ -148,7 +148,7 @@ def _write(out_dir: Path, res: dict[str, Any], args: argparse.Namespace) -> None
 def run(args: argparse.Namespace) -> int:
     """Print the tables; with --out also write theory.json and the plots. Returns 0."""
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     _validate(args)
     total = 4 + int(args.empirical)

@@ -22,7 +22,8 @@ import torch
 
 from kmim.data.mnist5k import load_mnist5k
 from kmim.errors import KmimError
-from kmim.tokenizers.kmeans import assign, fit_kmeans
+from kmim.fit.kmeans import fit_kmeans
+from kmim.tokenizers.codebook import assign
 from kmim.tokenizers.patches import patchify
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

@@ -3,11 +3,14 @@
 A tokenizer maps each image patch to one id in [0, K). It is fitted on a dataset's training split, encodes batches
 on any device without gradients, and saves to one self-describing file:
 
-    {"format": "kmim-tokenizer", "version": 1, "kind": <registry name>, "meta": {...}, "state": <state_dict>}
+    {"format": "kmim-tokenizer", "version": 2, "kind": <registry name>, "meta": {...}, "state": <state_dict>}
 
 `meta` records K, patch size, channels, feature dim, the image normalization it was fitted under, the feature
 source, the dataset, fit statistics, the kmim version and git SHA. `check_compatible` refuses a tokenizer whose
 patch size, channels or normalization differ from the model's data, naming both values.
+
+Version 1 files (kmim 0.1.0) load: the only layout change is that a frozen encoder's weights moved from
+`encoder.*` to `source.encoder.*` when tokenizers became a feature source plus a codebook.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import kmim
 from kmim.errors import KmimError
 from kmim.runinfo import atomic_write, git_sha
 
-FORMAT, VERSION = "kmim-tokenizer", 1
+FORMAT, VERSION = "kmim-tokenizer", 2
+READABLE_VERSIONS = (1, 2)
 
 
 class Tokenizer(nn.Module):
-    """Subclasses set `kind`, implement `encode` and `from_state`; `needs_labels` marks label-using oracles."""
+    """Subclasses set `kind`, implement `encode`; `needs_labels` marks label-using oracles. How a tokenizer is
+    rebuilt from a file is the loader named by its registry entry (kmim.fit.TOKENIZERS)."""
 
     kind: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False  # oracle tokenizers (class-wise, cross-class) read the image labels
@@ -51,16 +56,11 @@ class Tokenizer(nn.Module):
         """(B, C, H, W) normalized images [and (B,) labels] -> token ids (B, L) int64, patches in row-major order."""
         raise NotImplementedError
 
-    @classmethod
-    def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> Tokenizer:
-        """Rebuild from a file's `meta` and `state` (see `load_tokenizer`)."""
-        raise NotImplementedError
-
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.meta}
 
     def save(self, path: str | Path) -> None:
-        blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "meta": self.meta, "state": self.state_dict()}
+        blob = to_blob(self)
         atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
     def check_compatible(
@@ -116,6 +116,24 @@ def read_tokenizer_file(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise KmimError(f"{path} is not a kmim tokenizer file (no '{FORMAT}' header)")
-    if blob.get("version") != VERSION:
-        raise KmimError(f"{path}: tokenizer file version {blob.get('version')} is not supported (expected {VERSION})")
-    return blob
+    version = blob.get("version")
+    if version not in READABLE_VERSIONS:
+        raise KmimError(
+            f"{path}: tokenizer file version {version} is not supported (this kmim reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}): refit it with `kmim tokenize`"
+        )
+    return upgrade(blob)
+
+
+def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer blob ({kind, meta, state[, version]}; no version = 1) in the current layout: version-1
+    frozen-encoder weights move from `encoder.` to `source.encoder.`."""
+    if blob.get("version", 1) == VERSION:
+        return blob
+    state = {(f"source.{k}" if k.startswith("encoder.") else k): v for k, v in blob["state"].items()}
+    return {**blob, "version": VERSION, "state": state}
+
+
+def to_blob(tok: Tokenizer) -> dict[str, Any]:
+    """What a tokenizer file (and a checkpoint's `tokenizer` entry) holds."""
+    return {"format": FORMAT, "version": VERSION, "kind": tok.kind, "meta": tok.meta, "state": tok.state_dict()}

@@ -14,17 +14,11 @@ per-image Python and would run inside the training step, where targets are compu
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from kmim.config import TokenizerConfig
 from kmim.errors import KmimError
-from kmim.tokenizers.base import base_meta, provenance
-from kmim.tokenizers.features import fit_patch_kmeans
-from kmim.tokenizers.pixel import KMeansPixelTokenizer
 
 # Normalization floor, in units of [0, 1]-pixel gradients: a patch whose summed gradient magnitude is well below
 # 1/100 of one full-contrast edge pixel (sensor or JPEG noise) stays near zero instead of being blown up to norm 1.
@@ -68,44 +62,8 @@ def hog_descriptors(pixels: torch.Tensor, patch_size: int, cells: int, bins: int
     return v / (v.pow(2).sum(dim=-1, keepdim=True) + eps**2).sqrt()
 
 
-class KMeansHOGTokenizer(KMeansPixelTokenizer):
-    """Token of a patch = nearest centroid (squared Euclidean) of its HOG descriptor (see the module docstring)."""
-
-    kind = "kmeans-hog"
-
-    def __init__(self, meta: dict[str, Any], centroids: torch.Tensor) -> None:
-        check_hog_params(int(meta["patch_size"]), int(meta["hog_cells"]), int(meta["hog_bins"]))
-        super().__init__(meta, centroids)
-        norm = meta["normalization"]
-        self.register_buffer("mean", torch.tensor(norm["mean"]).view(1, -1, 1, 1), persistent=False)  # (1, C, 1, 1)
-        self.register_buffer("std", torch.tensor(norm["std"]).view(1, -1, 1, 1), persistent=False)  # (1, C, 1, 1)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.meta["hog_cells"] ** 2 * self.in_chans * self.meta["hog_bins"]
-
-    def features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) dataset-normalized images -> HOG of their [0, 1] pixels (B, L, D)."""
-        pixels = imgs.float() * self.std + self.mean  # undo the dataset normalization
-        return hog_descriptors(pixels, self.patch_size, self.meta["hog_cells"], self.meta["hog_bins"])
-
-
 def check_hog_params(patch_size: int, cells: int, bins: int) -> None:
     if cells < 1 or patch_size % cells:
-        raise KmimError(f"tokenizer.hog_cells={cells} does not divide the patch size {patch_size}: use a divisor")
+        raise KmimError(f"tokenizer.hog.cells={cells} does not divide the patch size {patch_size}: use a divisor")
     if bins < 2:
-        raise KmimError(f"tokenizer.hog_bins={bins} is too small: use at least 2 orientation bins (MaskFeat uses 9)")
-
-
-def fit_hog_tokenizer(
-    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
-) -> KMeansHOGTokenizer:
-    """Fit K-means on HOG descriptors of patches of the (eval-transformed) training split `ds`."""
-    check_hog_params(patch_size, cfg.hog_cells, cfg.hog_bins)
-    dim = cfg.hog_cells**2 * info.channels * cfg.hog_bins
-    extra = {"hog_cells": cfg.hog_cells, "hog_bins": cfg.hog_bins, "hog_eps": HOG_EPS}
-    meta = base_meta(cfg.k, patch_size, info, dataset, "hog", dim, **extra)
-    probe = KMeansHOGTokenizer(meta, torch.zeros(cfg.k, dim))
-    centroids, fit = fit_patch_kmeans(cfg, ds, probe.features, progress)
-    meta.update(fit=fit, **provenance())
-    return KMeansHOGTokenizer(meta, centroids)
+        raise KmimError(f"tokenizer.hog.bins={bins} is too small: use at least 2 orientation bins (MaskFeat uses 9)")

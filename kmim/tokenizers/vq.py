@@ -10,8 +10,8 @@ and a commitment loss beta * ||z - sg(e)||^2 on the encoder; codes whose EMA cou
 are restarted at random encoder outputs of the current batch (Dhariwal et al. 2020, Jukebox); the codebook starts as
 K random encoder outputs of the first batch. The default EMA decay is 0.9, not the usual 0.99: a fit has only
 hundreds of steps, and at 0.99 codes that fell out of use kept counts above the restart threshold for the whole run
-(fewer codes used on mnist5k). Training is `kmim.engine.vq_train.train_vqvae`; meta['fit'] reports
-codebook usage and perplexity on the training split after training.
+(fewer codes used on mnist5k). Training (codebook initialisation, EMA and restarts included) is
+`kmim.engine.vq_train.train_vqvae`; meta['fit'] reports codebook usage and perplexity on the training split.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from kmim.config import TokenizerConfig
-from kmim.engine.dist import resolve_device
-from kmim.engine.vq_train import train_vqvae
 from kmim.errors import KmimError
-from kmim.tokenizers.base import Tokenizer, base_meta, provenance
-from kmim.tokenizers.features import isolated_rng
-from kmim.tokenizers.kmeans import assign
+from kmim.tokenizers.base import Tokenizer
+from kmim.tokenizers.codebook import assign, check_finite
 from kmim.tokenizers.patches import patchify
 
 
@@ -72,41 +67,6 @@ class VQVAE(nn.Module):
         recon = self.decoder(z + (zq - z).detach())  # (B, L, p*p*C)
         return {"z": z, "zq": zq, "codes": codes, "recon": recon}
 
-    @torch.no_grad()
-    def init_codebook(self, z: torch.Tensor) -> None:
-        """Codebook := K distinct random rows of z (N, dim)."""
-        k = self.codebook.shape[0]
-        if z.shape[0] < k:
-            raise KmimError(
-                f"the first VQ batch has {z.shape[0]} patches, fewer than K={k}: raise tokenizer.batch_size"
-            )
-        pick = z[torch.randperm(z.shape[0], device=z.device)[:k]]
-        self.codebook.copy_(pick)
-        self.ema_sum.copy_(pick)
-        self.ema_count.fill_(1.0)
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def ema_update(self, z: torch.Tensor, codes: torch.Tensor, decay: float, threshold: float = 1.0) -> int:
-        """EMA codebook step on z (N, dim) assigned to codes (N,); restarts dead codes; returns how many restarted.
-
-        n_k <- decay n_k + (1 - decay) |{i: c_i = k}|,  s_k <- decay s_k + (1 - decay) sum_{c_i = k} z_i,
-        e_k = s_k / n_k. A code with n_k < threshold gets e_k = s_k = a random z_i and n_k = 1.
-        """
-        k = self.codebook.shape[0]
-        counts = torch.bincount(codes, minlength=k).to(z.dtype)  # (K,)
-        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, z)  # (K, dim)
-        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
-        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
-        dead = self.ema_count < threshold  # (K,)
-        n_dead = int(dead.sum())
-        if n_dead:
-            fresh = z[torch.randint(0, z.shape[0], (n_dead,), device=z.device)]  # (n_dead, dim)
-            self.ema_sum[dead] = fresh
-            self.ema_count[dead] = 1.0
-        self.codebook.copy_(self.ema_sum / self.ema_count[:, None])
-        return n_dead
-
 
 class VQTokenizer(Tokenizer):
     """Token of a patch = the VQ-VAE code of its encoder output (see the module docstring)."""
@@ -129,6 +89,7 @@ class VQTokenizer(Tokenizer):
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> VQTokenizer:
+        """Rebuild from a file's meta (architecture) and state (weights, codebook)."""
         vae = VQVAE(int(meta["in_chans"]), int(meta["patch_size"]), int(meta["k"]), int(meta["feature_dim"]),
                     int(meta["vq_hidden"]))  # fmt: skip
         tok = cls(meta, vae)
@@ -136,24 +97,8 @@ class VQTokenizer(Tokenizer):
             tok.load_state_dict(state)
         except RuntimeError as e:
             raise KmimError(f"VQ tokenizer state does not match its meta: {str(e).splitlines()[0]}") from None
+        check_finite(tok.vae.codebook, "the VQ codebook")
         return tok
 
 
-def fit_vq_tokenizer(
-    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, dataset: str, progress: bool = True
-) -> VQTokenizer:
-    """Train a VQ-VAE with K codes on the (eval-transformed) training split `ds`."""
-    device = resolve_device(cfg.device, "tokenizer.device")
-    hparams = {"vq_hidden": cfg.vq_hidden, "vq_epochs": cfg.vq_epochs, "vq_lr": cfg.vq_lr, "vq_beta": cfg.vq_beta,
-               "vq_decay": cfg.vq_decay, "batch_size": cfg.batch_size, "seed": cfg.seed}  # fmt: skip
-    with isolated_rng(cfg.seed, device):
-        vae = VQVAE(info.channels, patch_size, cfg.k, cfg.vq_dim, cfg.vq_hidden).to(device)
-        fit = train_vqvae(
-            vae, ds, cfg.vq_epochs, cfg.vq_lr, cfg.batch_size, cfg.vq_beta, cfg.vq_decay, device, cfg.seed, progress
-        )
-    meta = base_meta(cfg.k, patch_size, info, dataset, "vq-vae", cfg.vq_dim, **hparams)
-    meta.update(fit=fit, **provenance())
-    return VQTokenizer(meta, vae.cpu().eval())
-
-
-__all__ = ["VQVAE", "VQTokenizer", "fit_vq_tokenizer"]
+__all__ = ["VQVAE", "VQTokenizer"]

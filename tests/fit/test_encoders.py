@@ -7,10 +7,11 @@ from kmim.data import build_dataset
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.supervised import train_supervised
 from kmim.errors import KmimError
+from kmim.fit import FitData, fit_tokenizer, load_tokenizer
+from kmim.fit.kmeans import fit_subset
 from kmim.models import build_encoder, encoder_kwargs, resolve_spec
-from kmim.tokenizers import fit_tokenizer, load_tokenizer
-from kmim.tokenizers.features import FeatureTokenizer, fit_subset
-from kmim.tokenizers.kmeans import assign
+from kmim.tokenizers import EncoderSource, KMeansTokenizer
+from kmim.tokenizers.codebook import assign
 
 TIMM = "vit_tiny_patch16_224"
 TINY_VIT = {"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2}
@@ -46,7 +47,7 @@ def _kmim_encoder_file(path, patch=4, img=16, chans=1):
 def _fit(tiny_overrides, extra):
     cfg = load_config(None, [*tiny_overrides, *extra])
     ds, info = build_dataset(cfg.data, "train")
-    return fit_tokenizer(cfg.tokenizer, ds, info, 4, "synthetic", progress=False), ds
+    return fit_tokenizer(cfg.tokenizer, FitData(ds, info, 4, "synthetic"), progress=False), ds
 
 
 def _imgs(ds, n=4):
@@ -62,12 +63,14 @@ def test_timm_encoder_from_a_local_file(tmp_path, tiny_overrides, vit_file):
                                   "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
     assert m["timm_kwargs"]["img_size"] == 32 and m["weights"] == str(vit_file.resolve())
     saved = torch.load(vit_file)
-    assert torch.equal(tok.encoder.blocks[1].mlp.fc1.weight, saved["blocks.1.mlp.fc1.weight"])  # weights were loaded
-    assert tok.encoder.pos_embed.shape == (1, 1 + 16, 16)  # resampled from 8x8 to the 4x4 grid
+    assert torch.equal(
+        tok.source.encoder.blocks[1].mlp.fc1.weight, saved["blocks.1.mlp.fc1.weight"]
+    )  # weights were loaded
+    assert tok.source.encoder.pos_embed.shape == (1, 1 + 16, 16)  # resampled from 8x8 to the 4x4 grid
     imgs = _imgs(ds)
     pix = (imgs * 0.25 + 0.5).expand(-1, 3, -1, -1)  # synthetic data: mean 0.5, std 0.25
     x = torch.nn.functional.interpolate(pix, size=(32, 32), mode="bicubic", antialias=True)
-    feats = tok.encoder.forward_features((x - 0.5) / 0.5)[:, 1:]  # (4, 16, 16)
+    feats = tok.source.encoder.forward_features((x - 0.5) / 0.5)[:, 1:]  # (4, 16, 16)
     assert torch.allclose(tok.features(imgs), feats, atol=1e-5)
     assert torch.equal(tok.encode(imgs), assign(feats.reshape(-1, 16), tok.centroids).view(4, 16))
     tok.save(tmp_path / "tok.pt")
@@ -77,8 +80,8 @@ def test_timm_encoder_from_a_local_file(tmp_path, tiny_overrides, vit_file):
 
 def test_layer_picks_a_block_output(tiny_overrides, vit_file):
     tok, ds = _fit(tiny_overrides, [*_timm_overrides(vit_file), "tokenizer.layer=0"])
-    enc, imgs = tok.encoder, _imgs(ds)
-    x = enc.norm_pre(enc._pos_embed(enc.patch_embed(tok.encoder_input(imgs))))
+    enc, imgs = tok.source.encoder, _imgs(ds)
+    x = enc.norm_pre(enc._pos_embed(enc.patch_embed(tok.source.encoder_input(imgs))))
     assert torch.allclose(tok.features(imgs), enc.blocks[0](x)[:, 1:], atol=1e-5)  # block 0, no final norm
     with pytest.raises(KmimError, match=r"layer=2 is not valid for an encoder of 2 blocks"):
         _fit(tiny_overrides, [*_timm_overrides(vit_file), "tokenizer.layer=2"])
@@ -113,8 +116,8 @@ def test_supervised_encoder(tmp_path, tiny_overrides):
     torch.manual_seed(5)
     expect = torch.rand(3)
     torch.manual_seed(5)
-    extra = ["tokenizer.name=kmeans-features", "tokenizer.encoder=supervised", "tokenizer.supervised_epochs=1",
-             "tokenizer.batch_size=8", "tokenizer.supervised_preset=mnist-tiny"]  # fmt: skip
+    extra = ["tokenizer.name=kmeans-features", "tokenizer.encoder=supervised", "tokenizer.supervised.epochs=1",
+             "tokenizer.batch_size=8", "tokenizer.supervised.preset=mnist-tiny"]  # fmt: skip
     tok, ds = _fit(tiny_overrides, extra)
     assert torch.equal(torch.rand(3), expect)  # fitting left the global RNG as it was
     sup = tok.meta["supervised"]
@@ -150,11 +153,11 @@ def test_bad_encoder_settings_are_refused(tmp_path, tiny_overrides, vit_file):
 
 def test_incompatible_tokenizers_are_refused(tmp_path, tiny_overrides, vit_file):
     tok, _ = _fit(tiny_overrides, _timm_overrides(vit_file))
-    with pytest.raises(KmimError, match=r"centroids of shape \(8, 17\) do not match K=8, D=16"):
-        FeatureTokenizer.from_state(tok.meta, {**tok.state_dict(), "centroids": torch.zeros(8, 17)})
+    with pytest.raises(KmimError, match=r"centroids of shape \(8, 17\) do not match K=8 .* dimension 16"):
+        KMeansTokenizer.from_state(tok.meta, {**tok.state_dict(), "centroids": torch.zeros(8, 17)}, EncoderSource)
     other = timm.create_model(TIMM, pretrained=False, img_size=32, num_classes=0, **{**TINY_VIT, "embed_dim": 32})
-    with pytest.raises(KmimError, match="encoder's features are 32-dim, the tokenizer's centroids are 16-dim"):
-        FeatureTokenizer(tok.meta, tok.centroids, other)
+    with pytest.raises(KmimError, match=r"centroids of shape \(8, 16\) do not match K=8 .* dimension 32"):
+        KMeansTokenizer(tok.meta, EncoderSource(other, tok.meta), tok.centroids)
     with pytest.raises(KmimError, match="fitted for 16x16 images .* got 32x32"):
         tok.encode(torch.zeros(1, 1, 32, 32))
     with pytest.raises(KmimError, match="patch size 4 does not match the model's patch size 8"):

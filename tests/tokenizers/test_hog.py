@@ -47,7 +47,7 @@ def test_hog_is_invariant_to_contrast_and_offset():
 
 
 def test_hog_params_are_checked():
-    with pytest.raises(KmimError, match="hog_cells=3 does not divide the patch size 4"):
+    with pytest.raises(KmimError, match="hog.cells=3 does not divide the patch size 4"):
         check_hog_params(4, 3, 9)
-    with pytest.raises(KmimError, match="hog_bins=1"):
+    with pytest.raises(KmimError, match="hog.bins=1"):
         check_hog_params(4, 2, 1)

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from kmim.config import ModelConfig, TrainConfig
+from kmim.config import ModelConfig
 from kmim.engine.objectives import compute_targets, masked_cross_entropy, masked_mse
 from kmim.engine.optim import build_optimizer, effective_lr, lr_at
 from kmim.models import build_mim
 from kmim.models import resolve_spec as spec_of
-from kmim.tokenizers.pixel import KMeansPixelTokenizer
+from kmim.tokenizers import KMeansTokenizer, PixelSource
 
 
 def test_masked_cross_entropy_by_hand():
@@ -34,7 +34,7 @@ def _model_and_tok(k=4):
     spec = spec_of(ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_heads=2))
     model = build_mim(spec, 16, 1, k)
     meta = {"k": k, "patch_size": 4, "in_chans": 1}
-    tok = KMeansPixelTokenizer(meta, torch.randn(k, 16))
+    tok = KMeansTokenizer(meta, PixelSource(4, 1), torch.randn(k, 16))
     return model, tok
 
 
@@ -59,7 +59,7 @@ def test_loss_falls_on_a_repeated_batch():
     model, tok = _model_and_tok()
     imgs = torch.randn(8, 1, 16, 16)
     targets = compute_targets(imgs, "tokens", 4, tok)
-    opt = build_optimizer(model, TrainConfig(weight_decay=0.0), lr=3e-3)
+    opt = build_optimizer(model, 3e-3, weight_decay=0.0)
     losses = []
     for _ in range(40):
         pred, mask = model(imgs, 0.5)
@@ -73,7 +73,7 @@ def test_loss_falls_on_a_repeated_batch():
 
 def test_weight_decay_only_on_matrices():
     model, _ = _model_and_tok()
-    opt = build_optimizer(model, TrainConfig(weight_decay=0.05), lr=1e-3)
+    opt = build_optimizer(model, 1e-3, weight_decay=0.05)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     for n, p in model.named_parameters():
         if not p.requires_grad:
@@ -87,4 +87,4 @@ def test_lr_schedule_values():
     assert lr_at(10, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)  # halfway through the cosine
     assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
-    assert effective_lr(TrainConfig(base_lr=1e-3, batch_size=64, accum_steps=2)) == pytest.approx(5e-4)
+    assert effective_lr(1e-3, 64, accum_steps=2) == pytest.approx(5e-4)

@@ -8,8 +8,8 @@ import pytest
 from kmim.config import load_config
 from kmim.data import build_dataset
 from kmim.errors import KmimError
+from kmim.fit import TOKENIZERS, FitData, fit_tokenizer
 from kmim.studies import show_tokens, tcas
-from kmim.tokenizers import FITTERS, fit_tokenizer
 
 DATA = [
     "data.img_size=16",
@@ -48,7 +48,7 @@ def test_tcas_scores_specs_and_files(tmp_path, capsys):
     saved = tmp_path / "cw.pt"
     cfg = load_config(None, ["data.name=synthetic", *DATA, "tokenizer.name=class-wise", "tokenizer.k=6"])
     ds, info = build_dataset(cfg.data, "train")
-    fit_tokenizer(cfg.tokenizer, ds, info, 4, "synthetic", progress=False).save(saved)
+    fit_tokenizer(cfg.tokenizer, FitData(ds, info, 4, "synthetic"), progress=False).save(saved)
 
     out = tmp_path / "out"
     argv = [
@@ -79,7 +79,7 @@ def test_tcas_scores_specs_and_files(tmp_path, capsys):
 
 
 def test_tcas_default_grid_reports_skipped_names(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(FITTERS, "random")
+    monkeypatch.delitem(TOKENIZERS, "random")
     out = tmp_path / "grid"
     argv = [
         "--data",
@@ -105,7 +105,7 @@ def test_tcas_default_grid_reports_skipped_names(tmp_path, capsys, monkeypatch):
         "class-wise:k=6",
         "cross-class:k=6",
     ]
-    assert names == [n for n in expect if n.split(":")[0] in FITTERS]
+    assert names == [n for n in expect if n.split(":")[0] in TOKENIZERS]
     printed = capsys.readouterr().out
     assert "skipped grid entry random:k=6" in printed and "skipped (not registered): random:k=6" in printed
     assert all(int(r["patches"]) == 9 * 16 for r in _rows(out / "tcas.csv"))
@@ -113,7 +113,7 @@ def test_tcas_default_grid_reports_skipped_names(tmp_path, capsys, monkeypatch):
 
 def test_tcas_bad_inputs(tmp_path):
     base = ["--data", "synthetic", "--out", str(tmp_path), "-q", *DATA]
-    with pytest.raises(KmimError, match="valid names are"):
+    with pytest.raises(KmimError, match="must be one of"):
         _run(tcas, [*base, "--no-grid", "--tokenizer", "kmeans-nope:k=3"])
     with pytest.raises(KmimError, match="tokenizer.kk"):
         _run(tcas, [*base, "--no-grid", "--tokenizer", "kmeans-pixels:kk=3"])

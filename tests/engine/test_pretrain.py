@@ -6,13 +6,13 @@ import torch
 
 from kmim.config import load_config
 from kmim.engine.checkpoint import load_checkpoint
-from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
+from tests.helpers import pretrain_run, resume_run
 
 
 def test_pretrain_writes_a_complete_run_dir(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, "name=kmim"])
-    run_dir, res = pretrain(cfg, progress=False)
+    run_dir, res = pretrain_run(cfg, progress=False)
     for f in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "tokenizer.pt", "encoder.pt"):
         assert (run_dir / f).is_file(), f
     assert res["steps"] == 2 * (24 // 8) and res["images_seen"] == 2 * 24
@@ -25,12 +25,12 @@ def test_pretrain_writes_a_complete_run_dir(tiny_overrides):
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_overrides):
     three = [*tiny_overrides, "train.epochs=3", "train.save_every=2"]
-    straight, res3 = pretrain(load_config(None, [*three, "name=a"]), progress=False)
-    crashed, _ = pretrain(load_config(None, [*three, "name=b"]), progress=False)
+    straight, res3 = pretrain_run(load_config(None, [*three, "name=a"]), progress=False)
+    crashed, _ = pretrain_run(load_config(None, [*three, "name=b"]), progress=False)
     ckpts = crashed / "checkpoints"
     shutil.copy(ckpts / "checkpoint-0002.pt", ckpts / "last.pt")  # as if the run died during epoch 3
     assert load_checkpoint(ckpts / "last.pt")["train_state"]["step"] == 6
-    _, res = resume(crashed, progress=False)
+    _, res = resume_run(crashed, progress=False)
     assert res["steps"] == res3["steps"] == 9 and res["epochs"] == 3
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(ckpts / "last.pt")["model"]
@@ -40,39 +40,39 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_overrides):
 
 
 def test_resume_extends_a_finished_run(tiny_overrides):
-    run, _ = pretrain(load_config(None, [*tiny_overrides, "name=c", "train.epochs=1"]), progress=False)
-    _, res = resume(run, ["train.epochs=2"], progress=False)
+    run, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=c", "train.epochs=1"]), progress=False)
+    _, res = resume_run(run, ["train.epochs=2"], progress=False)
     assert res["epochs"] == 2 and res["steps"] == 6
 
 
 def test_same_seed_same_numbers(tiny_overrides):
-    _, r1 = pretrain(load_config(None, [*tiny_overrides, "name=s1", "train.target=pixels"]), progress=False)
-    _, r2 = pretrain(load_config(None, [*tiny_overrides, "name=s2", "train.target=pixels"]), progress=False)
+    _, r1 = pretrain_run(load_config(None, [*tiny_overrides, "name=s1", "train.target=pixels"]), progress=False)
+    _, r2 = pretrain_run(load_config(None, [*tiny_overrides, "name=s2", "train.target=pixels"]), progress=False)
     assert r1["final_epoch_loss"] == r2["final_epoch_loss"]
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, "name=acc", "train.batch_size=4", "train.accum_steps=2"])
-    _, res = pretrain(cfg, progress=False)
+    _, res = pretrain_run(cfg, progress=False)
     assert res["steps"] == 2 * (24 // 4 // 2)
 
 
 def test_existing_run_is_not_overwritten(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, "name=x", "train.epochs=1"])
-    pretrain(cfg, progress=False)
+    pretrain_run(cfg, progress=False)
     with pytest.raises(KmimError, match="already holds a run"):
-        pretrain(cfg, progress=False)
+        pretrain_run(cfg, progress=False)
 
 
 def test_bad_target_and_batch(tiny_overrides):
     with pytest.raises(KmimError, match="train.target='pix' is not valid"):
-        pretrain(load_config(None, [*tiny_overrides, "name=t", "train.target=pix"]), progress=False)
+        pretrain_run(load_config(None, [*tiny_overrides, "name=t", "train.target=pix"]), progress=False)
     with pytest.raises(KmimError, match="lower train.batch_size"):
-        pretrain(load_config(None, [*tiny_overrides, "name=u", "train.batch_size=64"]), progress=False)
+        pretrain_run(load_config(None, [*tiny_overrides, "name=u", "train.batch_size=64"]), progress=False)
 
 
 def test_bad_tokenizer_file_writes_nothing(tiny_overrides, tmp_path):
     cfg = load_config(None, [*tiny_overrides, "name=bad", f"tokenizer.path={tmp_path / 'missing.pt'}"])
     with pytest.raises(KmimError, match="missing.pt does not exist"):
-        pretrain(cfg, progress=False)
+        pretrain_run(cfg, progress=False)
     assert not (tmp_path / "runs" / "bad").exists()

@@ -3,9 +3,8 @@
 import pytest
 
 from kmim.config import load_config
-from kmim.engine.pretrain import pretrain
-from kmim.eval import evaluate_encoder, load_encoder
-from kmim.studies.demo import _random_init
+from kmim.eval import evaluate_encoder, load_encoder, random_encoder
+from tests.helpers import pretrain_run
 
 
 @pytest.mark.slow
@@ -15,8 +14,8 @@ def test_demo_budget_kmim_beats_random_init_on_knn(tmp_path):
     Measured with seed 0: 77.0 vs 46.7. Shorter budgets do not: 6 epochs 47.0, 20 epochs 52.0 (docs/benchmarks.md).
     """
     cfg = load_config(None, [f"out_dir={tmp_path}", "name=k"])
-    run_dir, res = pretrain(cfg, progress=False)
+    run_dir, res = pretrain_run(cfg, progress=False)
     assert res["final_epoch_loss"] < 2.0  # starts near ln(200) = 5.3
     trained = evaluate_encoder(load_encoder(run_dir)[0], cfg, methods=("knn",), progress=False)["knn_top1"]
-    floor = evaluate_encoder(_random_init(cfg, 0), cfg, methods=("knn",), progress=False)["knn_top1"]
+    floor = evaluate_encoder(random_encoder(cfg, 0), cfg, methods=("knn",), progress=False)["knn_top1"]
     assert trained > floor + 15.0, (trained, floor)

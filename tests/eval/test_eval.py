@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from kmim.config import load_config
-from kmim.engine.pretrain import pretrain
 from kmim.eval import evaluate_encoder, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
 from kmim.eval.probe import linear_probe
+from tests.helpers import pretrain_run
 
 
 def test_weighted_knn_hand_bank():
@@ -40,7 +40,7 @@ def test_linear_probe_separable_data():
 
 def test_evaluate_pretrained_run(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, "name=ev", "train.target=pixels"])
-    run_dir, _ = pretrain(cfg, progress=False)
+    run_dir, _ = pretrain_run(cfg, progress=False)
     enc, info = load_encoder(run_dir)
     assert info["config"]["data"]["name"] == "synthetic"
     enc2, _ = load_encoder(run_dir / "encoder.pt")

@@ -8,11 +8,12 @@ import torch
 
 from kmim.config import TokenizerConfig, load_config
 from kmim.data import build_dataset, stack_dataset
-from kmim.engine.pretrain import pretrain
 from kmim.errors import KmimError
+from kmim.fit import FitData, fit_tokenizer, load_tokenizer
+from kmim.fit.oracle import fit_random, size_ranks
 from kmim.metrics import cooccurrence, tcas
-from kmim.tokenizers import KINDS, fit_tokenizer, load_tokenizer
-from kmim.tokenizers.oracle import ClassWiseTokenizer, CrossClassTokenizer, fit_random_tokenizer, size_ranks
+from kmim.tokenizers.oracle import ClassWiseTokenizer, CrossClassTokenizer, RandomTokenizer
+from tests.helpers import pretrain_run
 
 ORACLES = ("class-wise", "cross-class", "random")
 
@@ -66,7 +67,7 @@ def test_label_oracles_refuse_missing_or_bad_labels():
         tok.encode(_two_patch_image(), torch.tensor([2]))
     with pytest.raises(KmimError, match="one per image"):
         tok.encode(_two_patch_image(), torch.tensor([0, 1]))
-    assert ClassWiseTokenizer.needs_labels and CrossClassTokenizer.needs_labels and not KINDS["random"].needs_labels
+    assert ClassWiseTokenizer.needs_labels and CrossClassTokenizer.needs_labels and not RandomTokenizer.needs_labels
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def tiny_data(tiny_cfg):
 @pytest.mark.parametrize("name", ORACLES)
 def test_fit_encode_save_load_roundtrip(name, tiny_data, tmp_path):
     _, ds, info, imgs, labels = tiny_data
-    tok = fit_tokenizer(TokenizerConfig(name=name, k=8, niter=5), ds, info, 4, "synthetic", progress=False)
+    tok = fit_tokenizer(TokenizerConfig(name=name, k=8, niter=5), FitData(ds, info, 4, "synthetic"), progress=False)
     assert tok.kind == name
     ids = tok.encode(imgs, labels)
     assert ids.shape == (len(imgs), 16) and ids.dtype == torch.int64
@@ -93,30 +94,34 @@ def test_fit_encode_save_load_roundtrip(name, tiny_data, tmp_path):
 
 def test_class_wise_never_shares_tokens(tiny_data):
     _, ds, info, imgs, labels = tiny_data
-    tok = fit_tokenizer(TokenizerConfig(name="class-wise", k=8, niter=5), ds, info, 4, "synthetic", progress=False)
+    tok = fit_tokenizer(
+        TokenizerConfig(name="class-wise", k=8, niter=5), FitData(ds, info, 4, "synthetic"), progress=False
+    )
     assert tok.k == 6  # 3 classes x (8 // 3 = 2) clusters
     ids = tok.encode(imgs, labels)
     assert torch.equal(ids // 2, labels[:, None].expand_as(ids))  # class c owns tokens 2c, 2c + 1
     assert tcas(ids, labels) == 0.0
     with pytest.raises(KmimError, match="class-wise needs K >= L"):
-        fit_tokenizer(TokenizerConfig(name="class-wise", k=2), ds, info, 4, "synthetic", progress=False)
+        fit_tokenizer(TokenizerConfig(name="class-wise", k=2), FitData(ds, info, 4, "synthetic"), progress=False)
 
 
 def test_cross_class_mixes_classes_more_than_pixel_kmeans(tiny_data):
     _, ds, info, imgs, labels = tiny_data
     scores = {}
     for name in ("cross-class", "kmeans-pixels"):
-        tok = fit_tokenizer(TokenizerConfig(name=name, k=8, niter=5), ds, info, 4, "synthetic", progress=False)
+        tok = fit_tokenizer(TokenizerConfig(name=name, k=8, niter=5), FitData(ds, info, 4, "synthetic"), progress=False)
         scores[name] = tcas(tok.encode(imgs, labels), labels)
     assert scores["cross-class"] > 0.98 > scores["kmeans-pixels"]
-    tok = fit_tokenizer(TokenizerConfig(name="cross-class", k=8, niter=5), ds, info, 4, "synthetic", progress=False)
+    tok = fit_tokenizer(
+        TokenizerConfig(name="cross-class", k=8, niter=5), FitData(ds, info, 4, "synthetic"), progress=False
+    )
     n = cooccurrence(tok.encode(imgs, labels), labels, k=8)  # (K, L); the fit saw every patch of this split
     assert (np.diff(n, axis=0) <= 0).all()  # token r = the r-th largest cluster of each class
 
 
 def test_random_is_deterministic_and_uniform_over_distinct_patches(tiny_data):
     _, ds, info, imgs, _ = tiny_data
-    tok = fit_random_tokenizer(TokenizerConfig(name="random", k=8), ds, info, 4, "synthetic")
+    tok = fit_random(TokenizerConfig(name="random", k=8), FitData(ds, info, 4, "synthetic"))
     same = tok.encode(imgs)
     assert torch.equal(tok.encode(imgs.flip(0)).flip(0), same)  # independent of batch order and labels
     # identical patches share an id: a constant image has one token everywhere
@@ -126,7 +131,7 @@ def test_random_is_deterministic_and_uniform_over_distinct_patches(tiny_data):
     ids = tok.encode(torch.randn(250, 1, 16, 16, generator=g)).reshape(-1)
     counts = torch.bincount(ids, minlength=8)
     assert counts.min() > 400 and counts.max() < 600
-    other = fit_random_tokenizer(TokenizerConfig(name="random", k=8, seed=1), ds, info, 4, "synthetic")
+    other = fit_random(TokenizerConfig(name="random", k=8, seed=1), FitData(ds, info, 4, "synthetic"))
     assert not torch.equal(other.encode(imgs), same)
     assert tok.meta["fit"]["seed"] == 0 and math.isclose(tok.meta["quant_step"], 1e-3)
 
@@ -136,6 +141,6 @@ def test_oracle_as_pretraining_target(name, tiny_overrides):
     cfg = load_config(
         None, [*tiny_overrides, f"name={name}", f"tokenizer.name={name}", "train.epochs=1", "train.warmup_epochs=0"]
     )
-    run_dir, res = pretrain(cfg, progress=False)
+    run_dir, res = pretrain_run(cfg, progress=False)
     assert math.isfinite(res["final_epoch_loss"]) and res["steps"] > 0
     assert load_tokenizer(run_dir / "tokenizer.pt").kind == name

@@ -1,0 +1,54 @@
+"""`kmim knn` and `kmim probe`: evaluate a frozen encoder (a run, a checkpoint, an encoder.pt, or an untrained
+encoder with --random-init) on the test split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kmim.commands.common import add_config_arguments, print_json
+from kmim.engine.dist import resolve_device
+from kmim.errors import KmimError
+from kmim.eval import evaluate_encoder, load_encoder, random_encoder
+from kmim.resolve import load_run_config
+
+WHAT = {"knn": "weighted kNN (k=20, T=0.07)", "probe": "linear probe (BatchNorm + linear)"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", help="run directory, checkpoint (.pt) or encoder.pt")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="evaluate an untrained encoder of the config's model (the floor pretraining must clear)",
+    )
+    add_config_arguments(p)
+
+
+def evaluate(path: str | None, random_init: bool, config: str | None, overrides: list[str], methods: tuple[str, ...],
+             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
+    or of an untrained encoder under `config` and overrides."""
+    if random_init == (path is not None):
+        raise KmimError("give either an encoder PATH or --random-init (with -c CONFIG / overrides), not both")
+    if random_init:
+        cfg = load_run_config(config, overrides)
+        encoder, checkpoint = random_encoder(cfg, cfg.train.seed), f"random-init (seed {cfg.train.seed})"
+    else:
+        encoder, info = load_encoder(path)
+        if info["config"] is None and config is None and not any(o.startswith("data.") for o in overrides):
+            raise KmimError(
+                f"{path} carries no run config: name the evaluation data with data.name=... (and data.root=...) "
+                "or pass -c CONFIG"
+            )
+        cfg = load_run_config(config, overrides, base=info["config"])
+        checkpoint = info["checkpoint"]
+    res = evaluate_encoder(encoder, cfg, methods, str(resolve_device(cfg.train.device)), progress)
+    res["checkpoint"] = checkpoint
+    return res
+
+
+def run(args: argparse.Namespace) -> int:
+    res = evaluate(args.path, args.random_init, args.config, args.overrides, (args.command,), not args.quiet)
+    print_json(res)
+    return 0

@@ -1,0 +1,58 @@
+"""`kmim pretrain`: MIM pretraining (K-MIM tokens or MAE pixels) into a run directory, or `--resume` one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kmim.commands.common import add_config_arguments, print_json
+from kmim.engine.checkpoint import load_checkpoint
+from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
+from kmim.errors import KmimError
+from kmim.fit import from_blob, prepare_tokenizer
+from kmim.paths import check_folder_writable
+from kmim.resolve import load_run_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, under its saved config plus the dotted "
+        "overrides (e.g. train.epochs=80); -c is refused with --resume",
+    )
+
+
+def start(config: str | None, overrides: list[str], progress: bool) -> tuple[Path, dict]:
+    """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
+    cfg = load_run_config(config, overrides)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    check_new_run_dir(run_dir)
+    check_folder_writable(run_dir)
+    return pretrain(cfg, prepare_tokenizer(cfg, progress), progress)
+
+
+def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict]:
+    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state."""
+    path = Path(run_dir)
+    ckpt = load_checkpoint(path / "checkpoints" / "last.pt")
+    cfg = load_run_config(None, overrides, base=ckpt["config"])
+    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], f"{path}/checkpoints/last.pt")
+    return resume(path, cfg, ckpt, tok, progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.resume and args.config:
+        raise KmimError(
+            "-c/--config cannot be combined with --resume: a resumed run keeps its saved config; "
+            "pass changes as dotted overrides (e.g. train.epochs=80)"
+        )
+    if args.resume:
+        run_dir, res = continue_run(args.resume, args.overrides, progress)
+    else:
+        run_dir, res = start(args.config, args.overrides, progress)
+    print(f"run directory: {run_dir}")
+    print_json({k: v for k, v in res.items() if k != "encoder"})
+    return 0

@@ -1,0 +1,93 @@
+"""The one training-loop core: micro-batches -> loss -> (accumulated) backward -> optimizer step, with the lr set
+from a schedule before each step, a progress bar, and a per-step check that the loss is finite.
+
+Used by pretraining, the supervised encoder, the VQ-VAE and the linear probe; each supplies `loss_fn` (a
+micro-batch -> (loss, extras)) and, where it needs one, `on_step` (called after each optimizer step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from kmim.engine.optim import Schedule, set_lr
+from kmim.errors import KmimError
+
+LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, Any]]]
+
+
+class NonFiniteLoss(KmimError):
+    """The loss became NaN or Inf; `step` is the optimizer step (0-based) whose micro-batch produced it."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss became {value} at optimizer step {step}")
+        self.step, self.value = step, value
+
+
+@dataclass
+class EpochResult:
+    step: int  # optimizer steps done after the epoch
+    losses: list[float] = field(default_factory=list)  # one per micro-batch
+
+
+def run_epoch(
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    opt: torch.optim.Optimizer,
+    schedule: Schedule,
+    step: int,
+    n_batches: int,
+    accum: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    desc: str = "",
+    progress: bool = False,
+    postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None,
+) -> EpochResult:
+    """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
+
+    lr(step) is set before the first micro-batch of each step; the loss is divided by `accum` before backward,
+    so a step's gradient is the mean over its micro-batches. A non-finite loss raises NonFiniteLoss before it
+    reaches the weights. `on_step(step, extras)` gets the extras of the step's last micro-batch, with its loss
+    value under "loss".
+    """
+    res = EpochResult(step)
+    bar = tqdm(total=n_batches, desc=desc, disable=not progress, leave=False)
+    for i, batch in enumerate(batches):
+        if i >= n_batches:
+            break
+        if i % accum == 0:
+            set_lr(opt, schedule(res.step))
+        loss, extras = loss_fn(batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bar.close()
+            raise NonFiniteLoss(res.step, value)
+        scaled = loss / accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        res.losses.append(value)
+        extras["loss"] = value
+        if (i + 1) % accum == 0:
+            _optimizer_step(opt, scaler)
+            res.step += 1
+            if on_step is not None:
+                on_step(res.step, extras)
+        if postfix is not None:
+            bar.set_postfix(postfix(value, extras))
+        bar.update()
+    bar.close()
+    return res
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)

@@ -1,0 +1,23 @@
+"""What every fitter receives: the training split (eval view), its dataset info, the MIM patch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from kmim.data import DatasetInfo
+from kmim.tokenizers.base import base_meta
+
+
+@dataclass(frozen=True)
+class FitData:
+    ds: Dataset  # the training split with the eval transform (no augmentation)
+    info: DatasetInfo
+    patch_size: int
+    dataset: str  # data.name, recorded in the tokenizer file
+
+    def meta(self, k: int, feature_source: str, feature_dim: int, **extra: Any) -> dict[str, Any]:
+        """The fields every tokenizer file records (kmim.tokenizers.base), plus `extra`."""
+        return base_meta(k, self.patch_size, self.info, self.dataset, feature_source, feature_dim, **extra)

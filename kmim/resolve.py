@@ -1,0 +1,54 @@
+"""A run configuration checked at the door: `kmim.config` validates every field's range and choices; this adds
+the names that live in registries (data.name, model.preset, tokenizer.name, tokenizer.supervised.preset) and the
+constraints across fields (heads divide widths, patches tile the image, masking leaves a visible and a masked
+patch, a tokenizer file exists). Every command loads its config through `load_run_config`, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kmim.config import RunConfig, load_config
+from kmim.data import DATASETS
+from kmim.errors import KmimError
+from kmim.fit import TOKENIZERS
+from kmim.models import PRESETS, resolve_spec
+from kmim.models.mim import num_visible
+
+
+def _choice(field: str, value: str, names: object) -> None:
+    if value not in names:  # type: ignore[operator]
+        raise KmimError(f"{field}={value!r} is not valid: must be one of {', '.join(names)}")  # type: ignore[arg-type]
+
+
+def check_run_config(cfg: RunConfig) -> RunConfig:
+    """Registry names and cross-field constraints; one KmimError line for the first problem."""
+    _choice("data.name", cfg.data.name, DATASETS)
+    _choice("model.preset", cfg.model.preset, PRESETS)
+    _choice("tokenizer.name", cfg.tokenizer.name, TOKENIZERS)
+    _choice("tokenizer.supervised.preset", cfg.tokenizer.supervised.preset, PRESETS)
+    spec = resolve_spec(cfg.model)
+    for width, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
+        w, h = getattr(spec, width), getattr(spec, heads)
+        if w % h:
+            raise KmimError(f"model.{width}={w} is not divisible by model.{heads}={h}: change one of them")
+    if cfg.data.img_size % spec.patch_size:
+        raise KmimError(f"data.img_size={cfg.data.img_size} is not divisible by the patch size {spec.patch_size}")
+    n = (cfg.data.img_size // spec.patch_size) ** 2
+    keep = num_visible(n, cfg.train.mask_ratio)
+    if keep < 1 or keep == n:
+        raise KmimError(
+            f"train.mask_ratio={cfg.train.mask_ratio} leaves {keep} of {n} patches visible: it must keep at least "
+            "one patch visible and mask at least one"
+        )
+    path = cfg.tokenizer.path
+    if path and cfg.train.target == "tokens" and not Path(path).expanduser().is_file():
+        raise KmimError(f"tokenizer.path={path} does not exist: fit one with `kmim tokenize` or unset tokenizer.path")
+    return cfg
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> RunConfig:
+    """`kmim.config.load_config` plus `check_run_config`."""
+    return check_run_config(load_config(path, overrides, base))
