@@ -94,3 +94,21 @@ def test_pretrain_and_probe_on_an_imagefolder(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["n_train"] == 12 and res["n_test"] == 12
     assert res["linear_probe_top1"] == 100.0  # the two classes differ in brightness
+
+
+def test_random_init_floor_and_its_argument_rules(tmp_path, capsys):
+    assert main(["knn", "-q", "--random-init", *TINY]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["checkpoint"] == "random-init (seed 0)" and 0 <= res["knn_top1"] <= 100
+    assert main(["knn", "-q", *TINY]) == 2  # neither a path nor --random-init
+    assert "give either an encoder PATH or --random-init" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_config_file(tmp_path, capsys):
+    assert main(["pretrain", "--resume", str(tmp_path), "-c", "configs/mnist5k_kmim.yaml"]) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_python_dash_m_kmim():
+    out = subprocess.run([sys.executable, "-m", "kmim", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "pretrain" in out.stdout and "tokenize" in out.stdout

@@ -47,3 +47,116 @@ def test_presets_in_configs_dir_load():
     assert len(presets) >= 4
     for p in presets:
         load_config(p)
+
+
+# one bad value per checked field; the message names the field and the value
+BAD_VALUES = {
+    "name": "''",
+    "data.img_size": "0",
+    "data.aug": "bogus",
+    "data.crop_scale_min": "0",
+    "data.crop_pad": "-1",
+    "data.num_workers": "-1",
+    "data.synthetic_per_class": "0",
+    "data.synthetic_classes": "1",
+    "tokenizer.k": "1",
+    "tokenizer.seed": "-1",
+    "tokenizer.niter": "0",
+    "tokenizer.init": "bogus",
+    "tokenizer.max_points_per_centroid": "0",
+    "tokenizer.fit_images": "-1",
+    "tokenizer.device": "gpu",
+    "tokenizer.batch_size": "0",
+    "tokenizer.layer": "-2",
+    "tokenizer.hog.cells": "0",
+    "tokenizer.hog.bins": "1",
+    "tokenizer.supervised.epochs": "0",
+    "tokenizer.supervised.lr": "0",
+    "tokenizer.supervised.patch_drop": "1.0",
+    "tokenizer.vq.dim": "0",
+    "tokenizer.vq.hidden": "0",
+    "tokenizer.vq.epochs": "0",
+    "tokenizer.vq.lr": "-1e-3",
+    "tokenizer.vq.beta": "-1",
+    "tokenizer.vq.decay": "1.0",
+    "model.patch_size": "0",
+    "model.embed_dim": "0",
+    "model.depth": "0",
+    "model.num_heads": "0",
+    "model.decoder_dim": "0",
+    "model.decoder_depth": "0",
+    "model.decoder_heads": "0",
+    "train.target": "bogus",
+    "train.label_smoothing": "1.0",
+    "train.mask_ratio": "1.5",
+    "train.epochs": "0",
+    "train.warmup_epochs": "-1",
+    "train.batch_size": "0",
+    "train.accum_steps": "0",
+    "train.base_lr": "0",
+    "train.min_lr": "-1",
+    "train.weight_decay": "-0.1",
+    "train.beta1": "1.0",
+    "train.beta2": "-0.5",
+    "train.seed": "-1",
+    "train.device": "bogus",
+    "train.amp": "bogus",
+    "train.save_every": "0",
+    "train.log_every": "0",
+    "eval.pool": "bogus",
+    "eval.batch_size": "0",
+    "eval.knn_k": "0",
+    "eval.knn_temperature": "0",
+    "eval.probe_epochs": "0",
+    "eval.probe_batch_size": "0",
+    "eval.probe_lrs": "[]",
+    "eval.probe_weight_decay": "-1",
+}
+# names checked against registries, and constraints across fields (kmim.resolve)
+BAD_COMBINATIONS = [
+    (["data.name=bogus"], "data.name='bogus' is not valid: must be one of"),
+    (["model.preset=bogus"], "model.preset='bogus' is not valid"),
+    (["tokenizer.name=bogus"], "tokenizer.name='bogus' is not valid: must be one of kmeans-pixels"),
+    (["tokenizer.supervised.preset=bogus"], "tokenizer.supervised.preset='bogus' is not valid"),
+    (["model.embed_dim=100", "model.num_heads=3"], "model.embed_dim=100 is not divisible by model.num_heads=3"),
+    (["data.img_size=30"], "data.img_size=30 is not divisible by the patch size 4"),
+    (["train.mask_ratio=0.95"], "train.mask_ratio=0.95 leaves 0 of 16 patches visible"),
+    (["train.epochs=2", "train.warmup_epochs=3"], "train.warmup_epochs=3 is longer than train.epochs=2"),
+    (["train.base_lr=nan"], "train.base_lr=nan is not valid: must be a finite number"),
+    (["tokenizer.path=/nonexistent/tok.pt"], "tokenizer.path=/nonexistent/tok.pt does not exist"),
+    (["tokenizer.vq_epochs=3"], "tokenizer.vq_epochs was renamed tokenizer.vq.epochs"),
+]
+
+
+def test_every_numeric_or_choice_field_is_checked():
+    from kmim.config import CHECKS, field_paths
+
+    free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
+            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix"}  # fmt: skip
+    registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
+    assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
+
+
+def _snapshot(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    *[([f"{k}={v}"], f"{k}=") for k, v in BAD_VALUES.items()],
+    *BAD_COMBINATIONS,
+])  # fmt: skip
+def test_bad_value_is_one_line_exit_2_and_nothing_written(overrides, message, tmp_path, capsys):
+    from kmim.cli import main
+    from tests.conftest import TINY
+
+    (tmp_path / "runs").mkdir()
+    before = _snapshot(tmp_path)
+    tiny = [o for o in TINY if o.split("=")[0] not in {x.split("=")[0] for x in overrides}]  # a miss trains briefly
+    assert main(["pretrain", "-q", *tiny, f"out_dir={tmp_path / 'runs'}", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    if message.endswith("="):  # a BAD_VALUES case: the line names the value and what is valid
+        value = overrides[0].split("=", 1)[1].strip("'")
+        assert f"={value!r}" in err or f"={value} " in err or f"={float(value)!r}" in err, err
+        assert "is not valid: must be" in err, err
+    assert _snapshot(tmp_path) == before

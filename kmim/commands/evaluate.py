@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kmim.commands.common import add_config_arguments, print_json
+from kmim.argtypes import add_config_arguments, print_json
 from kmim.engine.dist import resolve_device
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
@@ -49,6 +49,9 @@ def evaluate(path: str | None, random_init: bool, config: str | None, overrides:
 
 
 def run(args: argparse.Namespace) -> int:
-    res = evaluate(args.path, args.random_init, args.config, args.overrides, (args.command,), not args.quiet)
+    path, overrides = args.path, list(args.overrides)
+    if path is not None and "=" in path:  # argparse fills the optional PATH with the first override
+        path, overrides = None, [path, *overrides]
+    res = evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet)
     print_json(res)
     return 0

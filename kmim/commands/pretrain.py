@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kmim.commands.common import add_config_arguments, print_json
+from kmim.argtypes import add_config_arguments, print_json
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
 from kmim.errors import KmimError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmim.commands.common import add_config_arguments
+from kmim.argtypes import add_config_arguments
 from kmim.fit import fit_tokenizer, training_split
 from kmim.paths import check_writable
 from kmim.resolve import load_run_config

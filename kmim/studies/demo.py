@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kmim.commands.common import add_config_arguments
+from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig, config_to_dict
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import pretrain, resume
