@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from kmim.errors import KmimError
+from kmim.errors import KmimError, one_line
 
 COMMANDS = {
     "tokenize": ("kmim.commands.tokenize", "fit a tokenizer on a training split and save it"),
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except KmimError as e:
-        print(f"kmim {args.command}: error: {e}", file=sys.stderr)
+        print(f"kmim {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kmim: interrupted", file=sys.stderr)

@@ -3,3 +3,12 @@
 
 class KmimError(Exception):
     """An input or configuration problem the user can fix. Its message is printed as one line."""
+
+
+def one_line(e: BaseException) -> str:
+    """The user-facing line of an error. A KmimError raised in a DataLoader worker comes back wrapped in torch's
+    "Caught KmimError in DataLoader worker process N ... Original Traceback ..." text: keep its original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].removeprefix("kmim.errors.KmimError: ")
+    return " ".join(text.split("\n"))

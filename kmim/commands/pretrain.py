@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.checkpoint import load_checkpoint
+from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
 from kmim.errors import KmimError
 from kmim.fit import from_blob, prepare_tokenizer
@@ -22,28 +23,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in RUN_DIR from its last checkpoint, under its saved config plus the dotted "
         "overrides (e.g. train.epochs=80); -c is refused with --resume",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds (fresh runs only)")
 
 
-def start(config: str | None, overrides: list[str], progress: bool) -> tuple[Path, dict]:
+def start(config: str | None, overrides: list[str], progress: bool, overwrite: bool = False) -> tuple[Path, dict]:
     """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
     cfg = load_run_config(config, overrides)
     run_dir = Path(cfg.out_dir) / cfg.name
-    check_new_run_dir(run_dir)
     check_folder_writable(run_dir)
-    return pretrain(cfg, prepare_tokenizer(cfg, progress), progress)
+    check_new_run_dir(run_dir, cfg, overwrite)
+    return pretrain(cfg, prepare_tokenizer(cfg, progress), progress, overwrite)
 
 
 def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict]:
-    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state."""
+    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
+    damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
     path = Path(run_dir)
-    ckpt = load_checkpoint(path / "checkpoints" / "last.pt")
+    ckpt, where, note = latest_checkpoint(path)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     cfg = load_run_config(None, overrides, base=ckpt["config"])
-    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], f"{path}/checkpoints/last.pt")
+    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
     return resume(path, cfg, ckpt, tok, progress)
 
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
+    if args.resume and args.overwrite:
+        raise KmimError("--overwrite cannot be combined with --resume: a resume continues the run in place")
     if args.resume and args.config:
         raise KmimError(
             "-c/--config cannot be combined with --resume: a resumed run keeps its saved config; "
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir, res = continue_run(args.resume, args.overrides, progress)
     else:
-        run_dir, res = start(args.config, args.overrides, progress)
+        run_dir, res = start(args.config, args.overrides, progress, args.overwrite)
     print(f"run directory: {run_dir}")
     print_json({k: v for k, v in res.items() if k != "encoder"})
     return 0

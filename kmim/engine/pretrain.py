@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import RunConfig, config_to_dict, config_to_yaml
+from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.data import build_dataset, make_loader
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import get_world_size, is_main, resolve_device
@@ -25,7 +26,7 @@ from kmim.engine.objectives import compute_targets, mim_loss
 from kmim.engine.optim import Schedule, build_optimizer, effective_lr
 from kmim.errors import KmimError
 from kmim.models import build_mim, encoder_kwargs, resolve_spec
-from kmim.runinfo import append_jsonl, environment, write_json, write_text
+from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -191,10 +192,10 @@ class Pretrainer:
             return
         state = self.checkpoint_state()
         ckpt_dir = self.run_dir / "checkpoints"
-        save_checkpoint(ckpt_dir / "last.pt", state)
         e = self.state.epoch
-        if e % self.cfg.train.save_every == 0 or e == self.cfg.train.epochs:
-            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)
+        if e % self.cfg.train.save_every == 0 or e == self.cfg.train.epochs:  # first: a kill leaves last.pt behind,
+            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)  # so the resume redoes this epoch and file
+        save_checkpoint(ckpt_dir / "last.pt", state)
 
     def _finish(self) -> dict[str, Any]:
         st = self.state
@@ -218,27 +219,48 @@ class Pretrainer:
 
 
 def _last_epoch_loss(path: Path) -> float | None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = read_jsonl(path) if path.is_file() else []
     vals = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
     return vals[-1] if vals else None
 
 
 def _drop_metrics_after(path: Path, epoch: int) -> None:
-    """Forget metrics rows of epochs >= `epoch` (work lost after the checkpoint, about to be redone)."""
+    """Forget metrics rows of epochs >= `epoch` (work lost after the checkpoint, about to be redone); a torn last
+    line (a kill mid-append) is dropped with a warning by read_jsonl."""
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line).get("epoch", 0) < epoch]
-        write_text(path, "".join(f"{r}\n" for r in rows))
+        rows = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def check_new_run_dir(run_dir: Path) -> None:
+RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
+
+
+def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) -> None:
+    """A fresh run may use `run_dir` when it is empty or missing, when it holds only the config.yaml of the same
+    config (a run killed before its first checkpoint), or with `overwrite`. Anything else is refused."""
+    if overwrite or not run_dir.exists():
+        return
     if (run_dir / "checkpoints" / "last.pt").exists():
-        raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir} or choose another name=")
+        raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another name= "
+                        "or pass --overwrite to replace it")  # fmt: skip
+    found = [f for f in RESULT_FILES if (run_dir / f).exists()]
+    if found:
+        raise KmimError(f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to resume: "
+                        "choose another name= or pass --overwrite to replace it")  # fmt: skip
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and saved.read_text() != config_to_yaml(cfg):
+        raise KmimError(f"run directory {run_dir} was started with another config ({saved}): choose another name= "
+                        "or pass --overwrite to replace it")  # fmt: skip
 
 
-def start_run(trainer: Pretrainer) -> None:
-    """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out)."""
+def start_run(trainer: Pretrainer, overwrite: bool = False) -> None:
+    """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
+    with `overwrite`, whatever the folder held is removed first."""
     run_dir = trainer.run_dir
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_orphan_tmp(run_dir)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
     write_json(run_dir / "env.json", environment())
@@ -246,20 +268,48 @@ def start_run(trainer: Pretrainer) -> None:
         trainer.tok.save(run_dir / "tokenizer.pt")
 
 
-def pretrain(cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def pretrain(
+    cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True, overwrite: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written."""
     run_dir = Path(cfg.out_dir) / cfg.name
-    check_new_run_dir(run_dir)
+    check_new_run_dir(run_dir, cfg, overwrite)
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress)
-    start_run(trainer)
+    start_run(trainer, overwrite)
     return run_dir, trainer.run()
+
+
+# what a resume may not change: the architecture, the data the weights were trained on, the objective
+FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer")
+
+
+def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int) -> None:
+    """Refuse overrides that a checkpoint cannot continue under (one line naming the field)."""
+    saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout
+    for path in FROZEN_ON_RESUME:
+        old_v, new_v = _at(saved, path), _at(new, path)
+        if old_v != new_v:
+            raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
+                            "with another name= instead")  # fmt: skip
+    if cfg.train.epochs < done_epochs:
+        raise KmimError(f"train.epochs={cfg.train.epochs} is below the {done_epochs} epochs the checkpoint already "
+                        f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
+
+
+def _at(d: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
 
 
 def resume(
     run_dir: Path, cfg: RunConfig, ckpt: dict[str, Any], tokenizer: Tokenizer | None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
+    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress, resume_from=ckpt)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        clean_orphan_tmp(folder)
     write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     _drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
     return run_dir, trainer.run()

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kmim.config import HOGConfig, RunConfig, SupervisedConfig, TokenizerConfig, VQConfig
+from kmim.config import HOGConfig, RunConfig, SupervisedConfig, TokenizerConfig, VQConfig, config_to_dict
 from kmim.data import build_dataset
 from kmim.errors import KmimError
 from kmim.fit import fitters, oracle
@@ -76,8 +76,10 @@ def entry(name: str) -> TokenizerEntry:
 
 
 def fit_tokenizer(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> Tokenizer:
-    """Fit tokenizer `cfg.name` on `data` (the eval-transformed training split)."""
-    return entry(cfg.name).fit(cfg, data, progress)
+    """Fit tokenizer `cfg.name` on `data` (the eval-transformed training split); meta['config'] records `cfg`."""
+    tok = entry(cfg.name).fit(cfg, data, progress)
+    tok.meta["config"] = config_to_dict(cfg)
+    return tok
 
 
 def from_blob(blob: dict[str, Any], where: str) -> Tokenizer:

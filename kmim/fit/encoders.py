@@ -19,6 +19,7 @@ encoder and the meta fields that `kmim.tokenizers.sources.EncoderSource` and the
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import timm
 import torch
 from timm.data import resolve_data_config
+from timm.models import load_state_dict
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -103,16 +105,12 @@ def _check_vit(enc: nn.Module, name: str) -> None:
 
 
 def _create_timm(name: str, kwargs: dict[str, Any], weights: str | None) -> nn.Module:
-    """timm model with pretrained weights from a local file, else downloaded from the timm hub."""
+    """timm model with pretrained weights from a local file (loaded strictly), else downloaded from the timm hub."""
     try:
-        if weights is not None:
-            overlay = {"file": weights}
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        return timm.create_model(name, pretrained=True, **kwargs)  # downloads the weights
-    except RuntimeError as e:
-        raise KmimError(
-            f"tokenizer.encoder_weights={weights} does not fit timm model {name} with {kwargs}: {_first_line(e)}"
-        ) from None
+        if weights is None:
+            return timm.create_model(name, pretrained=True, **kwargs)  # downloads the weights
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        state = load_state_dict(weights)  # plain, {'state_dict': ...} / {'model': ...} wrappers, safetensors
     except Exception as e:
         if weights is not None:
             raise KmimError(f"tokenizer.encoder_weights={weights} cannot be read: {_first_line(e)}") from None
@@ -120,6 +118,29 @@ def _create_timm(name: str, kwargs: dict[str, Any], weights: str | None) -> nn.M
             f"pretrained weights of {name} could not be downloaded ({_first_line(e)}): "
             "pass a local file with tokenizer.encoder_weights=<path>"
         ) from None
+    _load_strictly(model, state, weights, name, kwargs)
+    return model
+
+
+def _load_strictly(model: nn.Module, state: dict[str, Any], weights: str, name: str, kwargs: dict[str, Any]) -> None:
+    """Load `state` through the architecture's timm checkpoint filter (position-embedding resampling, format
+    conversion); every encoder weight must be there (a classifier head is not needed, extra keys are ignored)."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    try:
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+        missing = model.load_state_dict(state, strict=False).missing_keys
+    except RuntimeError as e:
+        raise KmimError(
+            f"tokenizer.encoder_weights={weights} does not fit timm model {name} with {kwargs}: {_first_line(e)}"
+        ) from None
+    missing = [k for k in missing if not k.startswith(("head.", "fc_norm.", "head_drop."))]
+    if missing:
+        n = len(model.state_dict())
+        raise KmimError(
+            f"tokenizer.encoder_weights={weights} matches only {n - len(missing)} of the {n} weights of timm model "
+            f"{name} (missing e.g. {', '.join(missing[:3])}): pass weights saved from that architecture"
+        )
 
 
 def timm_encoder(cfg: TokenizerConfig, grid: tuple[int, int], data_chans: int) -> tuple[nn.Module, dict[str, Any]]:

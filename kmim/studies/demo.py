@@ -18,7 +18,8 @@ from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
-from kmim.fit import from_blob, prepare_tokenizer
+from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
+from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 from kmim.runinfo import environment, write_json, write_text
 
@@ -33,6 +34,14 @@ def _method_cfgs(base: RunConfig, out: Path) -> dict[str, RunConfig]:
     mae = replace(base, name="mae", out_dir=str(out))
     mae.train = replace(base.train, target="pixels", norm_pix=True)
     return {"kmim": kmim, "mae": mae}
+
+
+def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
+    """An earlier demo's tokenizer is reused only when it was fitted with this config's tokenizer settings."""
+    recorded = load_tokenizer(path).meta.get("config")
+    if recorded != config_to_dict(base.tokenizer):
+        raise KmimError(f"{path} was fitted with other tokenizer settings than this demo's (tokenizer.k="
+                        f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}")  # fmt: skip
 
 
 def _pretrain_or_reuse(cfg: RunConfig, progress: bool) -> Path:
@@ -56,14 +65,16 @@ def run_demo(
     out: str, config: str | None = None, overrides: list[str] = (), fast: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run the whole comparison; returns the results written to out/results.json."""
-    out_dir = Path(out)
+    out_dir = check_folder_writable(out)
     base = load_run_config(config, [*(FAST if fast else []), *overrides])
     if base.data.name != "mnist5k":
         print(f"note: the demo is tuned for mnist5k; running on data.name={base.data.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tok_file = out_dir / "tokenizer.pt"
-    if not tok_file.exists():
+    if tok_file.exists():
+        _check_reused_tokenizer(tok_file, base)
+    else:
         prepare_tokenizer(replace(base, train=replace(base.train, target="tokens")), progress).save(tok_file)
     methods: dict[str, dict[str, Any]] = {}
     for name, cfg in _method_cfgs(base, out_dir).items():

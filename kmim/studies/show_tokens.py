@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kmim.errors import KmimError
+from kmim.paths import check_writable
 from kmim.studies.tcas import Entry, add_data_arguments, base_config, build_tokenizer
 
 GOLDEN = 0.6180339887498949
@@ -21,6 +22,7 @@ GOLDEN = 0.6180339887498949
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `kmim show-tokens`: exactly one --tokenizer SPEC or --file PATH."""
     p.add_argument("--out", required=True, metavar="PNG", help="image file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("-n", "--images", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--cols", type=int, default=8, help="images per row (default 8)")
     p.add_argument("--split", choices=("train", "test"), default="test", help="split to draw images from (test)")
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise KmimError("show-tokens draws one tokenizer: pass exactly one --tokenizer SPEC or --file PATH")
     if args.images < 1 or args.cols < 1:
         raise KmimError(f"--images={args.images} and --cols={args.cols} must be at least 1")
+    check_writable(args.out, args.overwrite)
     cfg = base_config(args)
     data = training_split(cfg)
     info = data.info

@@ -21,6 +21,7 @@ from typing import Any
 
 from kmim.argtypes import int_list
 from kmim.errors import KmimError
+from kmim.paths import check_writable
 
 GRID_K = (10, 25, 50, 100, 200)
 COLUMNS = (
@@ -61,6 +62,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `kmim tcas`; the default grid on mnist5k takes a few minutes on 2 CPU cores."""
     p.add_argument("--out", default="runs/tcas", metavar="DIR", help="writes DIR/tcas.csv and DIR/tcas.png")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier --out")
     p.add_argument("--split", choices=("train", "test"), default="train", help="split to score (default train)")
     p.add_argument(
         "--grid",
@@ -300,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
     from kmim.models import resolve_spec
 
     progress = not args.quiet
+    for name in ("tcas.csv", "tcas.png"):
+        check_writable(Path(args.out) / name, args.overwrite)
     cfg = base_config(args)
     patch = resolve_spec(cfg.model).patch_size
     data, ds = _datasets(cfg, args, patch)

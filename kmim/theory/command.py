@@ -17,6 +17,7 @@ from kmim.errors import KmimError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `kmim theory`; defaults finish in well under 30 s on 2 CPU cores."""
     p.add_argument("--out", metavar="DIR", help="write DIR/theory.json and DIR/theory-*.png")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier --out")
     p.add_argument("--classes", type=int, default=5, help="classes of the multi-class population (default 5)")
     p.add_argument(
         "--views-per-class", type=int, default=64, metavar="V", help="images (unmasked views) per class (default 64)"
@@ -151,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     _validate(args)
+    if args.out:
+        from kmim.paths import check_writable
+
+        check_writable(Path(args.out) / "theory.json", args.overwrite)
     total = 4 + int(args.empirical)
     with threadpool_limits(1), tqdm(total=total, disable=args.quiet, file=sys.stderr, leave=False) as bar:
         res = _studies(args, bar)  # tiny dense matrices: one BLAS thread is fastest and immune to oversubscription

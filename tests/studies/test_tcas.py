@@ -159,5 +159,9 @@ def test_cli_wiring(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["tcas", "--data", "synthetic", "--no-grid", "--tokenizer", "random:k=5", "--out", str(out), "-q", *DATA]
     assert main(argv) == 0 and (out / "tcas.csv").is_file()
-    assert main(["tcas", "--data", "synthetic", "--no-grid", "--out", str(out), *DATA]) == 2
+    before = (out / "tcas.csv").read_bytes()
+    assert main(argv) == 2 and "tcas.csv already exists: pass --overwrite" in capsys.readouterr().err
+    assert (out / "tcas.csv").read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(["tcas", "--data", "synthetic", "--no-grid", "--out", str(tmp_path / "new"), *DATA]) == 2
     assert "nothing to score" in capsys.readouterr().err
