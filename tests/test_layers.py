@@ -10,7 +10,7 @@ import kmim
 
 LAYERS = [
     {"__init__", "errors", "argtypes"},
-    {"config", "runinfo", "paths"},
+    {"config", "runinfo", "paths", "digest"},
     {"data", "models", "metrics", "tokenizers"},
     {"engine"},
     {"eval"},

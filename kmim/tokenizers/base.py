@@ -3,7 +3,8 @@
 A tokenizer maps each image patch to one id in [0, K). It is fitted on a dataset's training split, encodes batches
 on any device without gradients, and saves to one self-describing file:
 
-    {"format": "kmim-tokenizer", "version": 2, "kind": <registry name>, "meta": {...}, "state": <state_dict>}
+    {"format": "kmim-tokenizer", "version": 2, "kind": <registry name>, "meta": {...}, "state": <state_dict>,
+     "sha256": <digest of the rest (kmim.digest)>}
 
 `meta` records K, patch size, channels, feature dim, the image normalization it was fitted under, the feature
 source, the dataset, fit statistics, the kmim version and git SHA. `check_compatible` refuses a tokenizer whose
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 import kmim
+from kmim.digest import content_digest
 from kmim.errors import KmimError
 from kmim.runinfo import atomic_write, git_sha
 
@@ -61,6 +63,7 @@ class Tokenizer(nn.Module):
 
     def save(self, path: str | Path) -> None:
         blob = to_blob(self)
+        blob["sha256"] = content_digest(blob)
         atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
     def check_compatible(
@@ -116,6 +119,9 @@ def read_tokenizer_file(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise KmimError(f"{path} is not a kmim tokenizer file (no '{FORMAT}' header)")
+    stored = blob.pop("sha256", None)
+    if stored is not None and stored != content_digest(blob):
+        raise KmimError(f"tokenizer file {path} is damaged (checksum mismatch): refit it with `kmim tokenize`")
     version = blob.get("version")
     if version not in READABLE_VERSIONS:
         raise KmimError(

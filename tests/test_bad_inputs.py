@@ -1,0 +1,248 @@
+"""The audit of bad inputs, one case per row: each gives exit 2, one line naming the cause, and changes no file.
+
+Out-of-range config values are covered field by field in tests/test_config.py; image modes that kmim now reads
+correctly (16-bit, CMYK, palette, 1-bit, RGBA) by pixel value in tests/data/test_image_modes.py.
+"""
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kmim.cli import main
+from tests.conftest import TINY
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under folder with the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _refused(argv: list[str], where: Path, message: str, capsys) -> str:
+    before = _tree(where)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert _tree(where) == before
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run (tokenizer file, run dir with checkpoints 1 and 2) to damage copies of."""
+    root = tmp_path_factory.mktemp("finished")
+    tok = root / "tok.pt"
+    assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
+    assert main(["pretrain", "-q", *TINY, f"out_dir={root}", "name=run", f"tokenizer.path={tok}",
+                 "train.save_every=1"]) == 0  # fmt: skip
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def _flip_a_byte(path: Path) -> None:
+    """Flip one bit inside the largest tensor's stored bytes (a flip in zip padding would change no content)."""
+    blob = torch.load(path, weights_only=True)
+    state = blob.get("state") or blob.get("model")
+    biggest = max(state.values(), key=lambda t: t.numel())
+    data = bytearray(path.read_bytes())
+    at = data.find(biggest.contiguous().numpy().tobytes()[:64])
+    assert at > 0
+    data[at + 9] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# ---- images -------------------------------------------------------------------------------------------------------
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _imagefolder(root: Path, bad_name: str, bad_bytes: bytes) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                img = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                (root / split / c / f"{i}.png").write_bytes(_png_bytes(img))
+    (root / "train" / "a" / bad_name).write_bytes(bad_bytes)
+    return root
+
+
+GOOD_PNG = _png_bytes(np.full((20, 20, 3), 128, np.uint8))
+BAD_IMAGES = {
+    "corrupt": ("x.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "unreadable or corrupt image"),
+    "truncated": ("x.png", GOOD_PNG[: len(GOOD_PNG) // 2], "unreadable or corrupt image"),
+    "zero-byte": ("x.jpg", b"", "unreadable or corrupt image"),
+    "tiny": ("x.png", _png_bytes(np.zeros((3, 3, 3), np.uint8)), "smaller than one patch (4)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_image(case, tmp_path, capsys):
+    name, data, message = BAD_IMAGES[case]
+    root = _imagefolder(tmp_path / "data", name, data)
+    out = tmp_path / "runs"
+    out.mkdir()
+    argv = ["pretrain", "-q", *TINY, "data.name=imagefolder", f"data.root={root}", "data.img_size=16",
+            f"out_dir={out}", "train.epochs=1", "train.warmup_epochs=0"]  # fmt: skip
+    err = _refused(argv, tmp_path, message, capsys)
+    assert name in err  # names the file
+
+
+# ---- damaged, foreign and bit-flipped files ----------------------------------------------------------------------
+
+DAMAGED = {
+    "junk": (lambda p: p.write_bytes(b"not a torch file"), "cannot be read"),
+    "foreign": (lambda p: torch.save({"hello": 1}, p), "is not a kmim"),
+    "bit-flipped": (_flip_a_byte, "is damaged (checksum mismatch)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_checkpoint(case, finished_run, tmp_path, capsys):
+    damage, message = DAMAGED[case]
+    ckpt = _copy(finished_run / "run/checkpoints/checkpoint-0002.pt", tmp_path / "c.pt")
+    damage(ckpt)
+    _refused(["knn", "-q", str(ckpt)], tmp_path, message, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_tokenizer(case, finished_run, tmp_path, capsys):
+    damage, message = DAMAGED[case]
+    tok = _copy(finished_run / "tok.pt", tmp_path / "tok.pt")
+    damage(tok)
+    argv = ["pretrain", "-q", *TINY, f"out_dir={tmp_path / 'runs'}", f"tokenizer.path={tok}"]
+    _refused(argv, tmp_path, message, capsys)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_centroids(value, finished_run, tmp_path, capsys):
+    blob = torch.load(finished_run / "tok.pt", weights_only=True)
+    blob.pop("sha256")
+    blob["state"]["centroids"][0, 0] = float(value)
+    torch.save(blob, tmp_path / "tok.pt")
+    argv = ["pretrain", "-q", *TINY, f"out_dir={tmp_path / 'runs'}", f"tokenizer.path={tmp_path / 'tok.pt'}"]
+    _refused(argv, tmp_path, "has 1 NaN/Inf values", capsys)
+
+
+def test_encoder_weights_that_match_nothing(tmp_path, capsys):
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16,
+                              depth=1, num_heads=2)  # fmt: skip
+    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pth")
+    kw = "{patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}"
+    argv = ["tokenize", "-q", *TINY, "tokenizer.name=kmeans-features", "tokenizer.encoder=vit_tiny_patch16_224",
+            f"tokenizer.encoder_weights={tmp_path / 'w.pth'}", f"tokenizer.encoder_kwargs={kw}",
+            "--out", str(tmp_path / "t.pt")]  # fmt: skip
+    _refused(argv, tmp_path, "matches only 0 of the", capsys)
+
+
+# ---- outputs ------------------------------------------------------------------------------------------------------
+
+
+def _outputs_under_a_file(tmp_path: Path) -> dict[str, list[str]]:
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    return {
+        "tokenize": ["tokenize", "-q", *TINY, "--out", str(f / "tok.pt")],
+        "pretrain": ["pretrain", "-q", *TINY, f"out_dir={f}"],
+        "tcas": [
+            "tcas",
+            "-q",
+            "--data",
+            "synthetic",
+            "--no-grid",
+            "--tokenizer",
+            "random:k=5",
+            "--out",
+            str(f),
+            *TINY,
+        ],
+        "demo": ["demo", "-q", "--fast", "--out", str(f / "demo"), *TINY],
+        "show-tokens": [
+            "show-tokens",
+            "-q",
+            "--data",
+            "synthetic",
+            "--tokenizer",
+            "random:k=5",
+            "--out",
+            str(f / "x.png"),
+            *TINY,
+        ],
+        "theory": ["theory", "-q", "--out", str(f / "theory")],
+    }
+
+
+@pytest.mark.parametrize("command", ["tokenize", "pretrain", "tcas", "demo", "show-tokens", "theory"])
+def test_output_under_a_regular_file(command, tmp_path, capsys):
+    _refused(_outputs_under_a_file(tmp_path)[command], tmp_path, "is a file, not a folder", capsys)
+
+
+def test_existing_outputs_are_not_replaced(finished_run, tmp_path, capsys):
+    tok = _copy(finished_run / "tok.pt", tmp_path / "tok.pt")
+    _refused(["tokenize", "-q", *TINY, "--out", str(tok)], tmp_path, "already exists: pass --overwrite", capsys)
+    png = tmp_path / "x.png"
+    png.write_bytes(GOOD_PNG)
+    argv = ["show-tokens", "-q", "--data", "synthetic", "--tokenizer", "random:k=5", "--out", str(png), *TINY]
+    _refused(argv, tmp_path, "already exists: pass --overwrite", capsys)
+
+
+def test_finished_run_without_checkpoints_is_not_overwritten(finished_run, tmp_path, capsys):
+    run = tmp_path / "runs" / "run"
+    for f in ("config.yaml", "results.json", "encoder.pt", "tokenizer.pt", "metrics.jsonl"):
+        _copy(finished_run / "run" / f, run / f)
+    argv = ["pretrain", "-q", *TINY, f"out_dir={tmp_path / 'runs'}", "name=run"]
+    _refused(argv, tmp_path, "holds results (results.json, encoder.pt) but no checkpoint", capsys)
+
+
+def test_started_run_with_another_config_is_not_overwritten(finished_run, tmp_path, capsys):
+    run = tmp_path / "runs" / "run"
+    for f in ("config.yaml", "tokenizer.pt"):
+        _copy(finished_run / "run" / f, run / f)
+    argv = ["pretrain", "-q", *TINY, f"out_dir={tmp_path / 'runs'}", "name=run", "train.epochs=3"]
+    _refused(argv, tmp_path, "was started with another config", capsys)
+
+
+# ---- resume -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.depth=3"], "--resume cannot change model"),
+    (["data.img_size=32"], "--resume cannot change data.img_size"),
+    (["train.target=pixels"], "--resume cannot change train.target"),
+    (["train.epochs=1"], "train.epochs=1 is below the 2 epochs the checkpoint already trained"),
+])  # fmt: skip
+def test_resume_mismatch(overrides, message, finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    for p in (finished_run / "run").rglob("*"):
+        if p.is_file():
+            _copy(p, run / p.relative_to(finished_run / "run"))
+    _refused(["pretrain", "-q", "--resume", str(run), *overrides], tmp_path, message, capsys)
+
+
+def test_resume_before_the_first_checkpoint_says_what_to_do(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: run\n")
+    _refused(["pretrain", "--resume", str(run)], tmp_path, "rerun the same `kmim pretrain` command without", capsys)
+
+
+def test_resume_with_a_config_file(finished_run, tmp_path, capsys):
+    argv = ["pretrain", "--resume", str(finished_run / "run"), "-c", "configs/mnist5k_kmim.yaml"]
+    _refused(argv, finished_run, "cannot be combined with --resume", capsys)
