@@ -7,6 +7,7 @@ import torch
 from kmim.config import load_config
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.errors import KmimError
+from tests.conftest import TINY
 from tests.helpers import pretrain_run, resume_run
 
 
@@ -76,3 +77,27 @@ def test_bad_tokenizer_file_writes_nothing(tiny_overrides, tmp_path):
     with pytest.raises(KmimError, match="missing.pt does not exist"):
         pretrain_run(cfg, progress=False)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """A NaN injected at optimizer step 4 (epoch 1): one line naming the step; epoch 0's checkpoint is untouched."""
+    import kmim.engine.pretrain as P
+    from kmim.cli import main
+
+    calls = {"n": 0}
+    real = P.mim_loss
+
+    def loss_with_nan(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 5 else out
+
+    monkeypatch.setattr(P, "mim_loss", loss_with_nan)
+    out = tmp_path / "runs"
+    assert main(["pretrain", "-q", *TINY, f"out_dir={out}", "name=nan", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "loss became nan at optimizer step 4 (epoch 1)" in err and "checkpoints/last.pt (after epoch 1)" in err
+    last = torch.load(out / "nan/checkpoints/last.pt", weights_only=True)
+    assert last["train_state"]["epoch"] == 1 and last["train_state"]["step"] == 3
+    assert not (out / "nan/encoder.pt").exists()
