@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kmim.errors import KmimError, one_line
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except KmimError as e:
-        print(f"kmim {args.command}: error: {one_line(e)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process failed alike: rank 0 says it
+            print(f"kmim {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kmim: interrupted", file=sys.stderr)

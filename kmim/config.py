@@ -40,6 +40,7 @@ class DataConfig:
     crop_pad: int = 2  # padding for aug=crop
     hflip: bool = False  # random horizontal flip (on for natural images, off for digits)
     num_workers: int = 0  # DataLoader workers; 0 keeps everything in the main process
+    prefetch_factor: int = 2  # batches each worker prepares ahead (with num_workers > 0)
     synthetic_per_class: int = 24  # images per class and split for data.name=synthetic
     synthetic_classes: int = 4
 
@@ -128,7 +129,8 @@ class TrainConfig:
     beta2: float = 0.95
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | off
+    compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
     save_every: int = 5  # epochs between numbered checkpoints; last.pt is written every epoch
     log_every: int = 20  # optimizer steps between metrics.jsonl rows
 
@@ -205,6 +207,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.crop_scale_min": _in_range(0, 1, lo_open=True, hi_open=False),
     "data.crop_pad": _at_least(0),
     "data.num_workers": _at_least(0),
+    "data.prefetch_factor": _at_least(1),
     "data.synthetic_per_class": _at_least(1),
     "data.synthetic_classes": _at_least(2),
     "tokenizer.k": _at_least(2),

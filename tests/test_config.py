@@ -57,6 +57,7 @@ BAD_VALUES = {
     "data.crop_scale_min": "0",
     "data.crop_pad": "-1",
     "data.num_workers": "-1",
+    "data.prefetch_factor": "0",
     "data.synthetic_per_class": "0",
     "data.synthetic_classes": "1",
     "tokenizer.k": "1",
@@ -132,7 +133,7 @@ def test_every_numeric_or_choice_field_is_checked():
     from kmim.config import CHECKS, field_paths
 
     free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
-            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix"}  # fmt: skip
+            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile"}  # fmt: skip
     registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 

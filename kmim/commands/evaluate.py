@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.dist import resolve_device
+from kmim.engine.dist import agree, is_main, local_device, resolve_device, setup_distributed, teardown_distributed
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.resolve import load_run_config
@@ -28,7 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate(path: str | None, random_init: bool, config: str | None, overrides: list[str], methods: tuple[str, ...],
              progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
-    or of an untrained encoder under `config` and overrides."""
+    or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
+    encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides))
+    res = evaluate_encoder(encoder, cfg, methods, str(local_device(resolve_device(cfg.train.device))), progress)
+    res["checkpoint"] = checkpoint
+    return res
+
+
+def _encoder_and_config(path: str | None, random_init: bool, config: str | None, overrides: list[str]):
     if random_init == (path is not None):
         raise KmimError("give either an encoder PATH or --random-init (with -c CONFIG / overrides), not both")
     if random_init:
@@ -43,15 +50,21 @@ def evaluate(path: str | None, random_init: bool, config: str | None, overrides:
             )
         cfg = load_run_config(config, overrides, base=info["config"])
         checkpoint = info["checkpoint"]
-    res = evaluate_encoder(encoder, cfg, methods, str(resolve_device(cfg.train.device)), progress)
-    res["checkpoint"] = checkpoint
-    return res
+    return encoder, cfg, checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun, features are extracted in shards and gathered; every process computes the same result and
+    rank 0 prints it."""
     path, overrides = args.path, list(args.overrides)
     if path is not None and "=" in path:  # argparse fills the optional PATH with the first override
         path, overrides = None, [path, *overrides]
-    res = evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet)
-    print_json(res)
+    setup_distributed()
+    try:
+        res = evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet and is_main())
+        main = is_main()
+    finally:
+        teardown_distributed()
+    if main:
+        print_json(res)
     return 0

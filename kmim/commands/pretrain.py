@@ -1,4 +1,9 @@
-"""`kmim pretrain`: MIM pretraining (K-MIM tokens or MAE pixels) into a run directory, or `--resume` one."""
+"""`kmim pretrain`: MIM pretraining (K-MIM tokens or MAE pixels) into a run directory, or `--resume` one.
+
+Under torchrun every process runs this command: inputs are checked on all of them (a problem on any stops all,
+with one line), the tokenizer is fitted once on rank 0 (or read from tokenizer.path by every rank) and sent to the
+others, and only rank 0 writes.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import sys
 from pathlib import Path
 
 from kmim.argtypes import add_config_arguments, print_json
+from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
+from kmim.engine.dist import agree, broadcast_object, is_main, setup_distributed, teardown_distributed
 from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
 from kmim.errors import KmimError
 from kmim.fit import from_blob, prepare_tokenizer
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
+from kmim.tokenizers import Tokenizer, to_blob
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,23 +34,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds (fresh runs only)")
 
 
+def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
+    """The same tokenizer on every process: each reads tokenizer.path, or rank 0 fits one and sends it."""
+    if cfg.train.target != "tokens" or cfg.tokenizer.path:
+        return agree(lambda: prepare_tokenizer(cfg, progress and is_main()))
+    blob = agree(lambda: to_blob(prepare_tokenizer(cfg, progress)) if is_main() else None)
+    return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")
+
+
 def start(config: str | None, overrides: list[str], progress: bool, overwrite: bool = False) -> tuple[Path, dict]:
     """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
-    cfg = load_run_config(config, overrides)
+    cfg = agree(lambda: load_run_config(config, overrides))
     run_dir = Path(cfg.out_dir) / cfg.name
-    check_folder_writable(run_dir)
-    check_new_run_dir(run_dir, cfg, overwrite)
-    return pretrain(cfg, prepare_tokenizer(cfg, progress), progress, overwrite)
+
+    def check_output() -> None:
+        check_folder_writable(run_dir)
+        check_new_run_dir(run_dir, cfg, overwrite)
+
+    agree(check_output)
+    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite)
 
 
 def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict]:
     """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
     damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
     path = Path(run_dir)
-    ckpt, where, note = latest_checkpoint(path)
-    if note:
+    ckpt, where, note = agree(lambda: latest_checkpoint(path))
+    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    if note and is_main():
         print(f"note: {note}", file=sys.stderr)
-    cfg = load_run_config(None, overrides, base=ckpt["config"])
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
     return resume(path, cfg, ckpt, tok, progress)
 
@@ -56,10 +76,19 @@ def run(args: argparse.Namespace) -> int:
             "-c/--config cannot be combined with --resume: a resumed run keeps its saved config; "
             "pass changes as dotted overrides (e.g. train.epochs=80)"
         )
-    if args.resume:
-        run_dir, res = continue_run(args.resume, args.overrides, progress)
-    else:
-        run_dir, res = start(args.config, args.overrides, progress, args.overwrite)
-    print(f"run directory: {run_dir}")
-    print_json({k: v for k, v in res.items() if k != "encoder"})
+    setup_distributed()
+    try:
+        if args.resume:
+            run_dir, res = continue_run(args.resume, args.overrides, progress)
+        else:
+            run_dir, res = start(args.config, args.overrides, progress, args.overwrite)
+        main = is_main()
+    finally:
+        teardown_distributed()
+    if main:
+        print(f"run directory: {run_dir}")
+        print_json({k: v for k, v in res.items() if k != "encoder"})
     return 0
+
+
+__all__ = ["add_arguments", "continue_run", "run", "shared_tokenizer", "start"]

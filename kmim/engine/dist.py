@@ -1,11 +1,18 @@
-"""Process-group helpers. On one process they are no-ops, so torchrun DDP can be added without restructuring."""
+"""Process-group helpers for torchrun DDP. On one process every helper is a no-op (or the identity)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from kmim.errors import KmimError
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str, field: str = "train.device") -> torch.device:
@@ -48,3 +55,96 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.clone()
     dist.all_reduce(y)
     return y / get_world_size()
+
+
+def setup_distributed() -> None:
+    """Join the process group when launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), before anything else
+    so that even a config problem is agreed on by all processes: gloo for CPU tensors, NCCL for CUDA tensors (one
+    group, both backends); a CUDA process takes cuda:LOCAL_RANK. A no-op on a plain single-process launch."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or is_dist():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def local_device(device: torch.device) -> torch.device:
+    """cuda -> this process's GPU (cuda:LOCAL_RANK) under torchrun; anything else unchanged."""
+    if device.type == "cuda" and is_dist():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def teardown_distributed() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def agree(fn: Callable[[], T]) -> T:
+    """Run fn on every process; if it raised KmimError on any, raise a KmimError on all (naming the first failing
+    rank), so no process is left waiting in a collective while another has stopped."""
+    if not is_dist():
+        return fn()
+    try:
+        out, problem = fn(), None
+    except KmimError as e:
+        out, problem = None, str(e)
+    problems: list[str | None] = [None] * get_world_size()
+    dist.all_gather_object(problems, problem)
+    for rank, p in enumerate(problems):
+        if p is not None:
+            raise KmimError(p if rank == get_rank() else f"rank {rank}: {p}")
+    return out  # type: ignore[return-value]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """obj of rank `src` on every process (itself on one process)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_in_order(x: torch.Tensor, indices: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows x (m, ...) that this process computed for dataset `indices` (m,), gathered from every process into
+    dataset order (n, ...). On one process: x placed at indices."""
+    if is_dist():
+        world = get_world_size()
+        size = torch.tensor([x.shape[0]], device=x.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        most = int(max(s.item() for s in sizes))
+        pad = torch.zeros((most - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        ipad = torch.full((most - x.shape[0],), -1, dtype=indices.dtype, device=indices.device)
+        xs = [torch.empty((most, *x.shape[1:]), dtype=x.dtype, device=x.device) for _ in range(world)]
+        ids = [torch.empty(most, dtype=indices.dtype, device=indices.device) for _ in range(world)]
+        dist.all_gather(xs, torch.cat([x, pad]))
+        dist.all_gather(ids, torch.cat([indices, ipad]))
+        x, indices = torch.cat(xs), torch.cat(ids)
+        keep = indices >= 0
+        x, indices = x[keep], indices[keep]
+    out = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    out[indices] = x
+    return out
+
+
+def mean_over_processes(value: float) -> float:
+    """The mean of a per-process number over all processes (the number itself on one process)."""
+    if not is_dist():
+        return value
+    return float(all_reduce_mean(torch.tensor(value, dtype=torch.float64)))  # a CPU tensor: gloo
+
+
+def wrap_for_training(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
+    """What the training step calls: the model, wrapped in DistributedDataParallel under torchrun (gradients
+    averaged over processes) and optionally torch.compile'd (CUDA only; eager on CPU, where it gains nothing)."""
+    wrapped: nn.Module = model
+    if is_dist():
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile and device.type == "cuda":
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    return wrapped

@@ -48,13 +48,15 @@ def run_epoch(
     desc: str = "",
     progress: bool = False,
     postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None,
+    reduce: Callable[[float], float] | None = None,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
     lr(step) is set before the first micro-batch of each step; the loss is divided by `accum` before backward,
     so a step's gradient is the mean over its micro-batches. A non-finite loss raises NonFiniteLoss before it
     reaches the weights. `on_step(step, extras)` gets the extras of the step's last micro-batch, with its loss
-    value under "loss".
+    value under "loss". `reduce` maps each micro-batch's loss value before it is checked and recorded (under DDP,
+    the mean over processes: every process then sees the same value and stops at the same step).
     """
     res = EpochResult(step)
     bar = tqdm(total=n_batches, desc=desc, disable=not progress, leave=False)
@@ -64,7 +66,7 @@ def run_epoch(
         if i % accum == 0:
             set_lr(opt, schedule(res.step))
         loss, extras = loss_fn(batch)
-        value = float(loss.detach())
+        value = float(loss.detach()) if reduce is None else reduce(float(loss.detach()))
         if not math.isfinite(value):
             bar.close()
             raise NonFiniteLoss(res.step, value)

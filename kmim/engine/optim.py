@@ -16,11 +16,17 @@ def effective_lr(base_lr: float, batch_size: int, accum_steps: int = 1, world_si
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool = False,
+    groups: list[dict] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on >=2-D parameters only (none on biases and norms, as MAE); frozen params excluded
-    (timm's `param_groups_weight_decay`)."""
-    return torch.optim.AdamW(param_groups_weight_decay(model, weight_decay), lr=lr, betas=betas)
+    (timm's `param_groups_weight_decay`), unless `groups` are given. `fused` (CUDA) runs one kernel per step."""
+    groups = groups if groups is not None else param_groups_weight_decay(model, weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:

@@ -18,9 +18,19 @@ import torch
 from tqdm import tqdm
 
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
-from kmim.data import build_dataset, make_loader
+from kmim.data import build_dataset
+from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import get_world_size, is_main, resolve_device
+from kmim.engine.dist import (
+    get_rank,
+    get_world_size,
+    is_main,
+    local_device,
+    mean_over_processes,
+    resolve_device,
+    wrap_for_training,
+)
+from kmim.engine.loader import make_train_loader
 from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.objectives import compute_targets, mim_loss
 from kmim.engine.optim import Schedule, build_optimizer, effective_lr
@@ -61,25 +71,31 @@ class Pretrainer:
         resume_from: dict | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
-        self.device = resolve_device(cfg.train.device)
+        self.device = local_device(resolve_device(cfg.train.device))
         seed_everything(cfg.train.seed)
         spec = resolve_spec(cfg.model)
-        self.ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
+        t = cfg.train
+        ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
+        self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2)
+        self.sampler = GlobalBatchSampler(len(ds), t.batch_size, t.seed, get_rank(), get_world_size())
+        if self.steps_per_epoch == 0:
+            raise KmimError(
+                f"train.batch_size={t.batch_size} x accum_steps={t.accum_steps} x {get_world_size()} processes "
+                f"exceeds the {len(ds)} training images: lower train.batch_size"
+            )
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         self.tok = self._check_tokenizer(tokenizer, spec.patch_size)
         out_dim = self.tok.k if self.tok is not None else spec.patch_size**2 * self.info.channels
         self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim).to(self.device)
-        t = cfg.train
+        self.forward = wrap_for_training(self.model, self.device, t.compile)
         self.lr = effective_lr(t.base_lr, t.batch_size, t.accum_steps, get_world_size())
-        self.opt = build_optimizer(self.model, self.lr, t.weight_decay, (t.beta1, t.beta2))
+        self.opt = build_optimizer(
+            self.model, self.lr, t.weight_decay, (t.beta1, t.beta2), fused=self.device.type == "cuda"
+        )
         use_scaler = self.device.type == "cuda" and t.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state = TrainState()
-        if self.steps_per_epoch == 0:
-            raise KmimError(
-                f"train.batch_size={t.batch_size} x accum_steps={t.accum_steps} exceeds the "
-                f"{len(self.ds)} training images: lower train.batch_size"
-            )
+        self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -104,7 +120,7 @@ class Pretrainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return (len(self.ds) // self.cfg.train.batch_size) // self.cfg.train.accum_steps
+        return len(self.sampler) // self.cfg.train.accum_steps
 
     @property
     def encoder_spec(self) -> dict[str, Any]:
@@ -121,9 +137,7 @@ class Pretrainer:
         t, st = self.cfg.train, self.state
         spe = self.steps_per_epoch
         schedule = Schedule(self.lr, t.epochs * spe, t.warmup_epochs * spe, t.min_lr)
-        loader = make_loader(
-            self.ds, t.batch_size, shuffle=True, seed=t.seed + epoch, num_workers=self.cfg.data.num_workers
-        )
+        self.sampler.set_epoch(epoch)
         self.model.train()
         t0 = time.perf_counter()
         images0 = st.images
@@ -137,8 +151,9 @@ class Pretrainer:
 
         try:
             res = run_epoch(
-                loader, self._micro_step, self.opt, schedule, st.step, spe * t.accum_steps, t.accum_steps,
-                self.scaler, on_step, f"epoch {epoch + 1}/{t.epochs}", self.progress, postfix,
+                self.loader, self._micro_step, self.opt, schedule, st.step, spe * t.accum_steps, t.accum_steps,
+                self.scaler, on_step, f"epoch {epoch + 1}/{t.epochs}", self.progress and is_main(), postfix,
+                reduce=mean_over_processes,
             )  # fmt: skip
         except NonFiniteLoss as e:
             raise KmimError(
@@ -147,8 +162,8 @@ class Pretrainer:
         st.step = res.step
         dt = time.perf_counter() - t0
         st.wall_s += dt
-        mean_loss = sum(res.losses) / len(res.losses)
-        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": len(res.losses) * t.batch_size / dt}
+        mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
+        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
         self._log(row)
         if self.progress and is_main():
             tqdm.write(f"epoch {epoch + 1}/{t.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s")
@@ -159,14 +174,14 @@ class Pretrainer:
             return f"the last good checkpoint {last} (after epoch {self.state.epoch}) is kept untouched"
         return "no checkpoint was written yet"
 
-    def _micro_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
         t = self.cfg.train
-        imgs, labels = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device)
+        imgs, labels, noise = (x.to(self.device, non_blocking=True) for x in batch)  # (B, C, H, W), (B,), (B, L)
         targets = compute_targets(imgs, t.target, self.model.patch_size, self.tok, t.norm_pix, labels)  # no grad
         with autocast_ctx(t.amp, self.device):
-            pred, mask = self.model(imgs, t.mask_ratio)
+            pred, mask = self.forward(imgs, t.mask_ratio, noise)
             loss = mim_loss(pred, targets, mask, t.target, t.label_smoothing)
-        self.state.images += imgs.shape[0]
+        self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -255,7 +270,9 @@ def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) ->
 
 def start_run(trainer: Pretrainer, overwrite: bool = False) -> None:
     """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
-    with `overwrite`, whatever the folder held is removed first."""
+    with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
+    if not is_main():
+        return
     run_dir = trainer.run_dir
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -308,10 +325,11 @@ def resume(
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress, resume_from=ckpt)
-    for folder in (run_dir, run_dir / "checkpoints"):
-        clean_orphan_tmp(folder)
-    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-    _drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
+    if is_main():
+        for folder in (run_dir, run_dir / "checkpoints"):
+            clean_orphan_tmp(folder)
+        write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        _drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
     return run_dir, trainer.run()
 
 

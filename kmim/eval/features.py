@@ -8,12 +8,13 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from kmim.config import POOLS
 from kmim.data import make_loader
 from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
 
 
@@ -26,16 +27,22 @@ def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
 def extract_features(
     encoder: nn.Module, ds: Dataset, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every image of `ds` for each pool ({"cls": (N, D), "mean": (N, D)}) and labels (N,)."""
+    """Features of every image of `ds` for each pool ({"cls": (N, D), "mean": (N, D)}) and labels (N,), in dataset
+    order. Under torchrun each process extracts every world_size-th image and the rows are gathered back in order."""
     encoder.eval().to(device)
+    rank, world = get_rank(), get_world_size()
+    indices = torch.arange(rank, len(ds), world)  # (m,)
+    part = ds if world == 1 else Subset(ds, indices.tolist())
     feats: dict[str, list[torch.Tensor]] = {p: [] for p in POOLS}
     labels = []
-    for imgs, y in tqdm(make_loader(ds, batch_size, shuffle=False), desc="features", disable=not progress, leave=False):
-        tokens = encoder.forward_features(imgs.to(device)).float().cpu()  # (B, 1 + L, D)
+    bar = tqdm(make_loader(part, batch_size, shuffle=False), desc="features", disable=not progress, leave=False)
+    for imgs, y in bar:
+        tokens = encoder.forward_features(imgs.to(device)).float()  # (B, 1 + L, D)
         for p in POOLS:
             feats[p].append(pool_tokens(tokens, p))
-        labels.append(y)
-    return {p: torch.cat(v) for p, v in feats.items()}, torch.cat(labels)
+        labels.append(y.to(tokens.device))
+    out = {p: gather_in_order(torch.cat(v), indices.to(v[0].device), len(ds)).cpu() for p, v in feats.items()}
+    return out, gather_in_order(torch.cat(labels), indices.to(labels[0].device), len(ds)).cpu()
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -14,13 +14,10 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, device: torch.device) -> torch.Tensor:
-    """Per-sample random permutation of patch indices; the first L - round-down(L * ratio) are kept.
-
-    Returns ids_shuffle (B, L): ids_shuffle[:, :n_keep] are the visible patches, the rest are masked.
-    """
-    noise = torch.rand(batch, num_patches, device=device)  # (B, L)
-    return torch.argsort(noise, dim=1)  # small noise is kept, large is masked
+def random_masking(noise: torch.Tensor) -> torch.Tensor:
+    """MAE's per-sample random permutation of patch indices from uniform noise (B, L): ids_shuffle (B, L), whose
+    first n_keep = int(L * (1 - mask_ratio)) entries are the visible patches (small noise is kept)."""
+    return torch.argsort(noise, dim=1)
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -94,10 +91,15 @@ class MaskedImageModel(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (B, 1 + V, D)
         return enc.norm(enc.blocks(enc.norm_pre(x)))
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns predictions (B, L, out_dim) and mask (B, L) with 1 = masked (predicted), 0 = visible."""
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns predictions (B, L, out_dim) and mask (B, L) with 1 = masked (predicted), 0 = visible. `noise`
+        (B, L) uniform decides the mask (kmim.data.sampling draws it per sample); drawn here when None."""
         b = imgs.shape[0]
-        ids_shuffle = random_masking(b, self.num_patches, mask_ratio, imgs.device)  # (B, L)
+        if noise is None:
+            noise = torch.rand(b, self.num_patches, device=imgs.device)  # (B, L)
+        ids_shuffle = random_masking(noise)  # (B, L)
         n_keep = num_visible(self.num_patches, mask_ratio)
         latent = self.forward_encoder(imgs, ids_shuffle, n_keep)
         pred = self.decoder(latent, ids_shuffle)

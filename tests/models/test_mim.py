@@ -25,14 +25,16 @@ def test_presets_follow_image_and_patch_size():
 
 def test_masking_invariants():
     torch.manual_seed(0)
-    ids = random_masking(8, 64, 0.75, torch.device("cpu"))
+    ids = random_masking(torch.rand(8, 64))
     assert num_visible(64, 0.75) == 16
     for row in ids:  # a permutation of all patches
         assert sorted(row.tolist()) == list(range(64))
     keep = ids[:, :16]
     assert len({tuple(sorted(r.tolist())) for r in keep}) == 8  # different visible sets per sample
     torch.manual_seed(0)
-    assert torch.equal(random_masking(8, 64, 0.75, torch.device("cpu")), ids)  # same seed, same masks
+    assert torch.equal(random_masking(torch.rand(8, 64)), ids)  # same noise, same masks
+    noise = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+    assert random_masking(noise).tolist() == [[1, 3, 2, 0]]  # smallest noise first: kept first
 
 
 def test_forward_shapes_and_mask():
@@ -46,7 +48,7 @@ def test_encoder_sees_only_visible_patches():
     m = _tiny().eval()
     torch.manual_seed(1)
     imgs = torch.randn(2, 1, 16, 16)
-    ids = random_masking(2, 16, 0.75, torch.device("cpu"))
+    ids = random_masking(torch.rand(2, 16))
     latent = m.forward_encoder(imgs, ids, 4)
     # change a masked patch (pixels of the first masked position of sample 0): latent must not move
     masked_patch = ids[0, 4].item()

@@ -1,0 +1,81 @@
+"""torchrun with 2 CPU processes (gloo) and half the per-process batch gives the run of 1 process: the same
+per-step losses (1e-5 relative) and final weights (1e-5)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+RUN = [*TINY, "data.synthetic_per_class=16", "train.epochs=2", "train.log_every=1", "train.warmup_epochs=1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517",
+           "-m", "kmim", *args]  # fmt: skip
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "step" in r]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_gloo_processes_match_one(tmp_path):
+    out, tok = tmp_path / "runs", tmp_path / "tok.pt"
+    base = [*RUN, f"out_dir={out}", f"tokenizer.path={tok}", "train.device=cpu"]
+    assert subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV,
+                          capture_output=True).returncode == 0  # fmt: skip
+    one = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one", "train.batch_size=8"],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, "pretrain", "-q", *base, "name=two", "train.batch_size=4")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(out / "one"), _losses(out / "two")
+    assert len(a) == len(b) == 2 * (3 * 16 // 8) and [s for s, _ in a] == [s for s, _ in b]
+    for (_, la), (_, lb) in zip(a, b, strict=True):
+        assert abs(la - lb) <= 1e-5 * abs(la), (la, lb)
+    wa = torch.load(out / "one/encoder.pt", weights_only=True)["state_dict"]
+    wb = torch.load(out / "two/encoder.pt", weights_only=True)["state_dict"]
+    for k in wa:
+        diff = (wa[k] - wb[k]).abs()
+        if k.endswith("attn.qkv.bias"):  # the key bias gets an analytically zero gradient (softmax is invariant
+            d = diff.numel() // 3  # to a shift shared by all keys): Adam turns its float noise into a random walk
+            assert diff[d : 2 * d].max() < 1e-3 and torch.cat([diff[:d], diff[2 * d :]]).max() <= 1e-5, k
+        else:
+            assert diff.max() <= 1e-5, k
+    knn1 = subprocess.run([sys.executable, "-m", "kmim", "knn", "-q", str(out / "one")], env=ENV, capture_output=True,
+                          text=True)  # fmt: skip
+    knn2 = _torchrun(2, "knn", "-q", str(out / "one"))  # features extracted in 2 shards and gathered in order
+    assert knn2.returncode == 0, knn2.stderr[-2000:]
+    assert json.loads(knn2.stdout)["knn_top1"] == json.loads(knn1.stdout)["knn_top1"]
+    results = json.loads((out / "two/results.json").read_text())
+    assert results["images_seen"] == json.loads((out / "one/results.json").read_text())["images_seen"]
+
+
+def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
+    """Rank 1's tokenizer.path is missing (a node without the shared file): one line, exit 2, nothing written."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    code = ("import os, sys; from kmim.cli import main; "
+            "sys.exit(main(['pretrain', '-q', *sys.argv[1:-1], "
+            "'tokenizer.path=' + (sys.argv[-1] if os.environ['RANK'] == '0' else '/nowhere/tok.pt')]))")  # fmt: skip
+    tok = tmp_path / "tok.pt"
+    assert subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV,
+                          capture_output=True).returncode == 0  # fmt: skip
+    script = tmp_path / "entry.py"
+    script.write_text(code)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+           str(script), *RUN, f"out_dir={out}", "train.device=cpu", str(tok)]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("kmim pretrain: error:")]
+    assert lines == ["kmim pretrain: error: rank 1: tokenizer.path=/nowhere/tok.pt does not exist: fit one with "
+                     "`kmim tokenize` or unset tokenizer.path"], proc.stderr[-2000:]  # fmt: skip
+    assert list(out.iterdir()) == []
