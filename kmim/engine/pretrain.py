@@ -6,61 +6,31 @@ The trainer receives a ready tokenizer (or None for pixel targets): loading or f
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.data import build_dataset
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import (
-    get_rank,
-    get_world_size,
-    is_main,
-    local_device,
-    mean_over_processes,
-    resolve_device,
-    wrap_for_training,
-)
+from kmim.engine.dist import get_rank, get_world_size, is_main, wrap_for_training
 from kmim.engine.loader import make_train_loader
-from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.objectives import compute_targets, mim_loss
-from kmim.engine.optim import Schedule, build_optimizer, effective_lr
+from kmim.engine.optim import build_optimizer, effective_lr
+from kmim.engine.trainer import Trainer, autocast_ctx, drop_metrics_after, write_results
 from kmim.errors import KmimError
 from kmim.models import build_mim, encoder_kwargs, resolve_spec
-from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
+from kmim.runinfo import clean_orphan_tmp, environment, write_json, write_text
 from kmim.tokenizers import Tokenizer, to_blob
 
 
-def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA only; fp32 on CPU (bf16 autocast is ~13x slower on this CPU)."""
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # next epoch to run
-    step: int = 0  # optimizer steps done
-    images: int = 0  # images seen
-    wall_s: float = 0.0  # training time, summed over resumed sessions
-
-
-class Pretrainer:
+class Pretrainer(Trainer):
     """Owns the model, optimizer, data and run directory of one pretraining run."""
+
+    kind = "pretrain"
 
     def __init__(
         self,
@@ -70,34 +40,23 @@ class Pretrainer:
         progress: bool = True,
         resume_from: dict | None = None,
     ) -> None:
-        self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
-        self.device = local_device(resolve_device(cfg.train.device))
-        seed_everything(cfg.train.seed)
+        super().__init__(cfg, run_dir, cfg.train, progress)
         spec = resolve_spec(cfg.model)
         t = cfg.train
         ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
         self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2)
         self.sampler = GlobalBatchSampler(len(ds), t.batch_size, t.seed, get_rank(), get_world_size())
-        if self.steps_per_epoch == 0:
-            raise KmimError(
-                f"train.batch_size={t.batch_size} x accum_steps={t.accum_steps} x {get_world_size()} processes "
-                f"exceeds the {len(ds)} training images: lower train.batch_size"
-            )
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         self.tok = self._check_tokenizer(tokenizer, spec.patch_size)
         out_dim = self.tok.k if self.tok is not None else spec.patch_size**2 * self.info.channels
         self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim).to(self.device)
         self.forward = wrap_for_training(self.model, self.device, t.compile)
         self.lr = effective_lr(t.base_lr, t.batch_size, t.accum_steps, get_world_size())
-        self.opt = build_optimizer(
-            self.model, self.lr, t.weight_decay, (t.beta1, t.beta2), fused=self.device.type == "cuda"
-        )
-        use_scaler = self.device.type == "cuda" and t.amp == "fp16"
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state = TrainState()
+        cuda = self.device.type == "cuda"
+        self.opt = build_optimizer(self.model, self.lr, t.weight_decay, (t.beta1, t.beta2), fused=cuda)
+        self.scaler = torch.amp.GradScaler("cuda") if cuda and t.amp == "fp16" else None
         self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
-        if resume_from is not None:
-            self._restore(resume_from)
+        self._ready(resume_from)
 
     def _check_tokenizer(self, tok: Tokenizer | None, patch_size: int) -> Tokenizer | None:
         if self.cfg.train.target != "tokens":
@@ -108,71 +67,9 @@ class Pretrainer:
         tok.check_compatible(patch_size, self.info.channels, self.info.mean, self.info.std, where=where)
         return tok.to(self.device)
 
-    def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["train_state"])
-        torch.set_rng_state(ckpt["rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.sampler) // self.cfg.train.accum_steps
-
     @property
     def encoder_spec(self) -> dict[str, Any]:
         return {"timm_name": resolve_spec(self.cfg.model).timm_name, "timm_kwargs": self.enc_kwargs}
-
-    def run(self) -> dict[str, Any]:
-        while self.state.epoch < self.cfg.train.epochs:
-            self._epoch(self.state.epoch)
-            self.state.epoch += 1
-            self._save()
-        return self._finish()
-
-    def _epoch(self, epoch: int) -> None:
-        t, st = self.cfg.train, self.state
-        spe = self.steps_per_epoch
-        schedule = Schedule(self.lr, t.epochs * spe, t.warmup_epochs * spe, t.min_lr)
-        self.sampler.set_epoch(epoch)
-        self.model.train()
-        t0 = time.perf_counter()
-        images0 = st.images
-
-        def on_step(step: int, extras: dict[str, Any]) -> None:
-            if step % t.log_every == 0:
-                self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": self.opt.param_groups[0]["lr"]})
-
-        def postfix(loss: float, _extras: dict[str, Any]) -> dict[str, str]:
-            return {"loss": f"{loss:.4f}", "img_s": f"{(st.images - images0) / (time.perf_counter() - t0):.0f}"}
-
-        try:
-            res = run_epoch(
-                self.loader, self._micro_step, self.opt, schedule, st.step, spe * t.accum_steps, t.accum_steps,
-                self.scaler, on_step, f"epoch {epoch + 1}/{t.epochs}", self.progress and is_main(), postfix,
-                reduce=mean_over_processes,
-            )  # fmt: skip
-        except NonFiniteLoss as e:
-            raise KmimError(
-                f"{e} (epoch {epoch}): {self._last_good()}; lower train.base_lr or use train.amp=off"
-            ) from None
-        st.step = res.step
-        dt = time.perf_counter() - t0
-        st.wall_s += dt
-        mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
-        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
-        self._log(row)
-        if self.progress and is_main():
-            tqdm.write(f"epoch {epoch + 1}/{t.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s")
-
-    def _last_good(self) -> str:
-        last = self.run_dir / "checkpoints" / "last.pt"
-        if last.is_file():
-            return f"the last good checkpoint {last} (after epoch {self.state.epoch}) is kept untouched"
-        return "no checkpoint was written yet"
 
     def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
         t = self.cfg.train
@@ -184,67 +81,17 @@ class Pretrainer:
         self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
 
-    def _log(self, row: dict[str, Any]) -> None:
-        if is_main():
-            append_jsonl(self.run_dir / "metrics.jsonl", row)
-
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume the run or rebuild its encoder (config, tokenizer, RNG state included)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "config": config_to_dict(self.cfg),
-            "train_state": vars(self.state).copy(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "encoder": self.encoder_spec,
-            "tokenizer": None if self.tok is None else to_blob(self.tok),
-        }
-
-    def _save(self) -> None:
-        if not is_main():
-            return
-        state = self.checkpoint_state()
-        ckpt_dir = self.run_dir / "checkpoints"
-        e = self.state.epoch
-        if e % self.cfg.train.save_every == 0 or e == self.cfg.train.epochs:  # first: a kill leaves last.pt behind,
-            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)  # so the resume redoes this epoch and file
-        save_checkpoint(ckpt_dir / "last.pt", state)
+        tok = None if self.tok is None else to_blob(self.tok)
+        return {**super().checkpoint_state(), "encoder": self.encoder_spec, "tokenizer": tok}
 
     def _finish(self) -> dict[str, Any]:
-        st = self.state
         if is_main():
             enc_state = self.model.encoder.state_dict()
             save_checkpoint(self.run_dir / "encoder.pt", {"encoder": self.encoder_spec, "state_dict": enc_state})
-        last = _last_epoch_loss(self.run_dir / "metrics.jsonl")
-        results = {
-            "target": self.cfg.train.target,
-            "epochs": st.epoch,
-            "steps": st.step,
-            "images_seen": st.images,
-            "final_epoch_loss": last,
-            "train_wall_s": round(st.wall_s, 2),
-            "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
-            "encoder": self.encoder_spec,
-        }
-        if is_main():
-            write_json(self.run_dir / "results.json", results)
+        results = {"target": self.cfg.train.target, **super()._finish(), "encoder": self.encoder_spec}
+        write_results(self.run_dir, results)
         return results
-
-
-def _last_epoch_loss(path: Path) -> float | None:
-    rows = read_jsonl(path) if path.is_file() else []
-    vals = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
-    return vals[-1] if vals else None
-
-
-def _drop_metrics_after(path: Path, epoch: int) -> None:
-    """Forget metrics rows of epochs >= `epoch` (work lost after the checkpoint, about to be redone); a torn last
-    line (a kill mid-append) is dropped with a warning by read_jsonl."""
-    if path.is_file():
-        rows = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
@@ -329,8 +176,8 @@ def resume(
         for folder in (run_dir, run_dir / "checkpoints"):
             clean_orphan_tmp(folder)
         write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-        _drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
+        drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
     return run_dir, trainer.run()
 
 
-__all__ = ["Pretrainer", "TrainState", "check_new_run_dir", "pretrain", "resume", "start_run"]
+__all__ = ["Pretrainer", "check_new_run_dir", "pretrain", "resume", "start_run"]

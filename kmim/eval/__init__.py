@@ -8,7 +8,7 @@ from torch import nn
 
 from kmim.config import RunConfig
 from kmim.data import build_dataset
-from kmim.engine.pretrain import seed_everything
+from kmim.engine.trainer import seed_everything
 from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
 from kmim.eval.probe import linear_probe

@@ -1,0 +1,201 @@
+"""What every run of kmim's training commands shares: one run directory, the data order, the epoch loop on the
+loop core, metrics, checkpoints (every epoch; numbered every `save_every`) and an exact resume.
+
+A subclass (pretraining, fine-tuning) builds the model, optimizer and data, and supplies `_micro_step`; `hp` holds
+its schedule settings (epochs, warmup_epochs, batch_size, accum_steps, min_lr, amp, save_every, log_every).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from kmim.config import RunConfig, config_to_dict
+from kmim.data.sampling import GlobalBatchSampler
+from kmim.engine.checkpoint import save_checkpoint
+from kmim.engine.dist import get_world_size, is_main, local_device, mean_over_processes, resolve_device
+from kmim.engine.loop import NonFiniteLoss, run_epoch
+from kmim.engine.optim import Schedule
+from kmim.errors import KmimError
+from kmim.runinfo import append_jsonl, read_jsonl, write_json, write_text
+
+
+def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA only; fp32 on CPU (bf16 autocast is ~13x slower on this CPU)."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimizer steps done
+    images: int = 0  # images seen
+    wall_s: float = 0.0  # training time, summed over resumed sessions
+
+
+class Trainer:
+    """Subclasses set model, forward, opt, scaler, sampler (a GlobalBatchSampler), loader and lr, then call
+    `_ready(resume_from)`."""
+
+    kind = "run"
+    section = "train"  # the config section of `hp`, named in messages
+    model: torch.nn.Module
+    forward: Any
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    sampler: GlobalBatchSampler
+    loader: Any
+    lr: float
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, hp: Any, progress: bool = True) -> None:
+        self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
+        self.device = local_device(resolve_device(cfg.train.device))
+        self.state = TrainState()
+        seed_everything(hp.seed)
+
+    def _ready(self, resume_from: dict | None) -> None:
+        if self.steps_per_epoch == 0:
+            raise KmimError(
+                f"{self.section}.batch_size={self.hp.batch_size} x accum_steps={self.hp.accum_steps} x "
+                f"{get_world_size()} processes exceeds the {self.sampler.n} training images: "
+                f"lower {self.section}.batch_size"
+            )
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["train_state"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.hp.accum_steps
+
+    def run(self) -> dict[str, Any]:
+        while self.state.epoch < self.hp.epochs:
+            self._epoch(self.state.epoch)
+            self.state.epoch += 1
+            self._after_epoch(self.state.epoch)
+            self._save()
+        return self._finish()
+
+    def _epoch(self, epoch: int) -> None:
+        hp, st, spe = self.hp, self.state, self.steps_per_epoch
+        schedule = Schedule(self.lr, hp.epochs * spe, hp.warmup_epochs * spe, hp.min_lr)
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        t0, images0 = time.perf_counter(), st.images
+
+        def on_step(step: int, extras: dict[str, Any]) -> None:
+            if step % hp.log_every == 0:
+                self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": self.opt.param_groups[0]["lr"]})
+
+        def postfix(loss: float, _extras: dict[str, Any]) -> dict[str, str]:
+            return {"loss": f"{loss:.4f}", "img_s": f"{(st.images - images0) / (time.perf_counter() - t0):.0f}"}
+
+        try:
+            res = run_epoch(
+                self.loader, self._micro_step, self.opt, schedule, st.step, spe * hp.accum_steps, hp.accum_steps,
+                self.scaler, on_step, f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main(), postfix,
+                reduce=mean_over_processes,
+            )  # fmt: skip
+        except NonFiniteLoss as e:
+            raise KmimError(
+                f"{e} (epoch {epoch}): {self._last_good()}; lower the learning rate or use amp=off"
+            ) from None
+        st.step = res.step
+        dt = time.perf_counter() - t0
+        st.wall_s += dt
+        mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
+        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
+        self._log(row)
+        if self.progress and is_main():
+            tqdm.write(f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s")
+
+    def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _after_epoch(self, epochs_done: int) -> None:
+        """Hook after each epoch, before its checkpoint (fine-tuning evaluates here)."""
+
+    def _last_good(self) -> str:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if last.is_file():
+            return f"the last good checkpoint {last} (after epoch {self.state.epoch}) is kept untouched"
+        return "no checkpoint was written yet"
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if is_main():
+            append_jsonl(self.run_dir / "metrics.jsonl", row)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume the run (config, RNG state included); subclasses add what they need."""
+        return {
+            "kind": self.kind,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "config": config_to_dict(self.cfg),
+            "train_state": vars(self.state).copy(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _save(self) -> None:
+        if not is_main():
+            return
+        state = self.checkpoint_state()
+        ckpt_dir = self.run_dir / "checkpoints"
+        e = self.state.epoch
+        if e % self.hp.save_every == 0 or e == self.hp.epochs:  # first: a kill leaves last.pt behind,
+            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)  # so the resume redoes this epoch and file
+        save_checkpoint(ckpt_dir / "last.pt", state)
+
+    def _finish(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "epochs": st.epoch,
+            "steps": st.step,
+            "images_seen": st.images,
+            "final_epoch_loss": last_epoch_loss(self.run_dir / "metrics.jsonl"),
+            "train_wall_s": round(st.wall_s, 2),
+            "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
+        }
+
+
+def last_epoch_loss(path: Path) -> float | None:
+    rows = read_jsonl(path) if path.is_file() else []
+    vals = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
+    return vals[-1] if vals else None
+
+
+def drop_metrics_after(path: Path, epoch: int) -> None:
+    """Forget metrics rows of epochs >= `epoch` (work lost after the checkpoint, about to be redone); a torn last
+    line (a kill mid-append) is dropped with a warning by read_jsonl."""
+    if path.is_file():
+        rows = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    if is_main():
+        write_json(run_dir / "results.json", results)
