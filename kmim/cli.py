@@ -13,6 +13,7 @@ from kmim.errors import KmimError, one_line
 COMMANDS = {
     "tokenize": ("kmim.commands.tokenize", "fit a tokenizer on a training split and save it"),
     "pretrain": ("kmim.commands.pretrain", "MIM pretraining (K-MIM tokens or MAE pixels); writes a run directory"),
+    "finetune": ("kmim.commands.finetune", "fine-tune a pretrained encoder end to end (MAE recipe); top-1 on test"),
     "knn": ("kmim.commands.evaluate", "weighted kNN (k=20, T=0.07) top-1 on the test split of a frozen encoder"),
     "probe": ("kmim.commands.evaluate", "linear probe (BatchNorm + linear) top-1 on the test split"),
     "demo": ("kmim.studies.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
@@ -30,8 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse; dotted overrides may also stand after options (`kmim finetune RUN -q train.x=1`), where argparse
+    alone would not collect them into `overrides`."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except KmimError as e:

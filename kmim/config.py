@@ -27,6 +27,8 @@ INITS = ("kmeans++", "random")
 TARGETS = ("tokens", "pixels")
 AMPS = ("auto", "bf16", "fp16", "off")
 POOLS = ("cls", "mean")
+FINETUNE_POOLS = ("avg", "token")
+PROBES = ("adamw", "lars")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -136,6 +138,39 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`kmim finetune`: end-to-end fine-tuning with the MAE/BEiT recipe (timm's layer decay, RandAugment, random
+    erasing, Mixup/CutMix, label smoothing, drop path, EMA). Defaults: MAE's ViT-B recipe (100 epochs, blr 5e-4,
+    layer decay 0.65, drop path 0.1, mixup 0.8, cutmix 1.0, smoothing 0.1, RandAug m9, reprob 0.25)."""
+
+    epochs: int = 100
+    warmup_epochs: int = 5
+    batch_size: int = 128  # per optimizer step and process, before accumulation
+    accum_steps: int = 1
+    base_lr: float = 5e-4  # lr = base_lr * effective batch / 256
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65  # lr scale of block i = layer_decay ** (depth + 1 - i) (timm param_groups_layer_decay)
+    drop_path: float = 0.1
+    mixup: float = 0.8  # Mixup alpha; 0 = off
+    cutmix: float = 1.0  # CutMix alpha; 0 = off
+    mixup_prob: float = 1.0  # probability of applying Mixup or CutMix to a batch
+    smoothing: float = 0.1  # label smoothing
+    randaug: str = "rand-m9-mstd0.5-inc1"  # timm auto_augment string; "none" = off
+    reprob: float = 0.25  # random erasing probability (pixel mode)
+    crop_scale_min: float = 0.08  # RandomResizedCrop scale lower bound
+    hflip: float = 0.5  # horizontal flip probability (0 for digits)
+    pool: str = "avg"  # avg (mean of patch tokens + fc_norm, MAE's global_pool) | token (CLS)
+    ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and report its top-1 too
+    ema_decay: float = 0.9999
+    eval_every: int = 5  # epochs between test-split evaluations logged to metrics.jsonl (the last is always done)
+    seed: int = 0
+    amp: str = "auto"
+    save_every: int = 10
+    log_every: int = 20
+
+
+@dataclass
 class EvalConfig:
     pool: str = "cls"  # cls | mean (of patch tokens): which encoder feature the probes use
     batch_size: int = 256
@@ -147,6 +182,11 @@ class EvalConfig:
         default_factory=lambda: [1e-2, 3e-2, 1e-1, 3e-1]
     )  # chosen on a held-out 10% of train
     probe_weight_decay: float = 0.0
+    probe: str = "adamw"  # adamw: head on cached features, lr picked on held-out train | lars: MAE's main_linprobe
+    lars_epochs: int = 90  # eval.probe=lars: MAE's recipe (LARS, BN head, augmented crops each epoch)
+    lars_warmup_epochs: int = 10
+    lars_base_lr: float = 0.1  # lr = lars_base_lr * batch / 256
+    lars_batch_size: int = 256
 
 
 @dataclass
@@ -158,6 +198,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -193,6 +234,11 @@ def _non_empty(v: Any) -> str | None:
 
 def _optional_at_least_1(v: Any) -> str | None:
     return None if v is None or v >= 1 else "must be >= 1 (or unset for the preset's value)"
+
+
+def _randaug(v: Any) -> str | None:
+    ok = re.fullmatch(r"none|(rand|augmix)(-[a-z]+[\d.]*)*|originalr?|v0r?|3a", str(v))
+    return None if ok else "must be none or a timm auto_augment string such as rand-m9-mstd0.5-inc1"
 
 
 def _lr_list(v: Any) -> str | None:
@@ -257,6 +303,35 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.probe_batch_size": _at_least(1),
     "eval.probe_lrs": _lr_list,
     "eval.probe_weight_decay": _at_least(0),
+    "eval.probe": _one_of(PROBES),
+    "eval.lars_epochs": _at_least(1),
+    "eval.lars_warmup_epochs": _at_least(0),
+    "eval.lars_base_lr": _positive,
+    "eval.lars_batch_size": _at_least(1),
+    "finetune.epochs": _at_least(1),
+    "finetune.warmup_epochs": _at_least(0),
+    "finetune.batch_size": _at_least(1),
+    "finetune.accum_steps": _at_least(1),
+    "finetune.base_lr": _positive,
+    "finetune.min_lr": _at_least(0),
+    "finetune.weight_decay": _at_least(0),
+    "finetune.layer_decay": _in_range(0, 1, lo_open=True, hi_open=False),
+    "finetune.drop_path": _in_range(0, 1),
+    "finetune.mixup": _at_least(0),
+    "finetune.cutmix": _at_least(0),
+    "finetune.mixup_prob": _in_range(0, 1, hi_open=False),
+    "finetune.smoothing": _in_range(0, 1),
+    "finetune.reprob": _in_range(0, 1, hi_open=False),
+    "finetune.randaug": _randaug,
+    "finetune.crop_scale_min": _in_range(0, 1, lo_open=True, hi_open=False),
+    "finetune.hflip": _in_range(0, 1, hi_open=False),
+    "finetune.pool": _one_of(FINETUNE_POOLS),
+    "finetune.ema_decay": _in_range(0, 1, lo_open=True),
+    "finetune.eval_every": _at_least(1),
+    "finetune.seed": _at_least(0),
+    "finetune.amp": _one_of(AMPS),
+    "finetune.save_every": _at_least(1),
+    "finetune.log_every": _at_least(1),
 }
 
 
@@ -277,10 +352,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         problem = check(value) if _finite(value) else "must be a finite number"
         if problem:
             raise KmimError(f"{path}={value!r} is not valid: {problem}")
-    if cfg.train.warmup_epochs > cfg.train.epochs:
-        raise KmimError(
-            f"train.warmup_epochs={cfg.train.warmup_epochs} is longer than train.epochs={cfg.train.epochs}: lower it"
-        )
+    for section in ("train", "finetune"):
+        hp = getattr(cfg, section)
+        if hp.warmup_epochs > hp.epochs:
+            raise KmimError(
+                f"{section}.warmup_epochs={hp.warmup_epochs} is longer than {section}.epochs={hp.epochs}: lower it"
+            )
+    if cfg.eval.lars_warmup_epochs > cfg.eval.lars_epochs:
+        raise KmimError(f"eval.lars_warmup_epochs={cfg.eval.lars_warmup_epochs} is longer than eval.lars_epochs")
     return cfg
 
 

@@ -112,6 +112,35 @@ BAD_VALUES = {
     "eval.probe_batch_size": "0",
     "eval.probe_lrs": "[]",
     "eval.probe_weight_decay": "-1",
+    "eval.probe": "sgd",
+    "eval.lars_epochs": "0",
+    "eval.lars_warmup_epochs": "-1",
+    "eval.lars_base_lr": "0",
+    "eval.lars_batch_size": "0",
+    "finetune.epochs": "0",
+    "finetune.warmup_epochs": "-1",
+    "finetune.batch_size": "0",
+    "finetune.accum_steps": "0",
+    "finetune.base_lr": "0",
+    "finetune.min_lr": "-1",
+    "finetune.weight_decay": "-1",
+    "finetune.layer_decay": "0",
+    "finetune.drop_path": "1.0",
+    "finetune.mixup": "-1",
+    "finetune.cutmix": "-1",
+    "finetune.mixup_prob": "1.5",
+    "finetune.smoothing": "1.0",
+    "finetune.reprob": "2",
+    "finetune.randaug": "bogus",
+    "finetune.crop_scale_min": "0",
+    "finetune.hflip": "-0.5",
+    "finetune.pool": "max",
+    "finetune.ema_decay": "1.0",
+    "finetune.eval_every": "0",
+    "finetune.seed": "-1",
+    "finetune.amp": "fp8",
+    "finetune.save_every": "0",
+    "finetune.log_every": "0",
 }
 # names checked against registries, and constraints across fields (kmim.resolve)
 BAD_COMBINATIONS = [
@@ -133,7 +162,7 @@ def test_every_numeric_or_choice_field_is_checked():
     from kmim.config import CHECKS, field_paths
 
     free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
-            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile"}  # fmt: skip
+            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile", "finetune.ema"}  # fmt: skip
     registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,10 +36,16 @@ class SeededViews(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Any, torch.Tensor]:
         index, epoch = key
+        seed = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            img, label = self.ds[index]  # the dataset's random transform draws from the seeded global RNG
+            torch.manual_seed(seed)
+            random.seed(seed)  # timm's RandAugment and crops draw from Python's `random`
+            np.random.seed(seed % 2**32)
+            img, label = self.ds[index]  # the dataset's random transform draws from the seeded global RNGs
             noise = torch.rand(self.num_patches)  # (L,)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
         return img, label, noise
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from timm.data import create_transform
 from torchvision.transforms import InterpolationMode, v2
 
-from kmim.config import DataConfig
+from kmim.config import DataConfig, FinetuneConfig
 
 
 def _to_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
@@ -22,6 +25,32 @@ def _fit_size(cfg: DataConfig, native: int | None) -> v2.Transform:
 def eval_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None) -> v2.Compose:
     """Deterministic view used for tokenizer fitting, feature extraction and probes."""
     return v2.Compose([_fit_size(cfg, native), *_to_float(mean, std)])
+
+
+def lars_probe_transform(
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+) -> v2.Compose:
+    """MAE's linear-probe training view: RandomResizedCrop (bicubic, default scale) and a flip when data.hflip."""
+    crop = v2.RandomResizedCrop(cfg.img_size, interpolation=InterpolationMode.BICUBIC)
+    flip = [v2.RandomHorizontalFlip()] if cfg.hflip else []
+    return v2.Compose([_fit_size(cfg, native), crop, *flip, *_to_float(mean, std)])
+
+
+def finetune_transform(
+    cfg: DataConfig, ft: FinetuneConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+) -> v2.Compose:
+    """MAE's fine-tuning view with timm's `create_transform`: RandomResizedCrop (bicubic), flip, RandAugment,
+    normalization, random erasing (pixel mode). Tensor images (in-memory datasets) become PIL images first, and
+    small fixed-size images (digits) are padded to img_size as for pretraining."""
+    head: list[v2.Transform | Callable] = [v2.ToPILImage()] if native is not None else []
+    if native is not None and native < cfg.img_size:
+        head.append(v2.CenterCrop(cfg.img_size))
+    tail = create_transform(
+        cfg.img_size, is_training=True, scale=(ft.crop_scale_min, 1.0), hflip=ft.hflip,
+        auto_augment=None if ft.randaug == "none" else ft.randaug, interpolation="bicubic", mean=tuple(mean),
+        std=tuple(std), re_prob=ft.reprob, re_mode="pixel", re_count=1,
+    )  # fmt: skip
+    return v2.Compose([*head, tail])
 
 
 def pretrain_transform(

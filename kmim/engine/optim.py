@@ -51,5 +51,6 @@ class Schedule:
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """lr for every group, times the group's `lr_scale` when it has one (layer-wise lr decay)."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)

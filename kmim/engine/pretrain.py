@@ -115,7 +115,7 @@ def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) ->
                         "or pass --overwrite to replace it")  # fmt: skip
 
 
-def start_run(trainer: Pretrainer, overwrite: bool = False) -> None:
+def start_run(trainer: Trainer, overwrite: bool = False) -> None:
     """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
     with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
     if not is_main():
@@ -128,8 +128,9 @@ def start_run(trainer: Pretrainer, overwrite: bool = False) -> None:
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
     write_json(run_dir / "env.json", environment())
-    if trainer.tok is not None:
-        trainer.tok.save(run_dir / "tokenizer.pt")
+    tok = getattr(trainer, "tok", None)
+    if tok is not None:
+        tok.save(run_dir / "tokenizer.pt")
 
 
 def pretrain(
@@ -147,16 +148,18 @@ def pretrain(
 FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer")
 
 
-def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int) -> None:
-    """Refuse overrides that a checkpoint cannot continue under (one line naming the field)."""
+def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, section: str = "train") -> None:
+    """Refuse overrides that a checkpoint cannot continue under (one line naming the field); `section` holds the
+    run's epochs (train, or finetune for a fine-tuning run)."""
     saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout
     for path in FROZEN_ON_RESUME:
         old_v, new_v = _at(saved, path), _at(new, path)
         if old_v != new_v:
             raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
                             "with another name= instead")  # fmt: skip
-    if cfg.train.epochs < done_epochs:
-        raise KmimError(f"train.epochs={cfg.train.epochs} is below the {done_epochs} epochs the checkpoint already "
+    epochs = getattr(cfg, section).epochs
+    if epochs < done_epochs:
+        raise KmimError(f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
                         f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
 
 

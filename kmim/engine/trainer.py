@@ -106,6 +106,7 @@ class Trainer:
         t0, images0 = time.perf_counter(), st.images
 
         def on_step(step: int, extras: dict[str, Any]) -> None:
+            self._on_step(step)
             if step % hp.log_every == 0:
                 self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": self.opt.param_groups[0]["lr"]})
 
@@ -133,6 +134,9 @@ class Trainer:
 
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
+
+    def _on_step(self, step: int) -> None:
+        """Hook after each optimizer step (fine-tuning updates its EMA here)."""
 
     def _after_epoch(self, epochs_done: int) -> None:
         """Hook after each epoch, before its checkpoint (fine-tuning evaluates here)."""

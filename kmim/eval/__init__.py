@@ -11,6 +11,7 @@ from kmim.data import build_dataset
 from kmim.engine.trainer import seed_everything
 from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
+from kmim.eval.lars import RECIPE, lars_probe
 from kmim.eval.probe import linear_probe
 from kmim.models import build_mim, resolve_spec
 
@@ -57,12 +58,16 @@ def evaluate_encoder(
         if "knn" in methods:
             pred = weighted_knn_predict(trf[pool], try_, tef[pool], n_cls, e.knn_k, e.knn_temperature)
             res["knn_top1"] = top1(pred, tey)
-        if "probe" in methods:
+        if "probe" in methods and e.probe == "adamw":
             lp = linear_probe(
                 trf[pool], try_, tef[pool], tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
                 e.probe_weight_decay, cfg.train.seed,
             )  # fmt: skip
             res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]
+            res["linear_probe"] = "adamw (head on cached eval-view features, lr picked on a held-out 10% of train)"
         out[pool] = res
+    if "probe" in methods and e.probe == "lars":  # trains through the encoder each epoch: the headline pool only
+        lp = lars_probe(encoder, cfg, device, progress)
+        out[e.pool].update(linear_probe_top1=lp["top1"], linear_probe_lr=lp["lr"], linear_probe=RECIPE)
     out.update(out[e.pool])
     return out

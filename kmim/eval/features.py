@@ -57,7 +57,14 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = ckpt["state_dict"]
     else:
         state = {k.removeprefix("encoder."): v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
-    enc.load_state_dict(state)
+    try:
+        res = enc.load_state_dict(state, strict=False)
+        bad = [*res.missing_keys, *res.unexpected_keys]
+    except RuntimeError as e:  # shapes differ
+        bad = [str(e).strip().splitlines()[-1].strip()]
+    if bad:
+        raise KmimError(f"{p}: the weights do not match the recorded architecture {spec['timm_name']} "
+                        f"({len(bad)} keys differ, e.g. {', '.join(bad[:3])})")  # fmt: skip
     config = ckpt.get("config")
     if config is None:
         run_cfg = p.parent / "checkpoints" / "last.pt"

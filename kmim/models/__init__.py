@@ -11,7 +11,16 @@ from kmim.config import ModelConfig
 from kmim.errors import KmimError
 from kmim.models.mim import MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
 
-__all__ = ["PRESETS", "MaskedImageModel", "ModelSpec", "build_encoder", "build_mim", "random_masking", "resolve_spec"]
+__all__ = [
+    "PRESETS",
+    "MaskedImageModel",
+    "ModelSpec",
+    "build_classifier",
+    "build_encoder",
+    "build_mim",
+    "random_masking",
+    "resolve_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -87,4 +96,16 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, out_dim: int) -> Ma
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     nn.init.normal_(enc.cls_token, std=0.02)
     nn.init.normal_(dec.mask_token, std=0.02)
+    return model
+
+
+def build_classifier(timm_name: str, timm_kwargs: dict, num_classes: int, pool: str, drop_path: float) -> nn.Module:
+    """A timm ViT for fine-tuning: the pretrained encoder's architecture with a `num_classes` head, global pool
+    `avg` (mean of the patch tokens + fc_norm, MAE's global_pool) or `token` (CLS), and stochastic depth; the head
+    starts at trunc_normal(std=2e-5) and zero bias, as MAE's."""
+    kwargs = {**timm_kwargs, "num_classes": num_classes, "global_pool": pool, "drop_path_rate": drop_path}
+    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if num_classes > 0:
+        nn.init.trunc_normal_(model.head.weight, std=2e-5)
+        nn.init.zeros_(model.head.bias)
     return model

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kmim.argtypes import add_config_arguments
-from kmim.config import RunConfig, config_to_dict
+from kmim.config import RunConfig, config_to_dict, load_config
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
@@ -51,7 +51,7 @@ def _pretrain_or_reuse(cfg: RunConfig, progress: bool) -> Path:
     if not last.exists():
         return pretrain(cfg, prepare_tokenizer(cfg, progress), progress)[0]
     ckpt = load_checkpoint(last)
-    if ckpt["config"] != config_to_dict(cfg):
+    if config_to_dict(load_config(None, (), base=ckpt["config"])) != config_to_dict(cfg):  # same defaults/layout
         raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(last))
     return resume(run_dir, cfg, ckpt, tok, progress)[0]

@@ -49,4 +49,5 @@ def test_evaluate_pretrained_run(tiny_overrides):
     res = evaluate_encoder(enc, cfg, progress=False)
     assert res["n_train"] == 24 and res["n_test"] == 24
     assert 0 <= res["knn_top1"] <= 100 and res["knn_top1"] == res["cls"]["knn_top1"]
-    assert set(res["mean"]) == {"knn_top1", "linear_probe_top1", "linear_probe_lr"}
+    assert set(res["mean"]) == {"knn_top1", "linear_probe_top1", "linear_probe_lr", "linear_probe"}
+    assert res["linear_probe"].startswith("adamw")  # which probe produced the number

@@ -1,0 +1,191 @@
+"""End-to-end fine-tuning of a pretrained encoder (MAE's `main_finetune.py` recipe, built from timm's parts):
+layer-wise lr decay (`param_groups_layer_decay`), drop path, RandAugment + random erasing (`create_transform`),
+Mixup/CutMix (`Mixup`) with `SoftTargetCrossEntropy`, label smoothing, warmup + cosine per step, optional EMA
+(`ModelEmaV3`). The encoder's weights come in ready (the command layer loads them); the classifier is the encoder's
+timm architecture with a head for the dataset's classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from kmim.config import RunConfig
+from kmim.data import build_dataset, make_loader
+from kmim.data.sampling import GlobalBatchSampler, SeededViews, sample_seed
+from kmim.data.transforms import finetune_transform
+from kmim.engine.checkpoint import save_checkpoint
+from kmim.engine.dist import gather_in_order, get_rank, get_world_size, is_main, wrap_for_training
+from kmim.engine.loader import make_train_loader
+from kmim.engine.optim import build_optimizer, effective_lr
+from kmim.engine.trainer import Trainer, autocast_ctx, write_results
+from kmim.errors import KmimError
+from kmim.models import build_classifier
+
+HEAD_KEYS = ("head.", "fc_norm.")  # what a pretrained encoder does not have
+
+
+def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Encoder weights into the classifier: only the head (and fc_norm for avg pooling) may be missing; a
+    checkpoint of another architecture is refused in one line."""
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise KmimError(f"{where} does not fit the classifier: {str(e).strip().splitlines()[1].strip()}") from None
+    missing = [k for k in res.missing_keys if not k.startswith(HEAD_KEYS)]
+    if missing:
+        raise KmimError(f"{where} is not an encoder of this architecture: {len(missing)} weights missing "
+                        f"(e.g. {', '.join(missing[:3])})")  # fmt: skip
+
+
+@torch.no_grad()
+def classify_top1(model: nn.Module, ds: Dataset, batch_size: int, device: torch.device, amp: str) -> float:
+    """Top-1 (%) of `model` on `ds`; under torchrun each process classifies every world_size-th image."""
+    model.eval()
+    rank, world = get_rank(), get_world_size()
+    indices = torch.arange(rank, len(ds), world)
+    part = ds if world == 1 else Subset(ds, indices.tolist())
+    hits = []
+    for imgs, y in make_loader(part, batch_size, shuffle=False):
+        with autocast_ctx(amp, device):
+            logits = model(imgs.to(device, non_blocking=True))
+        hits.append((logits.argmax(dim=1).cpu() == y).float())
+    correct = gather_in_order(torch.cat(hits), indices, len(ds))
+    return 100.0 * correct.mean().item()
+
+
+class Finetuner(Trainer):
+    """Owns the classifier, optimizer (layer decay), data, Mixup, EMA and run directory of one fine-tuning run."""
+
+    kind = "finetune"
+    section = "finetune"
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        source: dict[str, Any],
+        progress: bool = True,
+        resume_from: dict | None = None,
+    ) -> None:
+        """`source`: {"timm_name", "timm_kwargs", "state_dict", "path"} of the pretrained encoder."""
+        ft = cfg.finetune
+        super().__init__(cfg, run_dir, ft, progress)
+        ds, info = build_dataset(cfg.data, "train")
+        ds.transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
+        self.test, _ = build_dataset(cfg.data, "test")
+        self.num_classes, self.source_path = len(info.classes), source["path"]
+        self._check_source(source, info.channels)
+        self.views = SeededViews(ds, ft.seed, 0)
+        self.sampler = GlobalBatchSampler(len(ds), ft.batch_size, ft.seed, get_rank(), get_world_size())
+        self.spec = {"timm_name": source["timm_name"], "timm_kwargs": {**source["timm_kwargs"],
+                     "num_classes": self.num_classes, "global_pool": ft.pool}}  # fmt: skip
+        self.model = build_classifier(source["timm_name"], source["timm_kwargs"], self.num_classes, ft.pool,
+                                      ft.drop_path)  # fmt: skip
+        if source["state_dict"] is not None:  # None on a resume: the checkpoint's weights are loaded below
+            load_encoder_weights(self.model, source["state_dict"], source["path"])
+        self.model.to(self.device)
+        self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
+        self.lr = effective_lr(ft.base_lr, ft.batch_size, ft.accum_steps, get_world_size())
+        groups = param_groups_layer_decay(self.model, ft.weight_decay, self.model.no_weight_decay(),
+                                          layer_decay=ft.layer_decay)  # fmt: skip
+        cuda = self.device.type == "cuda"
+        self.opt = build_optimizer(self.model, self.lr, groups=groups, fused=cuda)
+        self.scaler = torch.amp.GradScaler("cuda") if cuda and ft.amp == "fp16" else None
+        self.mixup = self._mixup()
+        self.criterion = self._criterion()
+        self.ema = ModelEmaV3(self.model, decay=ft.ema_decay) if ft.ema else None
+        self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
+        self.top1: dict[str, float] = {}
+        self._ready(resume_from)
+
+    def _check_source(self, source: dict[str, Any], channels: int) -> None:
+        kw = source["timm_kwargs"]
+        if kw.get("img_size") != self.cfg.data.img_size:
+            raise KmimError(f"data.img_size={self.cfg.data.img_size} but {source['path']} was pretrained at "
+                            f"{kw.get('img_size')} px: set data.img_size={kw.get('img_size')}")  # fmt: skip
+        if kw.get("in_chans", 3) != channels:
+            raise KmimError(f"{source['path']} takes {kw.get('in_chans')}-channel images, data.name="
+                            f"{self.cfg.data.name} has {channels}")  # fmt: skip
+
+    def _mixup(self) -> Mixup | None:
+        ft = self.cfg.finetune
+        if ft.mixup <= 0 and ft.cutmix <= 0:
+            return None
+        if ft.batch_size % 2:
+            raise KmimError(f"finetune.batch_size={ft.batch_size} must be even for Mixup/CutMix (timm pairs images)")
+        return Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob, label_smoothing=ft.smoothing,
+                     num_classes=self.num_classes)  # fmt: skip
+
+    def _criterion(self) -> nn.Module:
+        if self.mixup is not None:
+            return SoftTargetCrossEntropy()  # Mixup already smooths the soft targets
+        if self.cfg.finetune.smoothing > 0:
+            return LabelSmoothingCrossEntropy(self.cfg.finetune.smoothing)
+        return nn.CrossEntropyLoss()
+
+    def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
+        ft = self.cfg.finetune
+        imgs, labels = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+        if self.mixup is not None:  # Mixup draws from numpy: seeded per micro-batch, so a resume redraws the same
+            np.random.seed(sample_seed(ft.seed + 1, get_rank(), self.state.images) % 2**32)
+            imgs, labels = self.mixup(imgs, labels)
+        with autocast_ctx(ft.amp, self.device):
+            loss = self.criterion(self.forward(imgs), labels)
+        self.state.images += imgs.shape[0] * get_world_size()
+        return loss, {}
+
+    def _on_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def _after_epoch(self, epochs_done: int) -> None:
+        ft = self.cfg.finetune
+        if epochs_done % ft.eval_every and epochs_done != ft.epochs:
+            return
+        bs = self.cfg.eval.batch_size
+        self.top1 = {"test_top1": classify_top1(self.model, self.test, bs, self.device, ft.amp)}
+        if self.ema is not None:
+            self.top1["test_top1_ema"] = classify_top1(self.ema.module, self.test, bs, self.device, ft.amp)
+        self._log({"epoch": epochs_done - 1, **self.top1})
+
+    def _restore(self, ckpt: dict) -> None:
+        if ckpt.get("num_classes") != self.num_classes:
+            raise KmimError(
+                f"the checkpoint's head has {ckpt.get('num_classes')} classes, data.name={self.cfg.data.name} has "
+                f"{self.num_classes}: fine-tune on the data it was started on"
+            )
+        super()._restore(ckpt)
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        ema = self.ema.state_dict() if self.ema is not None else None
+        return {**super().checkpoint_state(), "classifier": self.spec, "num_classes": self.num_classes,
+                "source": self.source_path, "ema": ema}  # fmt: skip
+
+    def _finish(self) -> dict[str, Any]:
+        if not self.top1:  # resumed after the last epoch's evaluation
+            self._after_epoch(self.state.epoch)
+        if is_main():
+            model = self.ema.module if self.ema is not None else self.model
+            save_checkpoint(self.run_dir / "model.pt", {"classifier": self.spec, "state_dict": model.state_dict()})
+        results = {
+            "finetune_top1": round(self.top1["test_top1"], 2),
+            **({"finetune_ema_top1": round(self.top1["test_top1_ema"], 2)} if "test_top1_ema" in self.top1 else {}),
+            "evaluated_on": f"{self.cfg.data.name} test split ({len(self.test)} images), after the last epoch",
+            "source": self.source_path,
+            **super()._finish(),
+            "classifier": self.spec,
+        }
+        write_results(self.run_dir, results)
+        return results

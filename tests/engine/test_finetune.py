@@ -1,0 +1,102 @@
+"""kmim finetune: the recipe's parts, a tiny run end to end, an exact resume, and its bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from kmim.cli import main
+from kmim.engine.optim import Schedule, build_optimizer, set_lr
+from kmim.models import build_classifier
+from tests.conftest import TINY
+
+FT = ["finetune.epochs=2", "finetune.warmup_epochs=1", "finetune.batch_size=8", "finetune.hflip=0",
+      "finetune.eval_every=1", "finetune.log_every=1"]  # fmt: skip
+KW = {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    assert main(["pretrain", "-q", *TINY, f"out_dir={out}", "name=p", "train.epochs=1", "train.warmup_epochs=0"]) == 0
+    return out / "p"
+
+
+def test_layer_decay_scales_the_lr_of_each_block():
+    from timm.optim import param_groups_layer_decay
+
+    model = build_classifier("vit_tiny_patch16_224", KW, 3, "avg", 0.0)
+    groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.5)
+    opt = build_optimizer(model, 1.0, groups=groups)
+    set_lr(opt, Schedule(1.0, 10, 0)(0))
+    by_param = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    # depth 2: embeddings are layer 0 (0.5^3), block i is layer i + 1 (0.5^(2 - i)), the head layer 3 (1.0)
+    assert by_param[id(model.patch_embed.proj.weight)] == pytest.approx(0.125)
+    assert by_param[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(0.25)
+    assert by_param[id(model.blocks[1].mlp.fc1.weight)] == pytest.approx(0.5)
+    assert by_param[id(model.head.weight)] == pytest.approx(1.0)
+    assert model.head.weight.abs().max() < 1e-3  # trunc_normal(std=2e-5) head, as MAE
+
+
+def test_finetune_runs_and_reports_top1(pretrained, tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert main(["finetune", str(pretrained), "-q", f"out_dir={out}", *FT, "finetune.ema=true"]) == 0
+    res = json.loads((tmp_path / "runs/p-finetune/results.json").read_text())
+    assert 0 <= res["finetune_top1"] <= 100 and 0 <= res["finetune_ema_top1"] <= 100 and res["steps"] == 6
+    assert res["source"].endswith("p/checkpoints/last.pt")
+    rows = [json.loads(r) for r in (tmp_path / "runs/p-finetune/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "test_top1" in r] == [0, 1]
+    model = torch.load(tmp_path / "runs/p-finetune/model.pt", weights_only=True)
+    import timm
+
+    clf = timm.create_model(model["classifier"]["timm_name"], **model["classifier"]["timm_kwargs"])
+    clf.load_state_dict(model["state_dict"])  # loads with timm alone
+    assert clf.head.out_features == 3
+
+
+def test_resumed_finetune_equals_an_uninterrupted_one(pretrained, tmp_path, capsys):
+    """Run b is rolled back to its epoch-1 checkpoint (as a kill would leave it) and resumed: it ends equal to a."""
+    out = tmp_path / "runs"
+    ft = [*FT, "finetune.mixup=0.8", "finetune.drop_path=0.1", "finetune.save_every=1"]
+    for name in ("a", "b"):
+        assert main(["finetune", str(pretrained), "-q", f"out_dir={out}", f"name={name}", *ft]) == 0
+    ckpts = out / "b/checkpoints"
+    (ckpts / "last.pt").write_bytes((ckpts / "checkpoint-0001.pt").read_bytes())
+    for f in ("model.pt", "results.json"):
+        (out / "b" / f).unlink()
+    assert main(["finetune", "-q", "--resume", str(out / "b")]) == 0
+    a = torch.load(out / "a/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "b/model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((out / n / "results.json").read_text()) for n in ("a", "b"))
+    assert ra["finetune_top1"] == rb["finetune_top1"]
+    capsys.readouterr()
+    assert main(["finetune", "-q", "--resume", str(out / "b"), "finetune.epochs=3", "data.synthetic_classes=4"]) == 2
+    assert "the checkpoint's head has 3 classes, data.name=synthetic has 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["finetune", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+    (["finetune", "{pretrained}", "model.depth=3"], "drop the model.* overrides"),
+    (["finetune", "{pretrained}", "data.img_size=32"], "was pretrained at 16 px: set data.img_size=16"),
+    (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even for Mixup"),
+    (["finetune", "--resume", "{pretrained}"], "is not a kmim finetune run"),
+])  # fmt: skip
+def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):
+    argv = [a.replace("{pretrained}", str(pretrained)) for a in argv]
+    assert main([*argv, "-q", *([f"out_dir={tmp_path}"] if "--resume" not in argv else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
+    from kmim.engine.checkpoint import save_checkpoint
+
+    enc = build_classifier("vit_tiny_patch16_224", {**KW, "depth": 1}, 0, "token", 0.0)
+    spec = {"timm_name": "vit_tiny_patch16_224", "timm_kwargs": {**KW, "depth": 2}}  # says 2 blocks, holds 1
+    save_checkpoint(tmp_path / "enc.pt", {"encoder": spec, "state_dict": enc.state_dict()})
+    assert main(["finetune", str(tmp_path / "enc.pt"), "-q", *TINY, f"out_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not match the recorded architecture" in err, err
+    assert not (tmp_path / "r").exists()
