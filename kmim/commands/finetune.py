@@ -19,7 +19,8 @@ from kmim.engine.dist import agree, is_main, setup_distributed, teardown_distrib
 from kmim.engine.finetune import Finetuner
 from kmim.engine.pretrain import check_new_run_dir, check_resume, start_run
 from kmim.errors import KmimError
-from kmim.eval import load_encoder
+from kmim.eval import load_encoder, random_encoder
+from kmim.models import encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 
@@ -27,6 +28,11 @@ from kmim.resolve import load_run_config
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", help="pretraining run directory, checkpoint (.pt) or encoder.pt")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the fine-tuning run in RUN_DIR")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="fine-tune an untrained encoder of the config's model (MAE's initialisation): the baseline",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
     add_config_arguments(p)
 
@@ -50,9 +56,23 @@ def _config(path: str, config: str | None, overrides: list[str], saved: dict | N
     return cfg
 
 
-def start(path: str, config: str | None, overrides: list[str], progress: bool, overwrite: bool):
-    source, saved = agree(lambda: _source(path))
-    cfg = agree(lambda: _config(path, config, overrides, saved))
+def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
+    cfg = load_run_config(config, overrides)
+    enc = random_encoder(cfg, cfg.finetune.seed)
+    spec = resolve_spec(cfg.model)
+    kwargs = encoder_kwargs(spec, cfg.data.img_size, enc.patch_embed.proj.in_channels)
+    if not any(o.startswith("name=") for o in overrides):
+        cfg.name = "random-init-finetune"
+    path = f"random-init (seed {cfg.finetune.seed})"
+    return {"timm_name": spec.timm_name, "timm_kwargs": kwargs, "state_dict": enc.state_dict(), "path": path}, cfg
+
+
+def start(path: str | None, config: str | None, overrides: list[str], progress: bool, overwrite: bool):
+    if path is None:  # --random-init
+        source, cfg = agree(lambda: _random_source(config, overrides))
+    else:
+        source, saved = agree(lambda: _source(path))
+        cfg = agree(lambda: _config(path, config, overrides, saved))
     run_dir = Path(cfg.out_dir) / cfg.name
 
     def check_output() -> None:
@@ -85,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.path is not None and "=" in args.path:  # argparse fills the optional PATH with the first override
         args.path, args.overrides = None, [args.path, *args.overrides]
-    if (args.path is None) == (args.resume is None):
-        raise KmimError("give a pretrained encoder PATH to fine-tune, or --resume RUN_DIR, not both")
+    if (args.path is not None) + (args.resume is not None) + args.random_init != 1:
+        raise KmimError("give one of: a pretrained encoder PATH, --random-init, or --resume RUN_DIR")
     if args.resume and (args.config or args.overwrite):
         raise KmimError("--resume keeps the run's saved config and folder: pass changes as dotted overrides")
     setup_distributed()

@@ -100,3 +100,9 @@ def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "do not match the recorded architecture" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_random_init_baseline(tmp_path):
+    assert main(["finetune", "--random-init", "-q", *TINY, f"out_dir={tmp_path}", *FT]) == 0
+    res = json.loads((tmp_path / "random-init-finetune/results.json").read_text())
+    assert res["source"] == "random-init (seed 0)" and 0 <= res["finetune_top1"] <= 100
