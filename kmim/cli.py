@@ -41,6 +41,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    path = getattr(args, "path", None)
+    if path is not None and "=" in path:  # an optional PATH takes the first override when the path is left out
+        args.path, args.overrides = None, [path, *args.overrides]
     return args
 
 

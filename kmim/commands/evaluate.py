@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.dist import agree, is_main, local_device, resolve_device, setup_distributed, teardown_distributed
+from kmim.engine.dist import agree, in_process_group, is_main, local_device, resolve_device
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.resolve import load_run_config
@@ -57,14 +57,9 @@ def run(args: argparse.Namespace) -> int:
     """Under torchrun, features are extracted in shards and gathered; every process computes the same result and
     rank 0 prints it."""
     path, overrides = args.path, list(args.overrides)
-    if path is not None and "=" in path:  # argparse fills the optional PATH with the first override
-        path, overrides = None, [path, *overrides]
-    setup_distributed()
-    try:
-        res = evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet and is_main())
-        main = is_main()
-    finally:
-        teardown_distributed()
+    res, main = in_process_group(
+        lambda: evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet and is_main())
+    )
     if main:
         print_json(res)
     return 0

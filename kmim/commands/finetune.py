@@ -15,7 +15,7 @@ from typing import Any
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, is_main, setup_distributed, teardown_distributed
+from kmim.engine.dist import agree, in_process_group, is_main
 from kmim.engine.finetune import Finetuner
 from kmim.engine.pretrain import check_new_run_dir, check_resume, start_run
 from kmim.errors import KmimError
@@ -103,21 +103,17 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool):
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
-    if args.path is not None and "=" in args.path:  # argparse fills the optional PATH with the first override
-        args.path, args.overrides = None, [args.path, *args.overrides]
     if (args.path is not None) + (args.resume is not None) + args.random_init != 1:
         raise KmimError("give one of: a pretrained encoder PATH, --random-init, or --resume RUN_DIR")
     if args.resume and (args.config or args.overwrite):
         raise KmimError("--resume keeps the run's saved config and folder: pass changes as dotted overrides")
-    setup_distributed()
-    try:
-        if args.resume:
-            run_dir, res = continue_run(args.resume, args.overrides, progress)
-        else:
-            run_dir, res = start(args.path, args.config, args.overrides, progress, args.overwrite)
-        main = is_main()
-    finally:
-        teardown_distributed()
+    (run_dir, res), main = in_process_group(
+        lambda: (
+            continue_run(args.resume, args.overrides, progress)
+            if args.resume
+            else start(args.path, args.config, args.overrides, progress, args.overwrite)
+        )
+    )
     if main:
         print(f"run directory: {run_dir}")
         print_json({k: v for k, v in res.items() if k != "classifier"})

@@ -14,7 +14,7 @@ from pathlib import Path
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, broadcast_object, is_main, setup_distributed, teardown_distributed
+from kmim.engine.dist import agree, broadcast_object, in_process_group, is_main
 from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
 from kmim.errors import KmimError
 from kmim.fit import from_blob, prepare_tokenizer
@@ -76,15 +76,13 @@ def run(args: argparse.Namespace) -> int:
             "-c/--config cannot be combined with --resume: a resumed run keeps its saved config; "
             "pass changes as dotted overrides (e.g. train.epochs=80)"
         )
-    setup_distributed()
-    try:
-        if args.resume:
-            run_dir, res = continue_run(args.resume, args.overrides, progress)
-        else:
-            run_dir, res = start(args.config, args.overrides, progress, args.overwrite)
-        main = is_main()
-    finally:
-        teardown_distributed()
+    (run_dir, res), main = in_process_group(
+        lambda: (
+            continue_run(args.resume, args.overrides, progress)
+            if args.resume
+            else start(args.config, args.overrides, progress, args.overwrite)
+        )
+    )
     if main:
         print(f"run directory: {run_dir}")
         print_json({k: v for k, v in res.items() if k != "encoder"})

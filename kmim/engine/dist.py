@@ -148,3 +148,14 @@ def wrap_for_training(model: nn.Module, device: torch.device, compile: bool = Fa
     if compile and device.type == "cuda":
         wrapped = torch.compile(wrapped)  # type: ignore[assignment]
     return wrapped
+
+
+def in_process_group(fn: Callable[[], T]) -> tuple[T, bool]:
+    """Run a command's work inside the torchrun process group (a no-op on one process): (its result, whether this
+    process is rank 0, the one that prints)."""
+    setup_distributed()
+    try:
+        out = fn()
+        return out, is_main()
+    finally:
+        teardown_distributed()
