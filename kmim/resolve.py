@@ -1,7 +1,8 @@
 """A run configuration checked at the door: `kmim.config` validates every field's range and choices; this adds
 the names that live in registries (data.name, model.preset, tokenizer.name, tokenizer.supervised.preset) and the
 constraints across fields (heads divide widths, patches tile the image, masking leaves a visible and a masked
-patch, a tokenizer file exists). Every command loads its config through `load_run_config`, before any work.
+patch; `check_tokenizer_path` for pretraining). Every command loads its config through `load_run_config`, before
+any work.
 """
 
 from __future__ import annotations
@@ -41,10 +42,14 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
             f"train.mask_ratio={cfg.train.mask_ratio} leaves {keep} of {n} patches visible: it must keep at least "
             "one patch visible and mask at least one"
         )
+    return cfg
+
+
+def check_tokenizer_path(cfg: RunConfig) -> None:
+    """Pretraining on tokens reads tokenizer.path when set: it must exist (evaluation does not need it)."""
     path = cfg.tokenizer.path
     if path and cfg.train.target == "tokens" and not Path(path).expanduser().is_file():
         raise KmimError(f"tokenizer.path={path} does not exist: fit one with `kmim tokenize` or unset tokenizer.path")
-    return cfg
 
 
 def load_run_config(

@@ -19,7 +19,7 @@ from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
 from kmim.errors import KmimError
 from kmim.fit import from_blob, prepare_tokenizer
 from kmim.paths import check_folder_writable
-from kmim.resolve import load_run_config
+from kmim.resolve import check_tokenizer_path, load_run_config
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -48,6 +48,7 @@ def start(config: str | None, overrides: list[str], progress: bool, overwrite: b
     run_dir = Path(cfg.out_dir) / cfg.name
 
     def check_output() -> None:
+        check_tokenizer_path(cfg)
         check_folder_writable(run_dir)
         check_new_run_dir(run_dir, cfg, overwrite)
 
