@@ -90,7 +90,14 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return len(self.sampler) // self.hp.accum_steps
 
+    @property
+    def effective_batch(self) -> int:
+        return self.hp.batch_size * self.hp.accum_steps * get_world_size()
+
     def run(self) -> dict[str, Any]:
+        if self.progress and is_main():
+            tqdm.write(f"effective batch {self.effective_batch} ({self.hp.batch_size} x {self.hp.accum_steps} accum x "
+                       f"{get_world_size()} processes), peak lr {self.lr:.3g}")  # fmt: skip
         while self.state.epoch < self.hp.epochs:
             self._epoch(self.state.epoch)
             self.state.epoch += 1
@@ -183,6 +190,9 @@ class Trainer:
             "final_epoch_loss": last_epoch_loss(self.run_dir / "metrics.jsonl"),
             "train_wall_s": round(st.wall_s, 2),
             "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
+            "effective_batch": self.effective_batch,
+            "world_size": get_world_size(),
+            "peak_lr": self.lr,
         }
 
 
