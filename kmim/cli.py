@@ -17,6 +17,7 @@ COMMANDS = {
     "knn": ("kmim.commands.evaluate", "weighted kNN (k=20, T=0.07) top-1 on the test split of a frozen encoder"),
     "probe": ("kmim.commands.evaluate", "linear probe (BatchNorm + linear) top-1 on the test split"),
     "demo": ("kmim.studies.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
+    "study": ("kmim.studies.study", "the paper's claims as resumable studies: tcas-vs-probe, k-ablation, vs-mae, all"),
     "tcas": ("kmim.studies.tcas", "score tokenizers without training: TCAS, NMI, purity, usage, perplexity"),
     "show-tokens": ("kmim.studies.show_tokens", "PNG grid of images with each patch coloured by its token id"),
     "theory": ("kmim.theory.command", "augmentation-graph analysis of tokenizers (spectra, labeling error, bound)"),

@@ -162,7 +162,8 @@ def test_every_numeric_or_choice_field_is_checked():
     from kmim.config import CHECKS, field_paths
 
     free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
-            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile", "finetune.ema"}  # fmt: skip
+            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile",
+            "finetune.ema"}  # fmt: skip
     registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 

@@ -44,7 +44,7 @@ def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
                         f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}")  # fmt: skip
 
 
-def _pretrain_or_reuse(cfg: RunConfig, progress: bool) -> Path:
+def pretrain_or_resume(cfg: RunConfig, progress: bool) -> Path:
     """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder."""
     run_dir = Path(cfg.out_dir) / cfg.name
     last = run_dir / "checkpoints" / "last.pt"
@@ -80,7 +80,7 @@ def run_demo(
     for name, cfg in _method_cfgs(base, out_dir).items():
         _say(progress, f"[demo] pretraining {name} ({cfg.train.epochs} epochs, target={cfg.train.target})")
         ts = time.perf_counter()
-        run_dir = _pretrain_or_reuse(cfg, progress)
+        run_dir = pretrain_or_resume(cfg, progress)
         train_s = time.perf_counter() - ts
         _say(progress, f"[demo] evaluating {name}")
         ev = evaluate_encoder(load_encoder(run_dir)[0], base, progress=progress)

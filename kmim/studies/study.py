@@ -1,0 +1,229 @@
+"""`kmim study NAME --out DIR`: the paper's empirical claims as fixed sets of pretraining + evaluation runs.
+
+* `tcas-vs-probe` (Appendix E): ten tokenizers spanning the TCAS range, each the K-MIM target at one budget; TCAS and
+  NMI of each beside kNN, linear-probe and low-shot (10 images per class, 5 draws) top-1; Spearman and Pearson with
+  bootstrap 95 % intervals over tokenizers.
+* `k-ablation` (Table 4): PIXEL K in {10, 25, 50, 100, 200, 1000}, two seeds.
+* `vs-mae` (section 5): K-MIM PIXEL, MAE norm-pix, MAE raw pixels, K-MIM HOG, three seeds; kNN at every saved
+  checkpoint (accuracy vs epochs).
+* `all`: the three.
+
+Every choice (arms, seeds, budget from the preset, verdict rules in `verdicts`) is fixed in code before any run.
+A study resumes where it stopped: a finished arm has a record in DIR/records/ and is never redone; an interrupted
+pretraining continues from its checkpoint. DIR/report.md, DIR/results.csv and DIR/*.png are rewritten at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kmim.argtypes import add_config_arguments
+from kmim.config import RunConfig, config_to_dict
+from kmim.errors import KmimError
+
+STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae")
+K_GRID = (10, 25, 50, 100, 200, 1000)
+SHOTS, DRAWS = 10, 5
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # run directory under DIR/runs, unique in the study
+    group: str  # what is averaged over seeds
+    overrides: tuple[str, ...]
+    seed: int = 0
+
+
+def _tok(name: str, k: int, *extra: str) -> tuple[str, ...]:
+    return ("train.target=tokens", f"tokenizer.name={name}", f"tokenizer.k={k}", *extra)
+
+
+def arms(study: str, out: Path) -> list[Arm]:
+    """The fixed arms of a study (dependencies first: feature tokenizers read earlier arms' encoders)."""
+    runs = out / "runs"
+    if study == "tcas-vs-probe":
+        specs = {
+            "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
+            "pixels-k200": _tok("kmeans-pixels", 200),
+            "pixels-k50": _tok("kmeans-pixels", 50),
+            "pixels-norm-k200": _tok("kmeans-pixels", 200, "tokenizer.patch_norm=true"),
+            "hog-k200": _tok("kmeans-hog", 200),
+            "vq-k200": _tok("vq", 200),
+            "supervised-features-k200": _tok("kmeans-features", 200, "tokenizer.encoder=supervised"),
+            "mae-features-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / 'mae-normpix'}"),
+            "kmim-features-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / 'pixels-k200'}"),
+            "cross-class-k200": _tok("cross-class", 200),
+            "class-wise-k200": _tok("class-wise", 200),
+        }
+        return [Arm(name, name, ov) for name, ov in specs.items()]
+    if study == "k-ablation":
+        return [Arm(f"pixels-k{k}-s{s}", f"K={k}", _tok("kmeans-pixels", k), s) for s in (0, 1) for k in K_GRID]
+    if study == "vs-mae":
+        groups = {
+            "kmim-pixels-k200": _tok("kmeans-pixels", 200),
+            "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
+            "mae-raw": ("train.target=pixels", "train.norm_pix=false"),
+            "kmim-hog-k200": _tok("kmeans-hog", 200),
+        }
+        return [Arm(f"{g}-s{s}", g, ov, s) for s in (0, 1, 2) for g, ov in groups.items()]
+    raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
+
+
+# ---- one arm ------------------------------------------------------------------------------------------------------
+
+
+def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) -> RunConfig:
+    from kmim.resolve import load_run_config
+
+    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"out_dir={out / 'runs'}", f"name={arm.name}"]
+    return load_run_config(config, ov)
+
+
+def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> dict[str, Any]:
+    """kNN, linear probe, low-shot probe (CLS feature), TCAS / NMI of the run's tokenizer, and optionally kNN at
+    every numbered checkpoint."""
+    from kmim.eval import load_encoder, split_features
+    from kmim.eval.knn import top1, weighted_knn_predict
+    from kmim.eval.lowshot import low_shot_probe
+    from kmim.eval.probe import linear_probe
+
+    e = cfg.eval
+    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, "cpu", progress)
+    tr, te = trf[e.pool], tef[e.pool]
+    knn = top1(weighted_knn_predict(tr, try_, te, n_cls, e.knn_k, e.knn_temperature), tey)
+    probe = linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
+                         e.probe_weight_decay, cfg.train.seed)  # fmt: skip
+    low = low_shot_probe(tr, try_, te, tey, SHOTS, DRAWS, cfg.train.seed)
+    rec = {"knn_top1": knn, "linear_probe_top1": probe["top1"], "lowshot_top1": low["mean"],
+           "lowshot_std": low["std"], "n_test": len(tey), **_token_scores(cfg, run_dir, progress)}  # fmt: skip
+    if curve:
+        rec["curve"] = _knn_curve(cfg, run_dir, progress)
+    return rec
+
+
+def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+    if cfg.train.target != "tokens":
+        return {"tcas": None, "nmi": None}
+    from kmim.fit import load_tokenizer, training_split
+    from kmim.metrics import nmi, tcas_from_counts
+    from kmim.studies.tcas import score
+
+    data = training_split(cfg)
+    counts = score(load_tokenizer(run_dir / "tokenizer.pt"), data.ds, len(data.info.classes), "cpu", progress=False)
+    return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
+
+
+def _knn_curve(cfg: RunConfig, run_dir: Path, progress: bool) -> list[list[float]]:
+    from kmim.eval import load_encoder, split_features
+    from kmim.eval.knn import top1, weighted_knn_predict
+
+    points = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("checkpoint-*.pt")):
+        (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, "cpu", progress=False)
+        e = cfg.eval
+        acc = top1(weighted_knn_predict(trf[e.pool], try_, tef[e.pool], n_cls, e.knn_k, e.knn_temperature), tey)
+        points.append([int(ckpt.stem.split("-")[1]), acc])
+    return points
+
+
+def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool) -> dict:
+    """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
+    from kmim.runinfo import write_json
+    from kmim.studies.demo import pretrain_or_resume
+
+    cfg = arm_config(arm, out, config, overrides)
+    t0 = time.perf_counter()
+    run_dir = pretrain_or_resume(cfg, progress)
+    t1 = time.perf_counter()
+    rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed, "tokenizer": cfg.tokenizer.name,
+           "k": cfg.tokenizer.k if cfg.train.target == "tokens" else None, "target": cfg.train.target,
+           **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
+           "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    write_json(out / "records" / f"{arm.name}.json", rec)
+    return rec
+
+
+# ---- the study ----------------------------------------------------------------------------------------------------
+
+
+def run_study(study: str, out: Path, config: str | None, overrides: list[str], progress: bool = True) -> list[dict]:
+    """Run (or continue) every arm of `study` and write its report; returns the records."""
+    from kmim.paths import check_folder_writable
+
+    check_folder_writable(out)
+    todo = arms(study, out)
+    for arm in todo:  # every config is checked before the first run starts
+        arm_config(arm, out, config, overrides)
+    records = []
+    for i, arm in enumerate(todo):
+        path = out / "records" / f"{arm.name}.json"
+        if path.is_file():
+            records.append(json.loads(path.read_text()))
+            continue
+        if progress:
+            print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
+        records.append(run_arm(arm, out, config, overrides, study == "vs-mae", progress))
+    write_report(study, out, records, config, overrides)
+    return records
+
+
+def verdicts(study: str, records: list[dict]) -> list[str]:
+    """The conclusions, by rules fixed before any run (see each rule's text)."""
+    from kmim.studies import study_rules
+
+    return study_rules.RULES[study](records)
+
+
+def write_report(study: str, out: Path, records: list[dict], config: str | None, overrides: list[str]) -> None:
+    from kmim.runinfo import environment, write_text
+    from kmim.studies import study_rules
+
+    cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tcas", "nmi", "knn_top1", "linear_probe_top1",
+            "lowshot_top1", "lowshot_std", "train_s", "eval_s"]  # fmt: skip
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(records)
+    write_text(out / "results.csv", buf.getvalue())
+    env = environment()
+    cmd = " ".join(["kmim study", study, "--out", str(out), *(["-c", config] if config else []), *overrides])
+    head = [
+        f"# Study `{study}`",
+        "",
+        f"Command: `{cmd}` (rerun it to continue; finished arms are kept). kmim {env['kmim']}, git {env['git_sha']}, "
+        f"torch {env['torch']}, {env['cpu']}, {env['threads']} threads. Seeds and "
+        "arms are fixed in kmim/studies/study.py; the budget is the preset's (train.epochs and the rest in each "
+        "arm's config, in the records).",
+        "",
+        "## Verdicts (rules fixed before the runs: kmim/studies/study_rules.py)",
+        "",
+        *[f"- {v}" for v in verdicts(study, records)],
+        "",
+    ]
+    body = study_rules.TABLES[study](records, out)
+    total = sum(r["train_s"] + r["eval_s"] for r in records)
+    tail = ["", f"Wall time of the arms: {total / 60:.1f} min in all (pretraining + evaluation).", ""]
+    write_text(out / "report.md", "\n".join([*head, *body, *tail]))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=(*STUDIES, "all"), help="which study")
+    p.add_argument("--out", required=True, metavar="DIR", help="study folder (rerun the same command to continue)")
+    add_config_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = STUDIES if args.name == "all" else (args.name,)
+    for name in names:
+        out = Path(args.out) / name if args.name == "all" else Path(args.out)
+        run_study(name, out, args.config, list(args.overrides), not args.quiet)
+        print(f"wrote {out / 'report.md'}", file=sys.stdout)
+    return 0

@@ -1,0 +1,209 @@
+"""The studies' verdict rules and tables, written before any study ran. Each rule states its test in its text.
+
+* tcas-vs-probe: Spearman rho(TCAS, accuracy) over tokenizers with a 95 % bootstrap interval: "agree" (lower TCAS,
+  higher accuracy) when the interval lies below 0, "disagree" when above 0, "not resolved" otherwise; TCAS is said to
+  predict better than NMI when |rho(TCAS)| > |rho(NMI)| (no significance claimed).
+* k-ablation: the K with the best mean over seeds; "agree" (best at K = 50) when it is 50 and its lead over the
+  runner-up exceeds the larger seed std of the two; "disagree" when another K leads K = 50 by more than that;
+  "not resolved" otherwise.
+* vs-mae: K-MIM PIXEL minus MAE norm-pix, mean over seeds; "agree" when the gap exceeds 2 standard errors
+  sqrt(sd1^2/n1 + sd2^2/n2), "disagree" when below -2 SE, "not resolved" otherwise; and the first saved epoch at
+  which K-MIM's mean kNN reaches MAE's final mean kNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmim.metrics.stats import binomial_se, bootstrap_ci, pearson, spearman
+
+METRICS = (("knn_top1", "kNN"), ("linear_probe_top1", "linear probe"), ("lowshot_top1", "low-shot (10/class)"))
+
+
+def _by_group(records: list[dict], key: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in records:
+        out.setdefault(r["group"], []).append(r[key])
+    return out
+
+
+def _mean_sd(v: list[float]) -> tuple[float, float]:
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def _noise(records: list[dict]) -> str:
+    n = records[0]["n_test"]
+    return f"one binomial SE of a top-1 near 80 % on {n} test images is {binomial_se(80.0, n):.1f} pt"
+
+
+# ---- tcas-vs-probe ------------------------------------------------------------------------------------------------
+
+
+def _tcas_rows(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["tcas"] is not None]
+
+
+def tcas_rules(records: list[dict]) -> list[str]:
+    rows = _tcas_rows(records)
+    t, n = [r["tcas"] for r in rows], [r["nmi"] for r in rows]
+    out = []
+    for key, label in METRICS:
+        acc = [r[key] for r in rows]
+        rho, (lo, hi) = spearman(t, acc), bootstrap_ci(t, acc, spearman)
+        word = "agree" if hi < 0 else "disagree" if lo > 0 else "not resolved"
+        rho_nmi = spearman(n, acc)
+        better = "better" if abs(rho) > abs(rho_nmi) else "not better"
+        out.append(f"{label}: Spearman(TCAS, top-1) = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], Pearson "
+                   f"{pearson(t, acc):+.2f} over {len(rows)} tokenizers: **{word}** with the paper; TCAS predicts "
+                   f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f}).")  # fmt: skip
+    return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
+
+
+def tcas_tables(records: list[dict], out: Path) -> list[str]:
+    lines = [
+        "## Tokenizers",
+        "",
+        "| arm | TCAS | NMI | kNN | linear probe | low-shot (± sd) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(records, key=lambda r: (r["tcas"] is None, r["tcas"] or 0)):
+        t = "–" if r["tcas"] is None else f"{r['tcas']:.4f}"
+        nm = "–" if r["nmi"] is None else f"{r['nmi']:.4f}"
+        lines.append(f"| {r['arm']} | {t} | {nm} | {r['knn_top1']:.1f} | {r['linear_probe_top1']:.1f} | "
+                     f"{r['lowshot_top1']:.1f} ± {r['lowshot_std']:.1f} |")  # fmt: skip
+    _scatter(_tcas_rows(records), out / "tcas-vs-accuracy.png")
+    return [*lines, "", "![TCAS vs accuracy](tcas-vs-accuracy.png)"]
+
+
+def _scatter(rows: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (key, label) in zip(axes, METRICS, strict=True):
+        ax.scatter([r["tcas"] for r in rows], [r[key] for r in rows])
+        for r in rows:
+            ax.annotate(r["arm"], (r["tcas"], r[key]), fontsize=7)
+        ax.set_xlabel("TCAS (lower = tokens more class-specific)")
+        ax.set_ylabel(f"{label} top-1 %")
+    _save(fig, path)
+
+
+# ---- k-ablation ---------------------------------------------------------------------------------------------------
+
+
+def _k_summary(records: list[dict], key: str) -> dict[int, tuple[float, float]]:
+    by = _by_group(records, key)
+    return {int(g.split("=")[1]): _mean_sd(v) for g, v in by.items()}
+
+
+def k_rules(records: list[dict]) -> list[str]:
+    out = []
+    for key, label in METRICS:
+        s = _k_summary(records, key)
+        order = sorted(s, key=lambda k: -s[k][0])
+        best, second = order[0], order[1]
+        if best == 50:
+            margin = max(s[50][1], s[second][1])
+            word = "agree" if s[50][0] - s[second][0] > margin else "not resolved"
+        else:
+            margin = max(s[best][1], s[50][1])
+            word = "disagree" if s[best][0] - s[50][0] > margin else "not resolved"
+        out.append(f"{label}: best K = {best} ({s[best][0]:.1f}; K=50: {s[50][0]:.1f} ± {s[50][1]:.1f}): **{word}** "
+                   "with the paper's best K = 50.")  # fmt: skip
+    return [*out, f"Noise: {_noise(records)}; 2 seeds per K (± is their sd)."]
+
+
+def k_tables(records: list[dict], out: Path) -> list[str]:
+    lines = ["## K ablation (mean ± sd over seeds)", "", "| K | TCAS | kNN | linear probe | low-shot |",
+             "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    sums = {key: _k_summary(records, key) for key in ("tcas", *(m for m, _ in METRICS))}
+    for k in sorted(sums["knn_top1"]):
+        cells = [f"{sums[m][k][0]:.1f} ± {sums[m][k][1]:.1f}" for m, _ in METRICS]
+        lines.append(f"| {k} | {sums['tcas'][k][0]:.4f} | {' | '.join(cells)} |")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, label in METRICS:
+        ks = sorted(sums[m])
+        ax.errorbar(ks, [sums[m][k][0] for k in ks], yerr=[sums[m][k][1] for k in ks], label=label, marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (pixel K-means)")
+    ax.set_ylabel("top-1 %")
+    ax.legend()
+    _save(fig, out / "k-ablation.png")
+    return [*lines, "", "![K ablation](k-ablation.png)"]
+
+
+# ---- vs-mae -------------------------------------------------------------------------------------------------------
+
+
+def vs_mae_rules(records: list[dict]) -> list[str]:
+    out = []
+    for key, label in METRICS:
+        a, b = _by_group(records, key)["kmim-pixels-k200"], _by_group(records, key)["mae-normpix"]
+        gap = float(np.mean(a) - np.mean(b))
+        se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if len(a) > 1 else float("nan")
+        word = "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
+        out.append(f"{label}: K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}, {len(a)} seeds): **{word}**.")
+    curves = _mean_curves(records)
+    target = curves["mae-normpix"][-1][1]
+    reach = next((e for e, v in curves["kmim-pixels-k200"] if v >= target), None)
+    out.append(
+        f"Epochs for K-MIM's mean kNN to reach MAE's final {target:.1f}: "
+        f"{reach if reach is not None else 'not reached in the budget'} (saved checkpoints only)."
+    )
+    return [*out, f"Noise: {_noise(records)}."]
+
+
+def _mean_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    by: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        for e, v in r.get("curve", []):
+            by.setdefault(r["group"], {}).setdefault(e, []).append(v)
+    return {g: [(e, float(np.mean(v))) for e, v in sorted(d.items())] for g, d in by.items()}
+
+
+def vs_mae_tables(records: list[dict], out: Path) -> list[str]:
+    lines = [
+        "## Methods (mean ± sd over seeds)",
+        "",
+        "| method | kNN | linear probe | low-shot |",
+        "|---|---:|---:|---:|",
+    ]
+    for g in dict.fromkeys(r["group"] for r in records):
+        cells = [_mean_sd(_by_group(records, m)[g]) for m, _ in METRICS]
+        lines.append(f"| {g} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in cells) + " |")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for g, pts in _mean_curves(records).items():
+        ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=g)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN top-1 % (mean over seeds)")
+    ax.legend()
+    _save(fig, out / "accuracy-vs-epochs.png")
+    return [*lines, "", "![kNN vs epochs](accuracy-vs-epochs.png)"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    from kmim.runinfo import atomic_write
+
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    _pyplot().close(fig)
+
+
+RULES: dict[str, Callable[[list[dict]], list[str]]] = {
+    "tcas-vs-probe": tcas_rules, "k-ablation": k_rules, "vs-mae": vs_mae_rules}  # fmt: skip
+TABLES: dict[str, Callable[[list[dict], Path], list[str]]] = {
+    "tcas-vs-probe": tcas_tables, "k-ablation": k_tables, "vs-mae": vs_mae_tables}  # fmt: skip

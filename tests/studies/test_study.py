@@ -1,0 +1,48 @@
+"""`kmim study` on the tiny synthetic dataset with 1-epoch runs: every file, and a resume that redoes nothing."""
+
+import csv
+import json
+
+import pytest
+
+import kmim.studies.study as S
+from kmim.cli import main
+from tests.conftest import TINY
+
+FAST = [*TINY, "data.synthetic_per_class=24", "data.synthetic_classes=4", "train.epochs=1", "train.warmup_epochs=0",
+        "train.save_every=1", "tokenizer.batch_size=16", "tokenizer.vq.epochs=1", "tokenizer.supervised.epochs=1",
+        "eval.probe_epochs=3"]  # fmt: skip
+
+
+@pytest.mark.parametrize("study", S.STUDIES)
+def test_study_writes_every_file(study, tmp_path, capsys):
+    out = tmp_path / study
+    assert main(["study", study, "--out", str(out), "-q", *FAST]) == 0
+    for f in ("report.md", "results.csv"):
+        assert (out / f).is_file()
+    assert list(out.glob("*.png"))
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == len(S.arms(study, out))
+    report = (out / "report.md").read_text()
+    assert "## Verdicts" in report and ("agree" in report or "not resolved" in report)
+
+
+def test_interrupted_study_resumes_without_redoing_finished_arms(tmp_path, monkeypatch):
+    out = tmp_path / "k"
+    real, calls = S.run_arm, []
+
+    def stop_after_two(arm, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between runs
+        calls.append(arm.name)
+        return real(arm, *args, **kwargs)
+
+    monkeypatch.setattr(S, "run_arm", stop_after_two)
+    assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST]) == 130
+    done = sorted(p.stem for p in (out / "records").glob("*.json"))
+    assert done == sorted(calls) and len(done) == 2
+    calls.clear()
+    monkeypatch.setattr(S, "run_arm", lambda arm, *a, **k: calls.append(arm.name) or real(arm, *a, **k))
+    assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST]) == 0
+    assert set(calls).isdisjoint(done) and len(calls) == len(S.arms("k-ablation", out)) - 2
+    assert json.loads((out / "records" / f"{done[0]}.json").read_text())["arm"] == done[0]
