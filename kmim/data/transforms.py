@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 from timm.data import create_transform
+from timm.data.auto_augment import posterize as timm_posterize
 from torchvision.transforms import InterpolationMode, v2
 
 from kmim.config import DataConfig, FinetuneConfig
@@ -50,7 +52,19 @@ def finetune_transform(
         auto_augment=None if ft.randaug == "none" else ft.randaug, interpolation="bicubic", mean=tuple(mean),
         std=tuple(std), re_prob=ft.reprob, re_mode="pixel", re_count=1,
     )  # fmt: skip
+    for t in tail.transforms:
+        for op in getattr(t, "ops", ()):  # RandAugment's ops
+            if op.aug_fn is timm_posterize:
+                op.aug_fn = posterize
     return v2.Compose([*head, tail])
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Image:
+    """timm's posterize where 0 bits gives a black image, as Pillow < 11 did: timm's PosterizeIncreasing asks for 0
+    bits at magnitude 10 (reached by m9 with mstd0.5), which Pillow >= 11 refuses with a ValueError."""
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return timm_posterize(img, bits_to_keep, **kwargs)
 
 
 def pretrain_transform(

@@ -106,3 +106,19 @@ def test_random_init_baseline(tmp_path):
     assert main(["finetune", "--random-init", "-q", *TINY, f"out_dir={tmp_path}", *FT]) == 0
     res = json.loads((tmp_path / "random-init-finetune/results.json").read_text())
     assert res["source"] == "random-init (seed 0)" and 0 <= res["finetune_top1"] <= 100
+
+
+def test_randaug_posterize_at_full_magnitude_gives_black_not_an_error():
+    """m9 + mstd0.5 reaches magnitude 10, where timm's PosterizeIncreasing asks Pillow for 0 bits."""
+    import numpy as np
+    from PIL import Image
+
+    from kmim.config import DataConfig, FinetuneConfig
+    from kmim.data.transforms import finetune_transform
+
+    tf = finetune_transform(DataConfig(img_size=32), FinetuneConfig(randaug="rand-m9-mstd0.5-inc1"), (0.5,), (0.5,), 28)
+    ra = next(t for t in tf.transforms[-1].transforms if hasattr(t, "ops"))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    img = Image.fromarray(np.full((8, 8), 200, np.uint8), "L")
+    assert np.asarray(op.aug_fn(img, *op.level_fn(10.0, op.hparams))).max() == 0
+    assert np.asarray(op.aug_fn(img, 4)).max() == 192  # 200 keeps its 4 top bits: 11000000
