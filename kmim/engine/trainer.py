@@ -115,7 +115,7 @@ class Trainer:
         def on_step(step: int, extras: dict[str, Any]) -> None:
             self._on_step(step)
             if step % hp.log_every == 0:
-                self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": self.opt.param_groups[0]["lr"]})
+                self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": schedule(step - 1)})
 
         def postfix(loss: float, _extras: dict[str, Any]) -> dict[str, str]:
             return {"loss": f"{loss:.4f}", "img_s": f"{(st.images - images0) / (time.perf_counter() - t0):.0f}"}
