@@ -14,7 +14,10 @@ FAST = [*TINY, "data.synthetic_per_class=24", "data.synthetic_classes=4", "train
         "eval.probe_epochs=3"]  # fmt: skip
 
 
-@pytest.mark.parametrize("study", S.STUDIES)
+@pytest.mark.parametrize(
+    "study", [pytest.param("tcas-vs-probe", marks=pytest.mark.slow), pytest.param("k-ablation", marks=pytest.mark.slow),
+              "vs-mae"],
+)  # fmt: skip  # ~15 s each on 2 cores: vs-mae (curves included) stays in the default suite
 def test_study_writes_every_file(study, tmp_path, capsys):
     out = tmp_path / study
     assert main(["study", study, "--out", str(out), "-q", *FAST]) == 0
