@@ -17,7 +17,7 @@ from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, in_process_group, is_main
 from kmim.engine.finetune import Finetuner
-from kmim.engine.pretrain import check_new_run_dir, check_resume, start_run
+from kmim.engine.trainer import check_new_run_dir, check_resume, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.models import encoder_kwargs, resolve_spec

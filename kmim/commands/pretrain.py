@@ -15,7 +15,8 @@ from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, broadcast_object, in_process_group, is_main
-from kmim.engine.pretrain import check_new_run_dir, pretrain, resume
+from kmim.engine.pretrain import pretrain, resume
+from kmim.engine.trainer import check_new_run_dir
 from kmim.errors import KmimError
 from kmim.fit import from_blob, prepare_tokenizer
 from kmim.paths import check_folder_writable

@@ -6,13 +6,12 @@ The trainer receives a ready tokenizer (or None for pixel targets): loading or f
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
+from kmim.config import RunConfig, config_to_yaml
 from kmim.data import build_dataset
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
@@ -20,10 +19,18 @@ from kmim.engine.dist import get_rank, get_world_size, is_main, wrap_for_trainin
 from kmim.engine.loader import make_train_loader
 from kmim.engine.objectives import compute_targets, mim_loss
 from kmim.engine.optim import build_optimizer, effective_lr
-from kmim.engine.trainer import Trainer, autocast_ctx, drop_metrics_after, write_results
+from kmim.engine.trainer import (
+    Trainer,
+    autocast_ctx,
+    check_new_run_dir,
+    check_resume,
+    drop_metrics_after,
+    start_run,
+    write_results,
+)
 from kmim.errors import KmimError
 from kmim.models import build_mim, encoder_kwargs, resolve_spec
-from kmim.runinfo import clean_orphan_tmp, environment, write_json, write_text
+from kmim.runinfo import clean_orphan_tmp, write_text
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -67,6 +74,10 @@ class Pretrainer(Trainer):
         tok.check_compatible(patch_size, self.info.channels, self.info.mean, self.info.std, where=where)
         return tok.to(self.device)
 
+    def write_inputs(self) -> None:
+        if self.tok is not None:
+            self.tok.save(self.run_dir / "tokenizer.pt")
+
     @property
     def encoder_spec(self) -> dict[str, Any]:
         return {"timm_name": resolve_spec(self.cfg.model).timm_name, "timm_kwargs": self.enc_kwargs}
@@ -94,45 +105,6 @@ class Pretrainer(Trainer):
         return results
 
 
-RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
-
-
-def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) -> None:
-    """A fresh run may use `run_dir` when it is empty or missing, when it holds only the config.yaml of the same
-    config (a run killed before its first checkpoint), or with `overwrite`. Anything else is refused."""
-    if overwrite or not run_dir.exists():
-        return
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another name= "
-                        "or pass --overwrite to replace it")  # fmt: skip
-    found = [f for f in RESULT_FILES if (run_dir / f).exists()]
-    if found:
-        raise KmimError(f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to resume: "
-                        "choose another name= or pass --overwrite to replace it")  # fmt: skip
-    saved = run_dir / "config.yaml"
-    if saved.is_file() and saved.read_text() != config_to_yaml(cfg):
-        raise KmimError(f"run directory {run_dir} was started with another config ({saved}): choose another name= "
-                        "or pass --overwrite to replace it")  # fmt: skip
-
-
-def start_run(trainer: Trainer, overwrite: bool = False) -> None:
-    """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
-    with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
-    if not is_main():
-        return
-    run_dir = trainer.run_dir
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_orphan_tmp(run_dir)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
-    write_json(run_dir / "env.json", environment())
-    tok = getattr(trainer, "tok", None)
-    if tok is not None:
-        tok.save(run_dir / "tokenizer.pt")
-
-
 def pretrain(
     cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True, overwrite: bool = False
 ) -> tuple[Path, dict[str, Any]]:
@@ -142,31 +114,6 @@ def pretrain(
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress)
     start_run(trainer, overwrite)
     return run_dir, trainer.run()
-
-
-# what a resume may not change: the architecture, the data the weights were trained on, the objective
-FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer")
-
-
-def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, section: str = "train") -> None:
-    """Refuse overrides that a checkpoint cannot continue under (one line naming the field); `section` holds the
-    run's epochs (train, or finetune for a fine-tuning run)."""
-    saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout
-    for path in FROZEN_ON_RESUME:
-        old_v, new_v = _at(saved, path), _at(new, path)
-        if old_v != new_v:
-            raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
-                            "with another name= instead")  # fmt: skip
-    epochs = getattr(cfg, section).epochs
-    if epochs < done_epochs:
-        raise KmimError(f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
-                        f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
-
-
-def _at(d: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
 
 
 def resume(
@@ -183,4 +130,4 @@ def resume(
     return run_dir, trainer.run()
 
 
-__all__ = ["Pretrainer", "check_new_run_dir", "pretrain", "resume", "start_run"]
+__all__ = ["Pretrainer", "pretrain", "resume"]

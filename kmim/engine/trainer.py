@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import RunConfig, config_to_dict
+from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import get_world_size, is_main, local_device, mean_over_processes, resolve_device
 from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.errors import KmimError
-from kmim.runinfo import append_jsonl, read_jsonl, write_json, write_text
+from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
 
 
 def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -142,6 +143,9 @@ class Trainer:
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
+    def write_inputs(self) -> None:
+        """Files a fresh run directory gets besides config.yaml and env.json (pretraining: its tokenizer)."""
+
     def _on_step(self, step: int) -> None:
         """Hook after each optimizer step (fine-tuning updates its EMA here)."""
 
@@ -213,3 +217,65 @@ def drop_metrics_after(path: Path, epoch: int) -> None:
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     if is_main():
         write_json(run_dir / "results.json", results)
+
+
+RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
+
+
+def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) -> None:
+    """A fresh run may use `run_dir` when it is empty or missing, when it holds only the config.yaml of the same
+    config (a run killed before its first checkpoint), or with `overwrite`. Anything else is refused."""
+    if overwrite or not run_dir.exists():
+        return
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another name= "
+                        "or pass --overwrite to replace it")  # fmt: skip
+    found = [f for f in RESULT_FILES if (run_dir / f).exists()]
+    if found:
+        raise KmimError(f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to resume: "
+                        "choose another name= or pass --overwrite to replace it")  # fmt: skip
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and saved.read_text() != config_to_yaml(cfg):
+        raise KmimError(f"run directory {run_dir} was started with another config ({saved}): choose another name= "
+                        "or pass --overwrite to replace it")  # fmt: skip
+
+
+def start_run(trainer: Trainer, overwrite: bool = False) -> None:
+    """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
+    with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
+    if not is_main():
+        return
+    run_dir = trainer.run_dir
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_orphan_tmp(run_dir)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
+    write_json(run_dir / "env.json", environment())
+    trainer.write_inputs()
+
+
+# what a resume may not change: the architecture, the data the weights were trained on, the objective
+FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer")
+
+
+def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, section: str = "train") -> None:
+    """Refuse overrides that a checkpoint cannot continue under (one line naming the field); `section` holds the
+    run's epochs (train, or finetune for a fine-tuning run)."""
+    saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout
+    for path in FROZEN_ON_RESUME:
+        old_v, new_v = _at(saved, path), _at(new, path)
+        if old_v != new_v:
+            raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
+                            "with another name= instead")  # fmt: skip
+    epochs = getattr(cfg, section).epochs
+    if epochs < done_epochs:
+        raise KmimError(f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
+                        f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
+
+
+def _at(d: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
