@@ -96,7 +96,7 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> 
     from kmim.eval.probe import linear_probe
 
     e = cfg.eval
-    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, "cpu", progress)
+    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
     tr, te = trf[e.pool], tef[e.pool]
     knn = top1(weighted_knn_predict(tr, try_, te, n_cls, e.knn_k, e.knn_temperature), tey)
     probe = linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
@@ -117,7 +117,8 @@ def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, An
     from kmim.studies.tcas import score
 
     data = training_split(cfg)
-    counts = score(load_tokenizer(run_dir / "tokenizer.pt"), data.ds, len(data.info.classes), "cpu", progress=False)
+    tok = load_tokenizer(run_dir / "tokenizer.pt")
+    counts = score(tok, data.ds, len(data.info.classes), _device(cfg), progress=False)
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
 
 
@@ -127,11 +128,17 @@ def _knn_curve(cfg: RunConfig, run_dir: Path, progress: bool) -> list[list[float
 
     points = []
     for ckpt in sorted((run_dir / "checkpoints").glob("checkpoint-*.pt")):
-        (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, "cpu", progress=False)
+        (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
         e = cfg.eval
         acc = top1(weighted_knn_predict(trf[e.pool], try_, tef[e.pool], n_cls, e.knn_k, e.knn_temperature), tey)
         points.append([int(ckpt.stem.split("-")[1]), acc])
     return points
+
+
+def _device(cfg: RunConfig) -> str:
+    from kmim.engine.dist import resolve_device
+
+    return str(resolve_device(cfg.train.device))
 
 
 def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool) -> dict:
