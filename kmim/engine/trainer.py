@@ -138,7 +138,9 @@ class Trainer:
         row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
         self._log(row)
         if self.progress and is_main():
-            tqdm.write(f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s")
+            left = (hp.epochs - epoch - 1) * dt / 60
+            tqdm.write(f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s  "
+                       f"(about {left:.0f} min left at this pace)")  # fmt: skip
 
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
