@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kmim.config import ModelConfig
-from kmim.engine.objectives import compute_targets, mim_loss
+from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer
 from kmim.engine.trainer import autocast_ctx
 from kmim.models import build_mim, resolve_spec
@@ -28,8 +28,8 @@ def step_fn(model, opt, imgs, target, tok, patch, amp, device):
     def step() -> None:
         tgt = compute_targets(imgs, target, patch, tok, norm_pix=True)
         with autocast_ctx(amp, device):
-            pred, mask = model(imgs, 0.75)
-            loss = mim_loss(pred, tgt, mask, target)
+            pred, ids = model(imgs, 0.75, masked_only=True)  # the head on masked patches only, as kmim trains
+            loss = mim_loss(pred, select_patches(tgt, ids), torch.ones(ids.shape, device=device), target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

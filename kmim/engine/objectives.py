@@ -9,7 +9,7 @@ from kmim.config import TARGETS
 from kmim.tokenizers import Tokenizer
 from kmim.tokenizers.patches import normalize_patches, patchify
 
-__all__ = ["TARGETS", "compute_targets", "masked_cross_entropy", "masked_mse", "mim_loss"]
+__all__ = ["TARGETS", "compute_targets", "masked_cross_entropy", "masked_mse", "mim_loss", "select_patches"]
 
 
 def masked_cross_entropy(
@@ -54,6 +54,13 @@ def compute_targets(
         return tokenizer.encode(imgs, labels if tokenizer.needs_labels else None)
     x = patchify(imgs, patch_size)
     return normalize_patches(x) if norm_pix else x
+
+
+def select_patches(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, L) or (B, L, D) at the patch indices ids (B, M): out[b, j] = x[b, ids[b, j]], (B, M[, D])."""
+    if x.dim() == 2:
+        return torch.gather(x, 1, ids)
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def mim_loss(pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, target: str, label_smoothing: float = 0.0):

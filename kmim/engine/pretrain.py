@@ -17,7 +17,7 @@ from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import get_rank, get_world_size, is_main, wrap_for_training
 from kmim.engine.loader import make_train_loader
-from kmim.engine.objectives import compute_targets, mim_loss
+from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer, effective_lr
 from kmim.engine.trainer import (
     Trainer,
@@ -87,7 +87,9 @@ class Pretrainer(Trainer):
         imgs, labels, noise = (x.to(self.device, non_blocking=True) for x in batch)  # (B, C, H, W), (B,), (B, L)
         targets = compute_targets(imgs, t.target, self.model.patch_size, self.tok, t.norm_pix, labels)  # no grad
         with autocast_ctx(t.amp, self.device):
-            pred, mask = self.forward(imgs, t.mask_ratio, noise)
+            pred, ids = self.forward(imgs, t.mask_ratio, noise, masked_only=True)  # (B, M, out), (B, M)
+            targets = select_patches(targets, ids)  # (B, M) ids or (B, M, p*p*C) pixels
+            mask = torch.ones(ids.shape, device=ids.device)  # every selected patch is a masked one
             loss = mim_loss(pred, targets, mask, t.target, t.label_smoothing)
         self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
@@ -106,22 +108,32 @@ class Pretrainer(Trainer):
 
 
 def pretrain(
-    cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True, overwrite: bool = False
+    cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True, overwrite: bool = False, on_epoch=None
 ) -> tuple[Path, dict[str, Any]]:
-    """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written."""
+    """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written.
+    `on_epoch(row)`, if given, is called with each epoch's metrics row."""
     run_dir = Path(cfg.out_dir) / cfg.name
     check_new_run_dir(run_dir, cfg, overwrite)
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress)
+    if on_epoch is not None:
+        trainer.epoch_hooks.append(on_epoch)
     start_run(trainer, overwrite)
     return run_dir, trainer.run()
 
 
 def resume(
-    run_dir: Path, cfg: RunConfig, ckpt: dict[str, Any], tokenizer: Tokenizer | None, progress: bool = True
+    run_dir: Path,
+    cfg: RunConfig,
+    ckpt: dict[str, Any],
+    tokenizer: Tokenizer | None,
+    progress: bool = True,
+    on_epoch=None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress, resume_from=ckpt)
+    if on_epoch is not None:
+        trainer.epoch_hooks.append(on_epoch)
     if is_main():
         for folder in (run_dir, run_dir / "checkpoints"):
             clean_orphan_tmp(folder)

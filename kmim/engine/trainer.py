@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class Trainer:
         self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
         self.device = local_device(resolve_device(cfg.train.device))
         self.state = TrainState()
+        self.epoch_hooks: list[Callable[[dict[str, Any]], None]] = []  # each gets the epoch's metrics row
         seed_everything(hp.seed)
 
     def _ready(self, resume_from: dict | None) -> None:
@@ -137,6 +139,8 @@ class Trainer:
         mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
         row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
         self._log(row)
+        for hook in self.epoch_hooks:
+            hook(row)
         if self.progress and is_main():
             left = (hp.epochs - epoch - 1) * dt / 60
             tqdm.write(f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s  "

@@ -56,8 +56,10 @@ class MIMDecoder(nn.Module):
         self.norm = norm(dim)
         self.head = nn.Linear(dim, out_dim)
 
-    def forward(self, latent: torch.Tensor, ids_shuffle: torch.Tensor) -> torch.Tensor:
-        """latent (B, 1 + V, D_enc) with CLS first; ids_shuffle (B, L). Returns predictions (B, L, out_dim)."""
+    def forward(self, latent: torch.Tensor, ids_shuffle: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
+        """latent (B, 1 + V, D_enc) with CLS first; ids_shuffle (B, L). Returns predictions (B, L, out_dim) in image
+        order, or with `masked_only` (B, L - V, out_dim) for the masked patches ids_shuffle[:, V:] only: the final
+        norm and head are per patch, so these rows equal the full output's rows at those indices."""
         x = self.embed(latent)  # (B, 1 + V, D)
         b, n_vis, d = x.shape[0], x.shape[1] - 1, x.shape[2]
         n = ids_shuffle.shape[1]
@@ -66,8 +68,10 @@ class MIMDecoder(nn.Module):
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
         patches = torch.gather(shuffled, 1, ids_restore[..., None].expand(-1, -1, d))  # (B, L, D) in image order
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed  # (B, 1 + L, D)
-        x = self.norm(self.blocks(x))
-        return self.head(x[:, 1:])  # (B, L, out_dim)
+        x = self.blocks(x)[:, 1:]  # (B, L, D)
+        if masked_only:
+            x = torch.gather(x, 1, ids_shuffle[:, n_vis:, None].expand(-1, -1, d))  # (B, L - V, D)
+        return self.head(self.norm(x))  # (B, L or L - V, out_dim)
 
 
 class MaskedImageModel(nn.Module):
@@ -92,17 +96,22 @@ class MaskedImageModel(nn.Module):
         return enc.norm(enc.blocks(enc.norm_pre(x)))
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, masked_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns predictions (B, L, out_dim) and mask (B, L) with 1 = masked (predicted), 0 = visible. `noise`
-        (B, L) uniform decides the mask (kmim.data.sampling draws it per sample); drawn here when None."""
+        (B, L) uniform decides the mask (kmim.data.sampling draws it per sample); drawn here when None.
+
+        With `masked_only` the head runs on the masked patches alone (the loss needs nothing else): it returns
+        predictions (B, M, out_dim) and the patch indices (B, M) they belong to, M = L - n_keep."""
         b = imgs.shape[0]
         if noise is None:
             noise = torch.rand(b, self.num_patches, device=imgs.device)  # (B, L)
         ids_shuffle = random_masking(noise)  # (B, L)
         n_keep = num_visible(self.num_patches, mask_ratio)
         latent = self.forward_encoder(imgs, ids_shuffle, n_keep)
-        pred = self.decoder(latent, ids_shuffle)
+        pred = self.decoder(latent, ids_shuffle, masked_only)
+        if masked_only:
+            return pred, ids_shuffle[:, n_keep:]
         mask = torch.ones(b, self.num_patches, device=imgs.device)
         mask.scatter_(1, ids_shuffle[:, :n_keep], 0.0)
         return pred, mask

@@ -21,7 +21,7 @@ from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
-from kmim.runinfo import environment, write_json, write_text
+from kmim.runinfo import environment, read_jsonl, write_json, write_text
 
 RANDOM_SEEDS = (0, 1, 2)
 FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.probe_epochs=10", "eval.probe_lrs=[0.1]"]
@@ -44,17 +44,43 @@ def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
                         f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}")  # fmt: skip
 
 
-def pretrain_or_resume(cfg: RunConfig, progress: bool) -> Path:
-    """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder."""
+def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch=None) -> Path:
+    """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder.
+    `on_epoch(row)` is called after each epoch trained here."""
     run_dir = Path(cfg.out_dir) / cfg.name
     last = run_dir / "checkpoints" / "last.pt"
     if not last.exists():
-        return pretrain(cfg, prepare_tokenizer(cfg, progress), progress)[0]
+        return pretrain(cfg, prepare_tokenizer(cfg, progress), progress, on_epoch=on_epoch)[0]
     ckpt = load_checkpoint(last)
     if config_to_dict(load_config(None, (), base=ckpt["config"])) != config_to_dict(cfg):  # same defaults/layout
         raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(last))
-    return resume(run_dir, cfg, ckpt, tok, progress)[0]
+    return resume(run_dir, cfg, ckpt, tok, progress, on_epoch=on_epoch)[0]
+
+
+EVAL_SHARE = 0.1  # tokenizer + evaluations / pretraining time in the measured demos (114 s / 1,206 s)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    return sum("epoch_s" in r for r in rows)
+
+
+class _DemoEta:
+    """After the first epoch trained, prints once the demo's expected duration at that epoch's pace."""
+
+    def __init__(self, t0: float, epochs_left: int, progress: bool) -> None:
+        self.t0, self.epochs_left, self.said = t0, epochs_left, not progress
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.said:
+            return
+        self.said = True
+        rest = row["epoch_s"] * (self.epochs_left - 1) * (1 + EVAL_SHARE)
+        total = time.perf_counter() - self.t0 + rest
+        print(f"[demo] expected duration: about {total / 60:.0f} min in all, {rest / 60:.0f} min from now "
+              f"({self.epochs_left} epochs to train at {row['epoch_s']:.1f} s each, then the evaluations)",
+              flush=True)  # fmt: skip
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
@@ -77,10 +103,13 @@ def run_demo(
     else:
         prepare_tokenizer(replace(base, train=replace(base.train, target="tokens")), progress).save(tok_file)
     methods: dict[str, dict[str, Any]] = {}
-    for name, cfg in _method_cfgs(base, out_dir).items():
+    cfgs = _method_cfgs(base, out_dir)
+    left = sum(max(c.train.epochs - _epochs_done(Path(c.out_dir) / c.name), 0) for c in cfgs.values())
+    eta = _DemoEta(t0, left, progress)
+    for name, cfg in cfgs.items():
         _say(progress, f"[demo] pretraining {name} ({cfg.train.epochs} epochs, target={cfg.train.target})")
         ts = time.perf_counter()
-        run_dir = pretrain_or_resume(cfg, progress)
+        run_dir = pretrain_or_resume(cfg, progress, on_epoch=eta)
         train_s = time.perf_counter() - ts
         _say(progress, f"[demo] evaluating {name}")
         ev = evaluate_encoder(load_encoder(run_dir)[0], base, progress=progress)

@@ -5,7 +5,8 @@
   bootstrap 95 % intervals over tokenizers.
 * `k-ablation` (Table 4): PIXEL K in {10, 25, 50, 100, 200, 1000}, two seeds.
 * `vs-mae` (section 5): K-MIM PIXEL, MAE norm-pix, MAE raw pixels, K-MIM HOG, three seeds; kNN at every saved
-  checkpoint (accuracy vs epochs).
+  checkpoint and the linear probe at a few (accuracy vs epochs); the seed-0 run of each method fine-tuned with the
+  preset's `finetune` section (the paper's main metric).
 * `all`: the three.
 
 Every choice (arms, seeds, budget from the preset, verdict rules in `verdicts`) is fixed in code before any run.
@@ -32,6 +33,8 @@ from kmim.errors import KmimError
 STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae")
 K_GRID = (10, 25, 50, 100, 200, 1000)
 SHOTS, DRAWS = 10, 5
+PROBE_AT = (6, 12)  # vs-mae: saved epochs that also get a linear probe (the final encoder always does)
+FINETUNE_SEEDS = (0,)  # vs-mae: seeds whose run is also fine-tuned (one per method: a fine-tuning costs ~2 arms)
 
 
 @dataclass(frozen=True)
@@ -89,24 +92,33 @@ def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) ->
 
 def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> dict[str, Any]:
     """kNN, linear probe, low-shot probe (CLS feature), TCAS / NMI of the run's tokenizer, and optionally kNN at
-    every numbered checkpoint."""
+    every numbered checkpoint and the probe at those in PROBE_AT."""
     from kmim.eval import load_encoder, split_features
-    from kmim.eval.knn import top1, weighted_knn_predict
     from kmim.eval.lowshot import low_shot_probe
+
+    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
+    tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
+    knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls)
+    low = low_shot_probe(tr, try_, te, tey, SHOTS, DRAWS, cfg.train.seed)
+    rec = {"knn_top1": knn, "linear_probe_top1": probe, "lowshot_top1": low["mean"],
+           "lowshot_std": low["std"], "n_test": len(tey), **_token_scores(cfg, run_dir, progress)}  # fmt: skip
+    if curve:
+        rec.update(_curves(cfg, run_dir))
+    return rec
+
+
+def _knn_and_probe(cfg: RunConfig, train: tuple, test: tuple, n_cls: int, probe: bool = True):
+    """kNN top-1 and (when `probe`) linear-probe top-1 on cached features train = (X, y), test = (X, y)."""
+    from kmim.eval.knn import top1, weighted_knn_predict
     from kmim.eval.probe import linear_probe
 
     e = cfg.eval
-    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
-    tr, te = trf[e.pool], tef[e.pool]
-    knn = top1(weighted_knn_predict(tr, try_, te, n_cls, e.knn_k, e.knn_temperature), tey)
-    probe = linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
-                         e.probe_weight_decay, cfg.train.seed)  # fmt: skip
-    low = low_shot_probe(tr, try_, te, tey, SHOTS, DRAWS, cfg.train.seed)
-    rec = {"knn_top1": knn, "linear_probe_top1": probe["top1"], "lowshot_top1": low["mean"],
-           "lowshot_std": low["std"], "n_test": len(tey), **_token_scores(cfg, run_dir, progress)}  # fmt: skip
-    if curve:
-        rec["curve"] = _knn_curve(cfg, run_dir, progress)
-    return rec
+    knn = top1(weighted_knn_predict(*train, test[0], n_cls, e.knn_k, e.knn_temperature), test[1])
+    if not probe:
+        return knn, None
+    res = linear_probe(*train, *test, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
+                       e.probe_weight_decay, cfg.train.seed)  # fmt: skip
+    return knn, res["top1"]
 
 
 def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -122,17 +134,35 @@ def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, An
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
 
 
-def _knn_curve(cfg: RunConfig, run_dir: Path, progress: bool) -> list[list[float]]:
+def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
+    """{"curve": [[epoch, kNN top-1]] at every numbered checkpoint, "probe_curve": [[epoch, probe top-1]] at those
+    in PROBE_AT}."""
     from kmim.eval import load_encoder, split_features
-    from kmim.eval.knn import top1, weighted_knn_predict
 
-    points = []
-    for ckpt in sorted((run_dir / "checkpoints").glob("checkpoint-*.pt")):
+    knn_pts, probe_pts = [], []
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    for ckpt in ckpts:
+        epoch = int(ckpt.stem.split("-")[1])
         (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
-        e = cfg.eval
-        acc = top1(weighted_knn_predict(trf[e.pool], try_, tef[e.pool], n_cls, e.knn_k, e.knn_temperature), tey)
-        points.append([int(ckpt.stem.split("-")[1]), acc])
-    return points
+        pool = cfg.eval.pool
+        knn, probe = _knn_and_probe(cfg, (trf[pool], try_), (tef[pool], tey), n_cls, probe=epoch in PROBE_AT)
+        knn_pts.append([epoch, knn])
+        if probe is not None:
+            probe_pts.append([epoch, probe])
+    return {"curve": knn_pts, "probe_curve": probe_pts}
+
+
+def _finetune(run_dir: Path, progress: bool) -> float:
+    """Fine-tune the run's encoder with its config's `finetune` section into RUN-finetune (resumed if a checkpoint
+    is there, reused if finished); returns finetune_top1."""
+    from kmim.commands.finetune import continue_run, start
+
+    ft_dir = run_dir.parent / f"{run_dir.name}-finetune"
+    if (ft_dir / "results.json").is_file():
+        return json.loads((ft_dir / "results.json").read_text())["finetune_top1"]
+    if any((ft_dir / "checkpoints").glob("*.pt")):
+        return continue_run(str(ft_dir), [], progress)[1]["finetune_top1"]
+    return start(str(run_dir), None, [], progress, overwrite=ft_dir.exists())[1]["finetune_top1"]
 
 
 def _device(cfg: RunConfig) -> str:
@@ -154,6 +184,10 @@ def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve
            "k": cfg.tokenizer.k if cfg.train.target == "tokens" else None, "target": cfg.train.target,
            **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    if curve and arm.seed in FINETUNE_SEEDS:  # vs-mae
+        t2 = time.perf_counter()
+        rec["finetune_top1"] = _finetune(run_dir, progress)
+        rec["finetune_s"] = round(time.perf_counter() - t2, 1)
     write_json(out / "records" / f"{arm.name}.json", rec)
     return rec
 
@@ -194,7 +228,7 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     from kmim.studies import study_rules
 
     cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tcas", "nmi", "knn_top1", "linear_probe_top1",
-            "lowshot_top1", "lowshot_std", "train_s", "eval_s"]  # fmt: skip
+            "lowshot_top1", "lowshot_std", "finetune_top1", "train_s", "eval_s", "finetune_s"]  # fmt: skip
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -216,8 +250,8 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
         "",
     ]
     body = study_rules.TABLES[study](records, out)
-    total = sum(r["train_s"] + r["eval_s"] for r in records)
-    tail = ["", f"Wall time of the arms: {total / 60:.1f} min in all (pretraining + evaluation).", ""]
+    total = sum(r["train_s"] + r["eval_s"] + r.get("finetune_s", 0.0) for r in records)
+    tail = ["", f"Wall time of the arms: {total / 60:.1f} min in all (pretraining + evaluation + fine-tuning).", ""]
     write_text(out / "report.md", "\n".join([*head, *body, *tail]))
 
 

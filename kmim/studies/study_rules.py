@@ -7,8 +7,9 @@
   runner-up exceeds the larger seed std of the two; "disagree" when another K leads K = 50 by more than that;
   "not resolved" otherwise.
 * vs-mae: K-MIM PIXEL minus MAE norm-pix, mean over seeds; "agree" when the gap exceeds 2 standard errors
-  sqrt(sd1^2/n1 + sd2^2/n2), "disagree" when below -2 SE, "not resolved" otherwise; and the first saved epoch at
-  which K-MIM's mean kNN reaches MAE's final mean kNN.
+  sqrt(sd1^2/n1 + sd2^2/n2), "disagree" when below -2 SE, "not resolved" otherwise; the first saved epoch at
+  which K-MIM's mean kNN (and mean probe, at the probed epochs) reaches MAE's final mean; fine-tuning (seed 0
+  only): the same words with 2 binomial SEs of the difference, sqrt(se1^2 + se2^2) (test-set noise only).
 """
 
 from __future__ import annotations
@@ -147,43 +148,78 @@ def vs_mae_rules(records: list[dict]) -> list[str]:
         se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if len(a) > 1 else float("nan")
         word = "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
         out.append(f"{label}: K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}, {len(a)} seeds): **{word}**.")
-    curves = _mean_curves(records)
-    target = curves["mae-normpix"][-1][1]
-    reach = next((e for e, v in curves["kmim-pixels-k200"] if v >= target), None)
-    out.append(
-        f"Epochs for K-MIM's mean kNN to reach MAE's final {target:.1f}: "
-        f"{reach if reach is not None else 'not reached in the budget'} (saved checkpoints only)."
-    )
+    for key, label in (("curve", "kNN"), ("probe_curve", "linear probe")):
+        curves = _mean_curves(records, key)
+        if "mae-normpix" not in curves or "kmim-pixels-k200" not in curves:
+            continue
+        target = curves["mae-normpix"][-1][1]
+        reach = next((e for e, v in curves["kmim-pixels-k200"] if v >= target), None)
+        out.append(
+            f"Epochs for K-MIM's mean {label} to reach MAE's final {target:.1f}: "
+            f"{reach if reach is not None else 'not reached in the budget'} (evaluated epochs only)."
+        )
+    out.extend(_finetune_rule(records))
     return [*out, f"Noise: {_noise(records)}."]
 
 
-def _mean_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def _finetune_rule(records: list[dict]) -> list[str]:
+    ft = {r["group"]: r["finetune_top1"] for r in records if r.get("finetune_top1") is not None}
+    if "kmim-pixels-k200" not in ft or "mae-normpix" not in ft:
+        return []
+    a, b = ft["kmim-pixels-k200"], ft["mae-normpix"]
+    n = records[0]["n_test"]
+    se = float(np.hypot(binomial_se(a, n), binomial_se(b, n)))
+    gap = a - b
+    word = "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
+    return [f"Fine-tuning (seed 0): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (binomial SE of the difference "
+            f"{se:.1f}; one seed, so seed noise is not in it): **{word}**."]  # fmt: skip
+
+
+def _mean_curves(records: list[dict], key: str = "curve") -> dict[str, list[tuple[int, float]]]:
+    """Per group, [(epoch, mean over seeds)] of the record's `key` points; the final encoder's number (kNN or probe)
+    closes each curve at the last epoch when the checkpoints did not reach it."""
+    final = {"curve": "knn_top1", "probe_curve": "linear_probe_top1"}[key]
     by: dict[str, dict[int, list[float]]] = {}
     for r in records:
-        for e, v in r.get("curve", []):
-            by.setdefault(r["group"], {}).setdefault(e, []).append(v)
+        pts = dict(r.get(key, []))
+        if pts or r.get("curve"):
+            pts.setdefault(r["config"]["train"]["epochs"], r[final])
+        for e, v in pts.items():
+            by.setdefault(r["group"], {}).setdefault(int(e), []).append(v)
     return {g: [(e, float(np.mean(v))) for e, v in sorted(d.items())] for g, d in by.items()}
 
 
 def vs_mae_tables(records: list[dict], out: Path) -> list[str]:
     lines = [
-        "## Methods (mean ± sd over seeds)",
+        "## Methods (mean ± sd over seeds; fine-tuning: the seed-0 run)",
         "",
-        "| method | kNN | linear probe | low-shot |",
-        "|---|---:|---:|---:|",
+        "| method | kNN | linear probe | low-shot | fine-tuning |",
+        "|---|---:|---:|---:|---:|",
     ]
+    ft = {r["group"]: r["finetune_top1"] for r in records if r.get("finetune_top1") is not None}
     for g in dict.fromkeys(r["group"] for r in records):
         cells = [_mean_sd(_by_group(records, m)[g]) for m, _ in METRICS]
-        lines.append(f"| {g} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in cells) + " |")
+        ft_cell = f"{ft[g]:.1f}" if g in ft else "–"
+        lines.append(f"| {g} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in cells) + f" | {ft_cell} |")
+    probe = _mean_curves(records, "probe_curve")
+    if probe:
+        epochs = sorted({e for pts in probe.values() for e, _ in pts})
+        lines += ["", "## Linear probe vs epochs (mean over seeds)", "",
+                  "| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+                  "|---|" + "---:|" * len(epochs)]  # fmt: skip
+        for g, pts in probe.items():
+            d = dict(pts)
+            lines.append(f"| {g} | " + " | ".join(f"{d[e]:.1f}" if e in d else "–" for e in epochs) + " |")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for g, pts in _mean_curves(records).items():
-        ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=g)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("kNN top-1 % (mean over seeds)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in zip(axes, ("curve", "probe_curve"), ("kNN", "linear probe"), strict=True):
+        for g, pts in _mean_curves(records, key).items():
+            ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=g)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{label} top-1 % (mean over seeds)")
+    axes[0].legend()
     _save(fig, out / "accuracy-vs-epochs.png")
-    return [*lines, "", "![kNN vs epochs](accuracy-vs-epochs.png)"]
+    return [*lines, "", "![accuracy vs epochs](accuracy-vs-epochs.png)"]
 
 
 def _pyplot() -> Any:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kmim.config import ModelConfig
-from kmim.engine.objectives import compute_targets, masked_cross_entropy, masked_mse
+from kmim.engine.objectives import compute_targets, masked_cross_entropy, masked_mse, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer, effective_lr, lr_at
 from kmim.models import build_mim
 from kmim.models import resolve_spec as spec_of
@@ -28,6 +28,34 @@ def test_masked_mse_by_hand():
     target = torch.tensor([[[0.0, 2.0], [0.0, 0.0]]])
     assert masked_mse(pred, target, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(1.0)
     assert masked_mse(pred, target, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(81.0)
+
+
+def test_select_patches_by_hand():
+    x = torch.tensor([[10, 11, 12], [20, 21, 22]])
+    ids = torch.tensor([[2, 0], [1, 1]])
+    assert select_patches(x, ids).tolist() == [[12, 10], [21, 21]]
+    assert select_patches(x[..., None].expand(-1, -1, 2), ids)[:, :, 1].tolist() == [[12, 10], [21, 21]]
+
+
+@pytest.mark.parametrize("target", ["tokens", "pixels"])
+def test_head_on_masked_patches_only_gives_the_same_loss_and_gradients(target):
+    torch.manual_seed(0)
+    model, tok = _model_and_tok(k=5 if target == "tokens" else 16)
+    imgs, noise = torch.randn(4, 1, 16, 16), torch.rand(4, 16)
+    targets = compute_targets(imgs, target, 4, tok)
+    losses, grads = [], []
+    for masked_only in (False, True):
+        model.zero_grad()
+        pred, second = model(imgs, 0.75, noise, masked_only=masked_only)
+        tgt, mask = targets, second
+        if masked_only:
+            tgt, mask = select_patches(targets, second), torch.ones(second.shape)
+        loss = mim_loss(pred, tgt, mask, target)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4, atol=1e-7)
 
 
 def _model_and_tok(k=4):

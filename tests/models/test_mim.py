@@ -44,6 +44,18 @@ def test_forward_shapes_and_mask():
     assert mask.shape == (3, 16) and mask.sum(1).tolist() == [12, 12, 12]
 
 
+def test_masked_only_rows_equal_the_full_output_at_the_masked_patches():
+    m = _tiny(out_dim=7).eval()
+    imgs, noise = torch.randn(3, 1, 16, 16), torch.rand(3, 16)
+    full, mask = m(imgs, 0.75, noise)
+    part, ids = m(imgs, 0.75, noise, masked_only=True)
+    assert part.shape == (3, 12, 7) and ids.shape == (3, 12)
+    assert (mask.gather(1, ids) == 1).all()  # every returned row is a masked patch, each once
+    assert all(len(set(r.tolist())) == 12 for r in ids)
+    expected = full.gather(1, ids[..., None].expand(-1, -1, 7))
+    assert torch.allclose(part, expected, atol=1e-6)
+
+
 def test_encoder_sees_only_visible_patches():
     m = _tiny().eval()
     torch.manual_seed(1)

@@ -11,7 +11,7 @@ from tests.conftest import TINY
 
 FAST = [*TINY, "data.synthetic_per_class=24", "data.synthetic_classes=4", "train.epochs=1", "train.warmup_epochs=0",
         "train.save_every=1", "tokenizer.batch_size=16", "tokenizer.vq.epochs=1", "tokenizer.supervised.epochs=1",
-        "eval.probe_epochs=3"]  # fmt: skip
+        "eval.probe_epochs=3", "finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,11 @@ def test_study_writes_every_file(study, tmp_path, capsys):
     assert len(rows) == len(S.arms(study, out))
     report = (out / "report.md").read_text()
     assert "## Verdicts" in report and ("agree" in report or "not resolved" in report)
+    if study == "vs-mae":  # the seed-0 run of each method is fine-tuned; every run has kNN and probe curves
+        tuned = {r["arm"]: r["finetune_top1"] for r in rows}
+        assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
+        assert "Fine-tuning (seed 0)" in report and "## Linear probe vs epochs" in report
+        assert (out / "runs" / "kmim-pixels-k200-s0-finetune" / "results.json").is_file()
 
 
 def test_interrupted_study_resumes_without_redoing_finished_arms(tmp_path, monkeypatch):
