@@ -2,10 +2,12 @@
 process: ViT-B/16 at 224 px, bf16 autocast, fused AdamW, on one GPU (or CPU for a smoke run).
 
     python benchmarks/bench_gpu_step.py [--preset vit-b16] [--img 224] [--batch 128] [--steps 20] [--k 100]
-                                        [--compile] [--peak-tflops 989]
+                                        [--compile] [--peak-tflops 989] [--profile]
 
-FLOPs of one step (forward + backward) are counted with torch.utils.flop_counter.FlopCounterMode; MFU = achieved
-FLOP/s / the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; pass --peak-tflops for others).
+FLOPs of one step (forward + backward) are counted with torch.utils.flop_counter.FlopCounterMode on the eager model
+(compiling under the counter's global hooks would time a different graph); MFU = achieved FLOP/s / the device's dense
+bf16 peak (H100/H200 SXM: 989 TFLOP/s; pass --peak-tflops for others). `--profile` prints the share of GPU time per
+kernel group over 5 K-MIM steps (torch.profiler).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from kmim.config import ModelConfig
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -60,11 +64,10 @@ def main() -> None:
     for target, out_dim in (("tokens", a.k), ("pixels", p * p * 3)):
         model = build_mim(spec, a.img, 3, out_dim).to(device)
         opt = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95), fused=cuda)
-        fwd = torch.compile(model) if a.compile and cuda else model
-        steps[target] = step_fn(fwd, opt, imgs, target, tok, p, amp, device)
         with FlopCounterMode(display=False) as fc:
-            steps[target]()
-        steps[target] = (steps[target], fc.get_total_flops())
+            step_fn(model, opt, imgs, target, tok, p, amp, device)()
+        fwd = torch.compile(model) if a.compile and cuda else model
+        steps[target] = (step_fn(fwd, opt, imgs, target, tok, p, amp, device), fc.get_total_flops())
     times = {t: [] for t in steps}
     for i in range(a.steps + 3):
         for t, (fn, _) in steps.items():
@@ -85,6 +88,37 @@ def main() -> None:
         tflops = flops / med / 1e12
         print(f"| {t} | {1000 * med:.1f} | {a.batch / med:.0f} | {flops / 1e12:.3f} | {tflops:.1f} | "
               f"{tflops / a.peak_tflops:.3f} |")  # fmt: skip
+    if a.profile and cuda:
+        print_profile(steps["tokens"][0])
+
+
+GROUPS = {  # kernel name fragments -> group (first match wins)
+    "attention (flash/SDPA)": ("flash", "fmha", "attention"),
+    "matmul (GEMM)": ("gemm", "sm90", "cutlass", "nvjet", "xmma", "matmul"),
+    "optimizer (fused AdamW)": ("adam",),
+    "layer norm": ("layer_norm", "layernorm"),
+    "softmax / cross-entropy": ("softmax", "nll", "cross_entropy"),
+    "copies / casts": ("copy", "cast", "convert"),
+    "elementwise (GELU, add, ...)": ("elementwise", "vectorized", "gelu", "reduce"),
+}
+
+
+def print_profile(step, reps: int = 5) -> None:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in kernels)
+    groups: dict[str, float] = {}
+    for e in kernels:
+        g = next((g for g, keys in GROUPS.items() if any(k in e.key.lower() for k in keys)), "other")
+        groups[g] = groups.get(g, 0.0) + e.self_device_time_total
+    print(f"GPU kernel time per K-MIM step: {total / reps / 1000:.1f} ms ({len(kernels)} distinct kernels)")
+    for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {g:30s} {100 * t / total:5.1f} %")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]:
+        print(f"  {100 * e.self_device_time_total / total:5.1f} %  {e.count // reps:4d}/step  {e.key[:90]}")
 
 
 if __name__ == "__main__":

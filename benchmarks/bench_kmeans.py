@@ -2,6 +2,7 @@
 patch, batches of 128 images' patches), on the same patch sets, in one process.
 
     python benchmarks/bench_kmeans.py [--sets mnist5k,in-like] [--ks 50,100,1000] [--passes 3] [--threads 2]
+    python benchmarks/bench_kmeans.py --sweep [--sets ...] [--ks ...]      # inertia vs sample size, 3 seeds
 
 Sets: `mnist5k` = every 4x4 patch of the 4,000 mnist5k training images (256,000 x 16); `in-like` = 200,000 x 768
 patches shaped like ImageNet 16x16x3 patches: seeded random 28x28 crops of mnist5k images, upsampled to 224 px,
@@ -112,19 +113,52 @@ def bench(name: str, x: np.ndarray, per_img: int, ks: list[int], passes: int) ->
               f"{i_k / i_r:.4f} |", flush=True)  # fmt: skip
 
 
+SWEEP_PPC = (64, 256, 1024, 0)  # points per centroid of the fit sample; 0 = every patch
+SWEEP_SEEDS = (0, 1, 2)
+
+
+def sweep(name: str, x: np.ndarray, ks: list[int]) -> None:
+    """Inertia over all patches vs the fit sample's size, over seeds: what subsampling costs, beside seed noise."""
+    d = TokenizerConfig()
+    print(f"\n{name}: {x.shape[0]:,} x {x.shape[1]}; inertia over all patches, mean ± sd over seeds "
+          f"{SWEEP_SEEDS} (the seed draws the sample and the k-means++ start)", flush=True)  # fmt: skip
+    print("| K | points per centroid | fit points | fit s (mean) | inertia | vs every-patch fit |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for k in ks:
+        rows = []
+        for ppc in SWEEP_PPC:
+            ppc_eff = ppc or -(-len(x) // k)
+            res = []
+            for seed in SWEEP_SEEDS:
+                t0 = time.perf_counter()
+                r = fit_kmeans(x, k, d.niter, seed, ppc_eff, d.init, progress=False)
+                res.append((time.perf_counter() - t0, inertia(x, r.centroids), r.n_fit))
+            rows.append((ppc, res))
+        ref = float(np.mean([i for _, i, _ in rows[-1][1]]))
+        for ppc, res in rows:
+            ins = [i for _, i, _ in res]
+            print(f"| {k} | {ppc or 'all'} | {res[0][2]:,} | {np.mean([t for t, _, _ in res]):.2f} | "
+                  f"{np.mean(ins):.4f} ± {np.std(ins, ddof=1):.4f} | {100 * (np.mean(ins) / ref - 1):+.1f} % |",
+                  flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="mnist5k,in-like")
     ap.add_argument("--ks", default="50,100,1000")
     ap.add_argument("--passes", type=int, default=3, help="recipe passes actually run (100 = the whole recipe)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", action="store_true", help="inertia vs fit-sample size over 3 seeds instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ks = [int(k) for k in a.ks.split(",")]
     makers = {"mnist5k": mnist_patches, "in-like": in_like_patches}
     for name in a.sets.split(","):
         x, per_img = makers[name]()
-        bench(name, x, per_img, ks, a.passes)
+        if a.sweep:
+            sweep(name, x, ks)
+        else:
+            bench(name, x, per_img, ks, a.passes)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 Variants: MAE (norm-pix targets), K-MIM with pixel K-means tokenizers at each K, and K-MIM with a feature tokenizer
 (K = 200 over the patch features of a frozen mnist-tiny encoder, whose extra forward is reported apart). Each runs
 with the prediction head on the masked patches only (what kmim trains with) and on every patch (kmim <= 0.1.0), so
-the table is before and after. A step = targets (tokenizer encode) + forward + loss + backward + AdamW step, as in
-Pretrainer._micro_step. Step i runs every variant once, so machine load hits them alike; medians are reported.
+the table is before and after. FLOP ratio = matmul and attention FLOPs of the step (FlopCounterMode) over MAE's,
+the ratio the step times would have if every FLOP cost the same. A step = targets (tokenizer encode) + forward +
+loss + backward + AdamW step, as in Pretrainer._micro_step. Step i runs every variant once, so machine load hits
+them alike; medians are reported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from kmim.config import load_config
 from kmim.data import stack_dataset
@@ -85,6 +88,11 @@ def main() -> None:
             model = build_mim(spec, 32, 1, out_dim)
             opt = build_optimizer(model, 1e-4, cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2))
             steps[(name, masked_only)] = make_step(model, opt, tok, target, masked_only, imgs, noise, p)
+    flops = {}
+    for key, fn in steps.items():  # matmul + attention FLOPs of one step (tokenizer encode included)
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        flops[key] = fc.get_total_flops()
     times = {key: [] for key in steps}
     for i in range(a.steps + 3):
         for key, fn in steps.items():
@@ -93,13 +101,15 @@ def main() -> None:
                 times[key].append(t)
     med = {key: (_median([t[0] for t in v]), _median([t[1] for t in v])) for key, v in times.items()}
     print(f"threads={a.threads} batch={a.batch} steps={a.steps} (medians; ratio = to MAE with the same head)")
-    print("| variant | head on | ms/step | img/s | targets ms | ratio to MAE | ratio excl. targets |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| variant | head on | ms/step | img/s | targets ms | ratio to MAE | ratio excl. targets | FLOP ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (name, masked_only), (enc, step) in med.items():
         base = med[("MAE norm-pix", masked_only)][1]
+        base_flops = flops[("MAE norm-pix", masked_only)]
         where = "masked patches" if masked_only else "every patch"
+        f_ratio = flops[(name, masked_only)] / base_flops
         print(f"| {name} | {where} | {1000 * step:.1f} | {a.batch / step:.0f} | {1000 * enc:.2f} | "
-              f"{step / base:.3f} | {(step - enc) / base:.3f} |")  # fmt: skip
+              f"{step / base:.3f} | {(step - enc) / base:.3f} | {f_ratio:.3f} |")  # fmt: skip
     for name in toks:
         before, after = med[(name, False)][1], med[(name, True)][1]
         print(f"{name}: masked-only head / every-patch head step time = {after / before:.3f}")

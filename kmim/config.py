@@ -86,7 +86,8 @@ class TokenizerConfig:
     # K-means (every kmeans-* tokenizer and the class-wise / cross-class oracles)
     niter: int = 20  # K-means iterations
     init: str = "kmeans++"  # kmeans++ | random
-    max_points_per_centroid: int = 256  # fit on a seeded sample of at most k * this many patches (faiss's rule)
+    max_points_per_centroid: int = 1024  # fit on a seeded sample of at most k * this many patches (256 cost 3-4 %
+    # inertia over all patches against a fit on every patch; 1024 costs under 1 %: docs/benchmarks.md)
     fit_images: int = 0  # extract features for K-means from a seeded subset of this many training images; 0 = all
     # pixel feature source (kmeans-pixels, oracles, random)
     patch_norm: bool = False  # standardize each patch before clustering and encoding

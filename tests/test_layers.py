@@ -16,6 +16,7 @@ LAYERS = [
     {"eval"},
     {"fit"},
     {"resolve", "theory"},
+    {"launch"},
     {"commands", "studies"},
     {"cli"},
     {"__main__"},

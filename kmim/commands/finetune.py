@@ -8,21 +8,11 @@ configs/mnist5k_finetune.yaml, configs/in100_vits16_finetune.yaml, configs/in1k_
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.config import RunConfig
-from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, in_process_group, is_main
-from kmim.engine.finetune import Finetuner
-from kmim.engine.trainer import check_new_run_dir, check_resume, start_run
+from kmim.engine.dist import in_process_group
 from kmim.errors import KmimError
-from kmim.eval import load_encoder, random_encoder
-from kmim.models import encoder_kwargs, resolve_spec
-from kmim.paths import check_folder_writable
-from kmim.resolve import load_run_config
+from kmim.launch import continue_run, start
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,70 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
     add_config_arguments(p)
-
-
-def _source(path: str) -> tuple[dict[str, Any], dict | None]:
-    enc, info = load_encoder(path)
-    spec = info["encoder"]
-    source = {"timm_name": spec["timm_name"], "timm_kwargs": dict(spec["timm_kwargs"]),
-              "state_dict": enc.state_dict(), "path": str(info["checkpoint"])}  # fmt: skip
-    return source, info["config"]
-
-
-def _config(path: str, config: str | None, overrides: list[str], saved: dict | None) -> RunConfig:
-    if any(o.startswith("model.") for o in overrides):
-        raise KmimError("kmim finetune uses the pretrained encoder's architecture: drop the model.* overrides")
-    if saved is None and config is None and not any(o.startswith("data.") for o in overrides):
-        raise KmimError(f"{path} carries no run config: name the data with data.name=... or pass -c CONFIG")
-    cfg = load_run_config(config, overrides, base=saved)
-    if not any(o.startswith("name=") for o in overrides) and saved is not None and cfg.name == saved.get("name"):
-        cfg.name = f"{cfg.name}-finetune"  # beside the pretraining run, not into it
-    return cfg
-
-
-def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
-    cfg = load_run_config(config, overrides)
-    enc = random_encoder(cfg, cfg.finetune.seed)
-    spec = resolve_spec(cfg.model)
-    kwargs = encoder_kwargs(spec, cfg.data.img_size, enc.patch_embed.proj.in_channels)
-    if not any(o.startswith("name=") for o in overrides):
-        cfg.name = "random-init-finetune"
-    path = f"random-init (seed {cfg.finetune.seed})"
-    return {"timm_name": spec.timm_name, "timm_kwargs": kwargs, "state_dict": enc.state_dict(), "path": path}, cfg
-
-
-def start(path: str | None, config: str | None, overrides: list[str], progress: bool, overwrite: bool):
-    if path is None:  # --random-init
-        source, cfg = agree(lambda: _random_source(config, overrides))
-    else:
-        source, saved = agree(lambda: _source(path))
-        cfg = agree(lambda: _config(path, config, overrides, saved))
-    run_dir = Path(cfg.out_dir) / cfg.name
-
-    def check_output() -> None:
-        check_folder_writable(run_dir)
-        check_new_run_dir(run_dir, cfg, overwrite)
-
-    agree(check_output)
-    trainer = Finetuner(cfg, run_dir, source, progress)
-    start_run(trainer, overwrite)
-    return run_dir, trainer.run()
-
-
-def continue_run(run_dir: str, overrides: list[str], progress: bool):
-    path = Path(run_dir)
-    ckpt, _, note = agree(lambda: latest_checkpoint(path))
-    if ckpt.get("kind") != "finetune":
-        raise KmimError(f"{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`")
-    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
-    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
-    if note and is_main():
-        print(f"note: {note}", file=sys.stderr)
-    spec = ckpt["classifier"]
-    kwargs = {k: v for k, v in spec["timm_kwargs"].items() if k not in ("num_classes", "global_pool")}
-    source = {"timm_name": spec["timm_name"], "timm_kwargs": kwargs, "state_dict": None, "path": ckpt["source"]}
-    trainer = Finetuner(cfg, path, source, progress, resume_from=ckpt)
-    return path, trainer.run()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from kmim.engine.loader import make_train_loader
 from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer, effective_lr
 from kmim.engine.trainer import (
+    EpochHook,
     Trainer,
     autocast_ctx,
     check_new_run_dir,
@@ -108,7 +109,11 @@ class Pretrainer(Trainer):
 
 
 def pretrain(
-    cfg: RunConfig, tokenizer: Tokenizer | None, progress: bool = True, overwrite: bool = False, on_epoch=None
+    cfg: RunConfig,
+    tokenizer: Tokenizer | None,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written.
     `on_epoch(row)`, if given, is called with each epoch's metrics row."""
@@ -127,7 +132,7 @@ def resume(
     ckpt: dict[str, Any],
     tokenizer: Tokenizer | None,
     progress: bool = True,
-    on_epoch=None,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])

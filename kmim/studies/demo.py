@@ -16,6 +16,7 @@ from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig, config_to_dict, load_config
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import pretrain, resume
+from kmim.engine.trainer import EpochHook
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
@@ -44,7 +45,7 @@ def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
                         f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}")  # fmt: skip
 
 
-def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch=None) -> Path:
+def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None = None) -> Path:
     """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder.
     `on_epoch(row)` is called after each epoch trained here."""
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -79,7 +80,7 @@ class _DemoEta:
         rest = row["epoch_s"] * (self.epochs_left - 1) * (1 + EVAL_SHARE)
         total = time.perf_counter() - self.t0 + rest
         print(f"[demo] expected duration: about {total / 60:.0f} min in all, {rest / 60:.0f} min from now "
-              f"({self.epochs_left} epochs to train at {row['epoch_s']:.1f} s each, then the evaluations)",
+              f"({self.epochs_left - 1} more epochs at {row['epoch_s']:.1f} s each, then the evaluations)",
               flush=True)  # fmt: skip
 
 

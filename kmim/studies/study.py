@@ -155,7 +155,7 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
 def _finetune(run_dir: Path, progress: bool) -> float:
     """Fine-tune the run's encoder with its config's `finetune` section into RUN-finetune (resumed if a checkpoint
     is there, reused if finished); returns finetune_top1."""
-    from kmim.commands.finetune import continue_run, start
+    from kmim.launch import continue_run, start
 
     ft_dir = run_dir.parent / f"{run_dir.name}-finetune"
     if (ft_dir / "results.json").is_file():
