@@ -15,12 +15,12 @@ import argparse
 import time
 
 import torch
+from bench_pretrain_step import make_step  # the same training step (this folder is on sys.path when run as a script)
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from kmim.config import ModelConfig, load_config
 from kmim.data import stack_dataset
-from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer
 from kmim.fit import fit_tokenizer, training_split
 from kmim.models import build_mim, resolve_spec
@@ -52,18 +52,6 @@ def sgemm_gflops(n: int = 2048, reps: int = 10) -> float:
         torch.mm(a, b)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / sorted(times)[reps // 2] / 1e9
-
-
-def make_step(model, opt, tok, imgs, noise, patch):
-    def step() -> None:
-        tgt = compute_targets(imgs, "tokens", patch, tok)
-        pred, ids = model(imgs, 0.75, noise, masked_only=True)
-        loss = mim_loss(pred, select_patches(tgt, ids), torch.ones(ids.shape), "tokens")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def group_of(op: str) -> str:
@@ -106,7 +94,7 @@ def main() -> None:
         spec = resolve_spec(mcfg)
         model = build_mim(spec, 32, 1, tok.k)
         opt = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
-        step = make_step(model, opt, tok, imgs, noise, spec.patch_size)
+        step = make_step(model, opt, tok, "tokens", True, imgs, noise, spec.patch_size)
         with FlopCounterMode(display=False) as fc:
             step()
         flops = fc.get_total_flops()

@@ -140,13 +140,18 @@ def k_tables(records: list[dict], out: Path) -> list[str]:
 # ---- vs-mae -------------------------------------------------------------------------------------------------------
 
 
+def _gap_word(gap: float, se: float) -> str:
+    """K-MIM − MAE gap against 2 standard errors (NaN SE: not resolved)."""
+    return "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
+
+
 def vs_mae_rules(records: list[dict]) -> list[str]:
     out = []
     for key, label in METRICS:
         a, b = _by_group(records, key)["kmim-pixels-k200"], _by_group(records, key)["mae-normpix"]
         gap = float(np.mean(a) - np.mean(b))
         se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if len(a) > 1 else float("nan")
-        word = "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
+        word = _gap_word(gap, se)
         out.append(f"{label}: K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}, {len(a)} seeds): **{word}**.")
     for key, label in (("curve", "kNN"), ("probe_curve", "linear probe")):
         curves = _mean_curves(records, key)
@@ -170,7 +175,7 @@ def _finetune_rule(records: list[dict]) -> list[str]:
     n = records[0]["n_test"]
     se = float(np.hypot(binomial_se(a, n), binomial_se(b, n)))
     gap = a - b
-    word = "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
+    word = _gap_word(gap, se)
     return [f"Fine-tuning (seed 0): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (binomial SE of the difference "
             f"{se:.1f}; one seed, so seed noise is not in it): **{word}**."]  # fmt: skip
 
