@@ -11,11 +11,16 @@ import sys
 from kmim.errors import KmimError, one_line
 
 COMMANDS = {
+    "prepare": (
+        "kmim.commands.prepare",
+        "one-time resized copy of an ImageFolder tree (short side 256) for fast loading",
+    ),
     "tokenize": ("kmim.commands.tokenize", "fit a tokenizer on a training split and save it"),
     "pretrain": ("kmim.commands.pretrain", "MIM pretraining (K-MIM tokens or MAE pixels); writes a run directory"),
     "finetune": ("kmim.commands.finetune", "fine-tune a pretrained encoder end to end (MAE recipe); top-1 on test"),
     "knn": ("kmim.commands.evaluate", "weighted kNN (k=20, T=0.07) top-1 on the test split of a frozen encoder"),
     "probe": ("kmim.commands.evaluate", "linear probe (BatchNorm + linear) top-1 on the test split"),
+    "export": ("kmim.commands.export", "hub-ready folder of a run's encoder (model.safetensors, config.json, card)"),
     "demo": ("kmim.studies.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
     "study": ("kmim.studies.study", "the paper's claims as resumable studies: tcas-vs-probe, k-ablation, vs-mae, all"),
     "tcas": ("kmim.studies.tcas", "score tokenizers without training: TCAS, NMI, purity, usage, perplexity"),

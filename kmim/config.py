@@ -29,6 +29,7 @@ AMPS = ("auto", "bf16", "fp16", "off")
 POOLS = ("cls", "mean")
 FINETUNE_POOLS = ("avg", "token")
 PROBES = ("adamw", "lars")
+WANDB_MODES = ("offline", "online")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -123,9 +124,10 @@ class TrainConfig:
     mask_ratio: float = 0.75
     epochs: int = 40
     warmup_epochs: int = 3
-    batch_size: int = 128  # per optimizer step and process, before gradient accumulation
-    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size * accum_steps * world size
-    base_lr: float = 1e-3  # lr = base_lr * effective batch / 256 (the paper code's default; MAE published 1.5e-4)
+    batch_size: int = 128  # the GLOBAL batch: images per optimizer step, summed over processes and accumulation
+    micro_batch_size: int = 0  # most images one process puts through the model at once (GPU memory); the
+    # accumulation steps follow (kmim.config.plan_batch); 0 = batch_size / processes, no accumulation
+    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256 (the paper code's default; MAE published 1.5e-4)
     min_lr: float = 0.0
     weight_decay: float = 0.05
     beta1: float = 0.9
@@ -135,7 +137,11 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | off
     compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
     save_every: int = 5  # epochs between numbered checkpoints; last.pt is written every epoch
-    log_every: int = 20  # optimizer steps between metrics.jsonl rows
+    log_every: int = 20  # optimizer steps between metrics.jsonl rows (and log lines when stderr is not a terminal)
+    tensorboard: bool = True  # TensorBoard event files in RUN/tensorboard (when the tensorboard package is installed)
+    wandb: bool = False  # also log to Weights & Biases (pip install 'kmim[tracking]'); the run id is checkpointed
+    wandb_project: str = "kmim"
+    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online
 
 
 @dataclass
@@ -146,9 +152,9 @@ class FinetuneConfig:
 
     epochs: int = 100
     warmup_epochs: int = 5
-    batch_size: int = 128  # per optimizer step and process, before accumulation
-    accum_steps: int = 1
-    base_lr: float = 5e-4  # lr = base_lr * effective batch / 256
+    batch_size: int = 128  # the GLOBAL batch per optimizer step (over processes and accumulation), as train.*
+    micro_batch_size: int = 0  # most images per process and forward pass; 0 = batch_size / processes
+    base_lr: float = 5e-4  # lr = base_lr * batch_size / 256
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     layer_decay: float = 0.65  # lr scale of block i = layer_decay ** (depth + 1 - i) (timm param_groups_layer_decay)
@@ -164,7 +170,8 @@ class FinetuneConfig:
     pool: str = "avg"  # avg (mean of patch tokens + fc_norm, MAE's global_pool) | token (CLS)
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and report its top-1 too
     ema_decay: float = 0.9999
-    eval_every: int = 5  # epochs between test-split evaluations logged to metrics.jsonl (the last is always done)
+    eval_every: int = 5  # epochs between test-split evaluations (the last is always done); finetune_best_top1 is
+    # the best of these (MAE evaluates every epoch: eval_every=1, as the ImageNet presets)
     seed: int = 0
     amp: str = "auto"
     save_every: int = 10
@@ -186,8 +193,9 @@ class EvalConfig:
     probe: str = "adamw"  # adamw: head on cached features, lr picked on held-out train | lars: MAE's main_linprobe
     lars_epochs: int = 90  # eval.probe=lars: MAE's recipe (LARS, BN head, augmented crops each epoch)
     lars_warmup_epochs: int = 10
-    lars_base_lr: float = 0.1  # lr = lars_base_lr * batch / 256
-    lars_batch_size: int = 256
+    lars_base_lr: float = 0.1  # lr = lars_base_lr * lars_batch_size / 256
+    lars_batch_size: int = 256  # the GLOBAL batch of the head's step (MAE: 16,384 = 512 x 32 GPUs)
+    lars_micro_batch_size: int = 0  # most images per process and encoder forward; 0 = lars_batch_size / processes
 
 
 @dataclass
@@ -285,7 +293,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.epochs": _at_least(1),
     "train.warmup_epochs": _at_least(0),
     "train.batch_size": _at_least(1),
-    "train.accum_steps": _at_least(1),
+    "train.micro_batch_size": _at_least(0),
     "train.base_lr": _positive,
     "train.min_lr": _at_least(0),
     "train.weight_decay": _at_least(0),
@@ -296,6 +304,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.amp": _one_of(AMPS),
     "train.save_every": _at_least(1),
     "train.log_every": _at_least(1),
+    "train.wandb_project": _non_empty,
+    "train.wandb_mode": _one_of(WANDB_MODES),
     "eval.pool": _one_of(POOLS),
     "eval.batch_size": _at_least(1),
     "eval.knn_k": _at_least(1),
@@ -309,10 +319,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.lars_warmup_epochs": _at_least(0),
     "eval.lars_base_lr": _positive,
     "eval.lars_batch_size": _at_least(1),
+    "eval.lars_micro_batch_size": _at_least(0),
     "finetune.epochs": _at_least(1),
     "finetune.warmup_epochs": _at_least(0),
     "finetune.batch_size": _at_least(1),
-    "finetune.accum_steps": _at_least(1),
+    "finetune.micro_batch_size": _at_least(0),
     "finetune.base_lr": _positive,
     "finetune.min_lr": _at_least(0),
     "finetune.weight_decay": _at_least(0),
@@ -364,6 +375,46 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+# ---- batches -----------------------------------------------------------------------------------------------------
+
+BATCH_FIELDS = {  # section -> (global batch field, per-process cap field)
+    "train": ("batch_size", "micro_batch_size"),
+    "finetune": ("batch_size", "micro_batch_size"),
+    "eval": ("lars_batch_size", "lars_micro_batch_size"),
+}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is split: `world` processes x `accum` micro-steps x `micro` images = `global_batch`."""
+
+    global_batch: int
+    world: int
+    micro: int  # images per process and forward pass
+    accum: int  # micro-steps per optimizer step
+
+    def describe(self) -> str:
+        return f"global batch {self.global_batch} = {self.micro} x {self.accum} accum x {self.world} processes"
+
+
+def plan_batch(cfg: RunConfig, section: str, world: int) -> BatchPlan:
+    """Split the global batch of `section` (train, finetune or eval's LARS probe) over `world` processes: each
+    process takes global / world images per step, in the fewest micro-steps of equal size that respect the
+    per-process cap (the micro-step count divides the per-process share). One KmimError line when the global batch
+    cannot be split evenly over the processes."""
+    batch_field, cap_field = BATCH_FIELDS[section]
+    hp = getattr(cfg, section)
+    total, cap = getattr(hp, batch_field), getattr(hp, cap_field)
+    if total % world:
+        raise KmimError(
+            f"{section}.{batch_field}={total} is the global batch and does not split evenly over {world} processes: "
+            f"use a multiple of {world} or another number of processes"
+        )
+    per = total // world
+    accum = next(a for a in range(max(1, -(-per // cap) if cap else 1), per + 1) if per % a == 0)
+    return BatchPlan(total, world, per // accum, accum)
+
+
 # ---- loading -----------------------------------------------------------------------------------------------------
 
 # flat tokenizer keys of configs saved before the per-kind sub-configs (kmim 0.1.0) -> their new place
@@ -374,8 +425,26 @@ LEGACY_KEYS = {
 }
 
 
+def _migrate_accum(raw: dict) -> dict:
+    """Configs saved before the global batch (kmim <= 0.1, one process): batch_size was per process and
+    accum_steps a setting; their global batch is batch_size * accum_steps and the old batch the per-process cap."""
+    out = dict(raw)
+    for section in ("train", "finetune"):
+        hp = out.get(section)
+        if isinstance(hp, dict) and "accum_steps" in hp:
+            hp = dict(hp)
+            accum, batch = hp.pop("accum_steps"), hp.get("batch_size", 128)
+            if accum != 1:
+                hp.update(batch_size=batch * accum, micro_batch_size=batch)
+            out[section] = hp
+    return out
+
+
 def migrate_legacy(raw: Any) -> Any:
-    """A saved or YAML config dict with the old flat tokenizer keys moved into their sub-configs."""
+    """A saved or YAML config dict with the old flat tokenizer keys moved into their sub-configs and the old
+    per-process batch with accumulation turned into the global batch."""
+    if isinstance(raw, dict):
+        raw = _migrate_accum(raw)
     tok = raw.get("tokenizer") if isinstance(raw, dict) else None
     if not isinstance(tok, dict) or not any(k in LEGACY_KEYS for k in tok):
         return raw
@@ -411,6 +480,12 @@ def _override(item: str) -> Any:
     if "=" not in item:
         raise KmimError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=5)")
     key = item.split("=", 1)[0]
+    if key in ("train.accum_steps", "finetune.accum_steps"):
+        section = key.split(".")[0]
+        raise KmimError(
+            f"override {item!r}: {section}.batch_size is now the global batch and the accumulation follows from "
+            f"it; set {section}.micro_batch_size=N to cap the images per process and step"
+        )
     old = key.removeprefix("tokenizer.")
     if key.startswith("tokenizer.") and old in LEGACY_KEYS:
         raise KmimError(f"override {item!r}: {key} was renamed tokenizer.{LEGACY_KEYS[old]}")

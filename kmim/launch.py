@@ -16,7 +16,7 @@ from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.models import encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
-from kmim.resolve import load_run_config
+from kmim.resolve import check_batch, load_run_config
 
 __all__ = ["continue_run", "start"]
 
@@ -60,6 +60,7 @@ def start(path: str | None, config: str | None, overrides: list[str], progress: 
     run_dir = Path(cfg.out_dir) / cfg.name
 
     def check_output() -> None:
+        check_batch(cfg, "finetune")
         check_folder_writable(run_dir)
         check_new_run_dir(run_dir, cfg, overwrite)
 
@@ -76,6 +77,7 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool):
         raise KmimError(f"{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
+    agree(lambda: check_batch(cfg, "finetune"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     spec = ckpt["classifier"]

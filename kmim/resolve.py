@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kmim.config import RunConfig, load_config
+from kmim.config import BatchPlan, RunConfig, load_config, plan_batch
 from kmim.data import DATASETS
+from kmim.engine.dist import get_world_size
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec
@@ -50,6 +51,11 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
     path = cfg.tokenizer.path
     if path and cfg.train.target == "tokens" and not Path(path).expanduser().is_file():
         raise KmimError(f"tokenizer.path={path} does not exist: fit one with `kmim tokenize` or unset tokenizer.path")
+
+
+def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
+    """The split of `section`'s global batch over this launch's processes (one line if it cannot be split)."""
+    return plan_batch(cfg, section, get_world_size())
 
 
 def load_run_config(

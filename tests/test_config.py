@@ -93,7 +93,7 @@ BAD_VALUES = {
     "train.epochs": "0",
     "train.warmup_epochs": "-1",
     "train.batch_size": "0",
-    "train.accum_steps": "0",
+    "train.micro_batch_size": "-1",
     "train.base_lr": "0",
     "train.min_lr": "-1",
     "train.weight_decay": "-0.1",
@@ -104,6 +104,8 @@ BAD_VALUES = {
     "train.amp": "bogus",
     "train.save_every": "0",
     "train.log_every": "0",
+    "train.wandb_project": "a/b",
+    "train.wandb_mode": "bogus",
     "eval.pool": "bogus",
     "eval.batch_size": "0",
     "eval.knn_k": "0",
@@ -117,10 +119,11 @@ BAD_VALUES = {
     "eval.lars_warmup_epochs": "-1",
     "eval.lars_base_lr": "0",
     "eval.lars_batch_size": "0",
+    "eval.lars_micro_batch_size": "-1",
     "finetune.epochs": "0",
     "finetune.warmup_epochs": "-1",
     "finetune.batch_size": "0",
-    "finetune.accum_steps": "0",
+    "finetune.micro_batch_size": "-1",
     "finetune.base_lr": "0",
     "finetune.min_lr": "-1",
     "finetune.weight_decay": "-1",
@@ -163,7 +166,7 @@ def test_every_numeric_or_choice_field_is_checked():
 
     free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
             "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile",
-            "finetune.ema"}  # fmt: skip
+            "train.tensorboard", "train.wandb", "finetune.ema"}  # fmt: skip
     registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 
@@ -191,3 +194,46 @@ def test_bad_value_is_one_line_exit_2_and_nothing_written(overrides, message, tm
         assert f"={value!r}" in err or f"={value} " in err or f"={float(value)!r}" in err, err
         assert "is not valid: must be" in err, err
     assert _snapshot(tmp_path) == before
+
+
+def test_the_global_batch_is_split_over_processes():
+    """batch_size is global: the plan keeps it on any world size, accumulating when the per-process cap asks."""
+    from kmim.config import plan_batch
+
+    cfg = load_config("configs/in1k_vitb16_kmim.yaml", ["data.root=/x"])
+    plans = {w: plan_batch(cfg, "train", w) for w in (1, 2, 8, 16, 32)}
+    assert {p.global_batch for p in plans.values()} == {4096}
+    assert [(p.micro, p.accum) for p in plans.values()] == [(256, 16), (256, 8), (256, 2), (256, 1), (128, 1)]
+    assert all(p.micro * p.accum * p.world == 4096 for p in plans.values())
+    odd = load_config(None, ["train.batch_size=12", "train.micro_batch_size=5"])
+    assert (plan_batch(odd, "train", 1).micro, plan_batch(odd, "train", 1).accum) == (4, 3)  # fewest equal steps
+    with pytest.raises(KmimError, match=r"train.batch_size=12 is the global batch and does not split evenly over 5"):
+        plan_batch(odd, "train", 5)
+    lars = plan_batch(cfg, "eval", 8)
+    assert (lars.global_batch, lars.micro, lars.accum) == (16384, 512, 4)
+
+
+def test_presets_resolve_to_the_same_recipe_on_one_and_two_processes():
+    """The resolved config of every ImageNet preset is the same whatever the world size (nothing in it is per
+    process), and each global batch splits over 1 and 2 processes."""
+    from kmim.config import BATCH_FIELDS, config_to_dict, plan_batch
+
+    for preset in ("in100_vits16_kmim", "in100_vits16_mae", "in1k_vitb16_kmim", "in100_vits16_finetune",
+                   "in1k_vitb16_finetune"):  # fmt: skip
+        cfg = load_config(f"configs/{preset}.yaml", ["data.root=/x"])
+        for section in BATCH_FIELDS:
+            one, two = plan_batch(cfg, section, 1), plan_batch(cfg, section, 2)
+            assert one.global_batch == two.global_batch == getattr(getattr(cfg, section), BATCH_FIELDS[section][0])
+        assert config_to_dict(cfg) == config_to_dict(load_config(f"configs/{preset}.yaml", ["data.root=/x"]))
+
+
+def test_configs_saved_with_accumulation_load_as_their_global_batch():
+    from kmim.config import config_to_dict
+
+    old = config_to_dict(load_config(None, []))
+    old["train"].pop("micro_batch_size")
+    old["train"].update(batch_size=64, accum_steps=4)
+    cfg = load_config(None, [], base=old)
+    assert (cfg.train.batch_size, cfg.train.micro_batch_size) == (256, 64)
+    with pytest.raises(KmimError, match="train.batch_size is now the global batch"):
+        load_config(None, ["train.accum_steps=2"])

@@ -9,9 +9,9 @@ from pathlib import Path
 import kmim
 
 LAYERS = [
-    {"__init__", "errors", "argtypes"},
+    {"__init__", "errors", "argtypes", "progress"},
     {"config", "runinfo", "paths", "digest"},
-    {"data", "models", "metrics", "tokenizers"},
+    {"data", "models", "metrics", "tokenizers", "tracking"},
     {"engine"},
     {"eval"},
     {"fit"},

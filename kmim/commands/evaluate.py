@@ -4,13 +4,16 @@ encoder with --random-init) on the test split."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.engine.dist import agree, in_process_group, is_main, local_device, resolve_device
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
-from kmim.resolve import load_run_config
+from kmim.resolve import check_batch, load_run_config
+from kmim.runinfo import write_json
 
 WHAT = {"knn": "weighted kNN (k=20, T=0.07)", "probe": "linear probe (BatchNorm + linear)"}
 
@@ -30,9 +33,24 @@ def evaluate(path: str | None, random_init: bool, config: str | None, overrides:
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
     or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
     encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides))
+    if "probe" in methods and cfg.eval.probe == "lars":
+        agree(lambda: check_batch(cfg, "eval"))
     res = evaluate_encoder(encoder, cfg, methods, str(local_device(resolve_device(cfg.train.device))), progress)
     res["checkpoint"] = checkpoint
+    if is_main() and not random_init:
+        record(Path(checkpoint), methods, res)
     return res
+
+
+def record(checkpoint: Path, methods: tuple[str, ...], res: dict[str, Any]) -> None:
+    """Keep the result in the run directory's evaluations.json ({method: result}, the latest per method), where
+    `kmim export` and readers find it; encoders outside a run directory are not recorded."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    if not (run_dir / "config.yaml").is_file():
+        return
+    path = run_dir / "evaluations.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**saved, **{m: res for m in methods}})
 
 
 def _encoder_and_config(path: str | None, random_init: bool, config: str | None, overrides: list[str]):

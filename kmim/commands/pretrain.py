@@ -14,13 +14,13 @@ from pathlib import Path
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, broadcast_object, in_process_group, is_main
+from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, in_process_group, is_main
 from kmim.engine.pretrain import pretrain, resume
 from kmim.engine.trainer import check_new_run_dir
 from kmim.errors import KmimError
-from kmim.fit import from_blob, prepare_tokenizer
+from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.paths import check_folder_writable
-from kmim.resolve import check_tokenizer_path, load_run_config
+from kmim.resolve import check_batch, check_tokenizer_path, load_run_config
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -36,9 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
-    """The same tokenizer on every process: each reads tokenizer.path, or rank 0 fits one and sends it."""
+    """The same tokenizer on every process: each reads tokenizer.path; or all processes fit a K-means tokenizer
+    together (each reads its share of the images, rank 0 runs K-means and sends the centroids); or rank 0 fits a
+    kind that trains a model first alone and sends it."""
     if cfg.train.target != "tokens" or cfg.tokenizer.path:
         return agree(lambda: prepare_tokenizer(cfg, progress and is_main()))
+    if shards_fit(cfg.tokenizer):  # the data is agreed on first: the fit itself runs collectives
+        data = agree(lambda: training_split(cfg, get_rank(), get_world_size()))
+        return fit_tokenizer(cfg.tokenizer, data, progress and is_main())
     blob = agree(lambda: to_blob(prepare_tokenizer(cfg, progress)) if is_main() else None)
     return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")
 
@@ -49,6 +54,7 @@ def start(config: str | None, overrides: list[str], progress: bool, overwrite: b
     run_dir = Path(cfg.out_dir) / cfg.name
 
     def check_output() -> None:
+        check_batch(cfg, "train")
         check_tokenizer_path(cfg)
         check_folder_writable(run_dir)
         check_new_run_dir(run_dir, cfg, overwrite)
@@ -63,6 +69,7 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     path = Path(run_dir)
     ckpt, where, note = agree(lambda: latest_checkpoint(path))
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    agree(lambda: check_batch(cfg, "train"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))

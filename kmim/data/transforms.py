@@ -32,10 +32,12 @@ def eval_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, .
 def lars_probe_transform(
     cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
 ) -> v2.Compose:
-    """MAE's linear-probe training view: RandomResizedCrop (bicubic, default scale) and a flip when data.hflip."""
+    """MAE's linear-probe training view: RandomResizedCrop of the full image (bicubic, scale 0.08-1) and a flip when
+    data.hflip. Small fixed-size images (digits) are first padded to img_size, as in every other view."""
+    pad = [v2.CenterCrop(cfg.img_size)] if native is not None and native < cfg.img_size else []
     crop = v2.RandomResizedCrop(cfg.img_size, interpolation=InterpolationMode.BICUBIC)
     flip = [v2.RandomHorizontalFlip()] if cfg.hflip else []
-    return v2.Compose([_fit_size(cfg, native), crop, *flip, *_to_float(mean, std)])
+    return v2.Compose([*pad, crop, *flip, *_to_float(mean, std)])
 
 
 def finetune_transform(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -57,17 +58,45 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / get_world_size()
 
 
+PG_TIMEOUT_ENV = "KMIM_PG_TIMEOUT_S"
+PG_TIMEOUT_S = 1800  # how long a collective may wait for the slowest rank before the run stops
+
+
+def pg_timeout() -> timedelta:
+    """The process group's timeout, set explicitly (torch's defaults differ by backend and version): 30 min, or
+    KMIM_PG_TIMEOUT_S seconds. Every stage that reads a dataset is split over the ranks, so none waits for long."""
+    raw = os.environ.get(PG_TIMEOUT_ENV, str(PG_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise KmimError(f"{PG_TIMEOUT_ENV}={raw!r} is not a positive number of seconds: unset it or give e.g. 3600")
+    return timedelta(seconds=seconds)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of x over processes (x itself on one process)."""
+    if not is_dist():
+        return x
+    y = x.clone()
+    dist.all_reduce(y)
+    return y
+
+
 def setup_distributed() -> None:
     """Join the process group when launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), before anything else
     so that even a config problem is agreed on by all processes: gloo for CPU tensors, NCCL for CUDA tensors (one
-    group, both backends); a CUDA process takes cuda:LOCAL_RANK. A no-op on a plain single-process launch."""
+    group, both backends); a CUDA process takes cuda:LOCAL_RANK. The timeout is `pg_timeout()`. A no-op on a plain
+    single-process launch."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or is_dist():
         return
+    timeout = pg_timeout()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -129,6 +158,16 @@ def gather_in_order(x: torch.Tensor, indices: torch.Tensor, n: int) -> torch.Ten
     out = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
     out[indices] = x
     return out
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """x (m, ...) of every process (the same m on each) concatenated in rank order (world * m, ...); x itself on
+    one process. No gradient flows through it."""
+    if not is_dist():
+        return x
+    parts = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def mean_over_processes(value: float) -> float:

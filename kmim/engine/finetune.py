@@ -48,14 +48,16 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], where
 
 
 @torch.no_grad()
-def classify_top1(model: nn.Module, ds: Dataset, batch_size: int, device: torch.device, amp: str) -> float:
+def classify_top1(
+    model: nn.Module, ds: Dataset, batch_size: int, device: torch.device, amp: str, num_workers: int = 0
+) -> float:
     """Top-1 (%) of `model` on `ds`; under torchrun each process classifies every world_size-th image."""
     model.eval()
     rank, world = get_rank(), get_world_size()
     indices = torch.arange(rank, len(ds), world)
     part = ds if world == 1 else Subset(ds, indices.tolist())
     hits = []
-    for imgs, y in make_loader(part, batch_size, shuffle=False):
+    for imgs, y in make_loader(part, batch_size, shuffle=False, num_workers=num_workers):
         with autocast_ctx(amp, device):
             logits = model(imgs.to(device, non_blocking=True))
         hits.append((logits.argmax(dim=1).cpu() == y).float())
@@ -86,7 +88,7 @@ class Finetuner(Trainer):
         self.num_classes, self.source_path = len(info.classes), source["path"]
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
-        self.sampler = GlobalBatchSampler(len(ds), ft.batch_size, ft.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(len(ds), self.plan.micro, ft.seed, get_rank(), get_world_size())
         self.spec = {"timm_name": source["timm_name"], "timm_kwargs": {**source["timm_kwargs"],
                      "num_classes": self.num_classes, "global_pool": ft.pool}}  # fmt: skip
         self.model = build_classifier(source["timm_name"], source["timm_kwargs"], self.num_classes, ft.pool,
@@ -95,7 +97,7 @@ class Finetuner(Trainer):
             load_encoder_weights(self.model, source["state_dict"], source["path"])
         self.model.to(self.device)
         self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
-        self.lr = effective_lr(ft.base_lr, ft.batch_size, ft.accum_steps, get_world_size())
+        self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
         groups = param_groups_layer_decay(self.model, ft.weight_decay, self.model.no_weight_decay(),
                                           layer_decay=ft.layer_decay)  # fmt: skip
         cuda = self.device.type == "cuda"
@@ -106,6 +108,7 @@ class Finetuner(Trainer):
         self.ema = ModelEmaV3(self.model, decay=ft.ema_decay) if ft.ema else None
         self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
         self.top1: dict[str, float] = {}
+        self.best: dict[str, float] = {}  # best test top-1 over the evaluated epochs (MAE reports it) and its epoch
         self._ready(resume_from)
 
     def _check_source(self, source: dict[str, Any], channels: int) -> None:
@@ -121,8 +124,10 @@ class Finetuner(Trainer):
         ft = self.cfg.finetune
         if ft.mixup <= 0 and ft.cutmix <= 0:
             return None
-        if ft.batch_size % 2:
-            raise KmimError(f"finetune.batch_size={ft.batch_size} must be even for Mixup/CutMix (timm pairs images)")
+        if self.plan.micro % 2:
+            raise KmimError(f"finetune: Mixup/CutMix pairs images, so the {self.plan.micro} images per process and "
+                            f"micro-step ({self.plan.describe()}) must be even: change finetune.batch_size or "
+                            "finetune.micro_batch_size")  # fmt: skip
         return Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob, label_smoothing=ft.smoothing,
                      num_classes=self.num_classes)  # fmt: skip
 
@@ -152,10 +157,12 @@ class Finetuner(Trainer):
         ft = self.cfg.finetune
         if epochs_done % ft.eval_every and epochs_done != ft.epochs:
             return
-        bs = self.cfg.eval.batch_size
-        self.top1 = {"test_top1": classify_top1(self.model, self.test, bs, self.device, ft.amp)}
+        bs, workers = self.cfg.eval.batch_size, self.cfg.data.num_workers
+        self.top1 = {"test_top1": classify_top1(self.model, self.test, bs, self.device, ft.amp, workers)}
         if self.ema is not None:
-            self.top1["test_top1_ema"] = classify_top1(self.ema.module, self.test, bs, self.device, ft.amp)
+            self.top1["test_top1_ema"] = classify_top1(self.ema.module, self.test, bs, self.device, ft.amp, workers)
+        if self.top1["test_top1"] > self.best.get("top1", -1.0):
+            self.best = {"top1": self.top1["test_top1"], "epoch": epochs_done}
         self._log({"epoch": epochs_done - 1, **self.top1})
 
     def _restore(self, ckpt: dict) -> None:
@@ -165,13 +172,14 @@ class Finetuner(Trainer):
                 f"{self.num_classes}: fine-tune on the data it was started on"
             )
         super()._restore(ckpt)
+        self.best = dict(ckpt.get("best") or {})
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
 
     def checkpoint_state(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else None
         return {**super().checkpoint_state(), "classifier": self.spec, "num_classes": self.num_classes,
-                "source": self.source_path, "ema": ema}  # fmt: skip
+                "source": self.source_path, "ema": ema, "best": self.best}  # fmt: skip
 
     def _finish(self) -> dict[str, Any]:
         if not self.top1:  # resumed after the last epoch's evaluation
@@ -181,8 +189,12 @@ class Finetuner(Trainer):
             save_checkpoint(self.run_dir / "model.pt", {"classifier": self.spec, "state_dict": model.state_dict()})
         results = {
             "finetune_top1": round(self.top1["test_top1"], 2),
+            "finetune_best_top1": round(self.best["top1"], 2),
+            "finetune_best_epoch": self.best["epoch"],
             **({"finetune_ema_top1": round(self.top1["test_top1_ema"], 2)} if "test_top1_ema" in self.top1 else {}),
-            "evaluated_on": f"{self.cfg.data.name} test split ({len(self.test)} images), after the last epoch",
+            "evaluated_on": f"{self.cfg.data.name} test split ({len(self.test)} images): finetune_top1 after the last "
+            f"epoch, finetune_best_top1 the best of the epochs evaluated (every {self.cfg.finetune.eval_every}; MAE's "
+            "number, chosen on the test split)",
             "source": self.source_path,
             **super()._finish(),
             "classifier": self.spec,

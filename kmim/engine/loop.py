@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from kmim.engine.optim import Schedule, set_lr
 from kmim.errors import KmimError
+from kmim.progress import progress_bar
 
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -49,6 +49,7 @@ def run_epoch(
     progress: bool = False,
     postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None,
     reduce: Callable[[float], float] | None = None,
+    grad_norm_every: int = 0,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
@@ -56,10 +57,11 @@ def run_epoch(
     so a step's gradient is the mean over its micro-batches. A non-finite loss raises NonFiniteLoss before it
     reaches the weights. `on_step(step, extras)` gets the extras of the step's last micro-batch, with its loss
     value under "loss". `reduce` maps each micro-batch's loss value before it is checked and recorded (under DDP,
-    the mean over processes: every process then sees the same value and stops at the same step).
+    the mean over processes: every process then sees the same value and stops at the same step). Every
+    `grad_norm_every`-th step (0 = never) also puts the gradient's global L2 norm under "grad_norm" (one host sync).
     """
     res = EpochResult(step)
-    bar = tqdm(total=n_batches, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
     for i, batch in enumerate(batches):
         if i >= n_batches:
             break
@@ -75,6 +77,8 @@ def run_epoch(
         res.losses.append(value)
         extras["loss"] = value
         if (i + 1) % accum == 0:
+            if grad_norm_every and (res.step + 1) % grad_norm_every == 0:
+                extras["grad_norm"] = grad_norm(opt, scaler)
             _optimizer_step(opt, scaler)
             res.step += 1
             if on_step is not None:
@@ -84,6 +88,13 @@ def run_epoch(
         bar.update()
     bar.close()
     return res
+
+
+def grad_norm(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> float:
+    """The global L2 norm of the gradients the optimizer is about to apply (unscaled under a GradScaler)."""
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return norm / scaler.get_scale() if scaler is not None else norm
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:

@@ -10,9 +10,9 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
-def effective_lr(base_lr: float, batch_size: int, accum_steps: int = 1, world_size: int = 1) -> float:
-    """lr = base_lr * effective batch / 256, effective batch = batch_size * accum_steps * world_size."""
-    return base_lr * batch_size * accum_steps * world_size / 256
+def effective_lr(base_lr: float, global_batch: int) -> float:
+    """lr = base_lr * global batch / 256 (MAE's linear scaling; the global batch sums processes and accumulation)."""
+    return base_lr * global_batch / 256
 
 
 def build_optimizer(

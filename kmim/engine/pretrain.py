@@ -15,7 +15,7 @@ from kmim.config import RunConfig, config_to_yaml
 from kmim.data import build_dataset
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import get_rank, get_world_size, is_main, wrap_for_training
+from kmim.engine.dist import all_reduce_sum, get_rank, get_world_size, is_main, wrap_for_training
 from kmim.engine.loader import make_train_loader
 from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import build_optimizer, effective_lr
@@ -53,18 +53,25 @@ class Pretrainer(Trainer):
         t = cfg.train
         ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
         self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2)
-        self.sampler = GlobalBatchSampler(len(ds), t.batch_size, t.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(len(ds), self.plan.micro, t.seed, get_rank(), get_world_size())
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         self.tok = self._check_tokenizer(tokenizer, spec.patch_size)
         out_dim = self.tok.k if self.tok is not None else spec.patch_size**2 * self.info.channels
         self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim).to(self.device)
         self.forward = wrap_for_training(self.model, self.device, t.compile)
-        self.lr = effective_lr(t.base_lr, t.batch_size, t.accum_steps, get_world_size())
+        self.lr = effective_lr(t.base_lr, self.plan.global_batch)
         cuda = self.device.type == "cuda"
         self.opt = build_optimizer(self.model, self.lr, t.weight_decay, (t.beta1, t.beta2), fused=cuda)
         self.scaler = torch.amp.GradScaler("cuda") if cuda and t.amp == "fp16" else None
         self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
+        self._reset_health()
         self._ready(resume_from)
+
+    def _reset_health(self) -> None:
+        """Target health counters of the epoch, kept on the device (no host sync per step)."""
+        k = self.tok.k if self.tok is not None else 1
+        self._target_counts = torch.zeros(k, dtype=torch.long, device=self.device)  # (K,) masked targets per id
+        self._target_hits = torch.zeros((), dtype=torch.long, device=self.device)  # argmax == target
 
     def _check_tokenizer(self, tok: Tokenizer | None, patch_size: int) -> Tokenizer | None:
         if self.cfg.train.target != "tokens":
@@ -92,8 +99,27 @@ class Pretrainer(Trainer):
             targets = select_patches(targets, ids)  # (B, M) ids or (B, M, p*p*C) pixels
             mask = torch.ones(ids.shape, device=ids.device)  # every selected patch is a masked one
             loss = mim_loss(pred, targets, mask, t.target, t.label_smoothing)
+        if self.tok is not None:
+            with torch.no_grad():
+                self._target_counts += torch.bincount(targets.flatten(), minlength=self.tok.k)
+                self._target_hits += (pred.argmax(dim=-1) == targets).sum()
         self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
+
+    def _epoch_metrics(self) -> dict[str, float]:
+        """Target health of token runs, over the epoch's masked patches of every process: the fraction of the K ids
+        that were targets, their perplexity exp(H(p)) with p the id frequencies (K at uniform use, 1 at collapse),
+        and the model's top-1 (%) on the masked ids."""
+        if self.tok is None:
+            return {}
+        counts = all_reduce_sum(self._target_counts).double()  # (K,)
+        hits = float(all_reduce_sum(self._target_hits))
+        self._reset_health()
+        total = float(counts.sum())
+        p = counts[counts > 0] / max(total, 1.0)
+        return {"targets_used": float((counts > 0).double().mean()),
+                "targets_perplexity": float(torch.exp(-(p * p.log()).sum())),
+                "masked_top1": 100.0 * hits / max(total, 1.0)}  # fmt: skip
 
     def checkpoint_state(self) -> dict[str, Any]:
         tok = None if self.tok is None else to_blob(self.tok)

@@ -2,7 +2,9 @@
 loop core, metrics, checkpoints (every epoch; numbered every `save_every`) and an exact resume.
 
 A subclass (pretraining, fine-tuning) builds the model, optimizer and data, and supplies `_micro_step`; `hp` holds
-its schedule settings (epochs, warmup_epochs, batch_size, accum_steps, min_lr, amp, save_every, log_every).
+its schedule settings (epochs, warmup_epochs, batch_size, micro_batch_size, min_lr, amp, save_every, log_every).
+`batch_size` is the global batch: `plan` splits it over the processes and accumulation steps
+(`kmim.config.plan_batch`), so 1, 8 or 32 processes run the same recipe.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +22,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
+from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config, plan_batch
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import get_world_size, is_main, local_device, mean_over_processes, resolve_device
 from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.errors import KmimError
+from kmim.progress import is_terminal
 from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
+from kmim.tracking import Tracker
 
 EpochHook = Callable[[dict[str, Any]], None]  # called with each epoch's metrics row
 
@@ -69,17 +74,20 @@ class Trainer:
         self.device = local_device(resolve_device(cfg.train.device))
         self.state = TrainState()
         self.epoch_hooks: list[EpochHook] = []  # each gets the epoch's metrics row
+        self.plan = plan_batch(cfg, self.section, get_world_size())
+        self.tracker: Tracker | None = None  # opened when the run starts (TensorBoard / W&B, rank 0)
+        self.wandb_id: str | None = None
         seed_everything(hp.seed)
 
     def _ready(self, resume_from: dict | None) -> None:
         if self.steps_per_epoch == 0:
             raise KmimError(
-                f"{self.section}.batch_size={self.hp.batch_size} x accum_steps={self.hp.accum_steps} x "
-                f"{get_world_size()} processes exceeds the {self.sampler.n} training images: "
-                f"lower {self.section}.batch_size"
+                f"{self.section}.batch_size={self.hp.batch_size} (the global batch) exceeds the {self.sampler.n} "
+                f"training images: lower {self.section}.batch_size"
             )
         if resume_from is not None:
             self._restore(resume_from)
+            self.wandb_id = resume_from.get("wandb_id")
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -93,22 +101,28 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.sampler) // self.hp.accum_steps
+        return len(self.sampler) // self.plan.accum
 
     @property
     def effective_batch(self) -> int:
-        return self.hp.batch_size * self.hp.accum_steps * get_world_size()
+        return self.plan.global_batch
 
     def run(self) -> dict[str, Any]:
         if self.progress and is_main():
-            tqdm.write(f"effective batch {self.effective_batch} ({self.hp.batch_size} x {self.hp.accum_steps} accum x "
-                       f"{get_world_size()} processes), peak lr {self.lr:.3g}")  # fmt: skip
-        while self.state.epoch < self.hp.epochs:
-            self._epoch(self.state.epoch)
-            self.state.epoch += 1
-            self._after_epoch(self.state.epoch)
-            self._save()
-        return self._finish()
+            tqdm.write(f"{self.plan.describe()}, peak lr {self.lr:.3g}")
+        resumed = self.state.step if self.state.epoch > 0 else None
+        self.tracker = Tracker(self.run_dir, self.cfg, is_main(), self.wandb_id, resumed)
+        self.wandb_id = self.tracker.wandb_id
+        try:
+            while self.state.epoch < self.hp.epochs:
+                self._epoch(self.state.epoch)
+                self.state.epoch += 1
+                self._after_epoch(self.state.epoch)
+                self.tracker.flush()
+                self._save()
+            return self._finish()
+        finally:
+            self.tracker.close()
 
     def _epoch(self, epoch: int) -> None:
         hp, st, spe = self.hp, self.state, self.steps_per_epoch
@@ -117,19 +131,31 @@ class Trainer:
         self.model.train()
         t0, images0 = time.perf_counter(), st.images
 
+        step0, lines = st.step, self.progress and is_main() and not is_terminal()
+
+        def img_s() -> float:
+            return (st.images - images0) / max(time.perf_counter() - t0, 1e-9)
+
         def on_step(step: int, extras: dict[str, Any]) -> None:
             self._on_step(step)
             if step % hp.log_every == 0:
-                self._log({"step": step, "epoch": epoch, "loss": extras["loss"], "lr": schedule(step - 1)})
+                grad = {"grad_norm": extras["grad_norm"]} if "grad_norm" in extras else {}
+                row = {"step": step, "epoch": epoch, "loss": extras["loss"], "lr": schedule(step - 1), "img_s": img_s()}
+                self._log({**row, **grad})
+                if lines:  # a log file: MAE's MetricLogger-style line instead of a bar
+                    left = (time.perf_counter() - t0) / (step - step0) * (hp.epochs * spe - step)
+                    tqdm.write(f"epoch {epoch + 1}/{hp.epochs} step {step - step0}/{spe} loss {extras['loss']:.4f} "
+                               f"lr {row['lr']:.3g} {row['img_s']:.0f} img/s eta {left / 60:.1f} min",
+                               file=sys.stderr)  # fmt: skip
 
         def postfix(loss: float, _extras: dict[str, Any]) -> dict[str, str]:
-            return {"loss": f"{loss:.4f}", "img_s": f"{(st.images - images0) / (time.perf_counter() - t0):.0f}"}
+            return {"loss": f"{loss:.4f}", "img_s": f"{img_s():.0f}"}
 
         try:
             res = run_epoch(
-                self.loader, self._micro_step, self.opt, schedule, st.step, spe * hp.accum_steps, hp.accum_steps,
-                self.scaler, on_step, f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main(), postfix,
-                reduce=mean_over_processes,
+                self.loader, self._micro_step, self.opt, schedule, st.step, spe * self.plan.accum, self.plan.accum,
+                self.scaler, on_step, f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main() and not lines,
+                postfix, reduce=mean_over_processes, grad_norm_every=hp.log_every,
             )  # fmt: skip
         except NonFiniteLoss as e:
             raise KmimError(
@@ -139,7 +165,8 @@ class Trainer:
         dt = time.perf_counter() - t0
         st.wall_s += dt
         mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
-        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt}
+        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt,
+               **self._epoch_metrics()}  # fmt: skip
         self._log(row)
         for hook in self.epoch_hooks:
             hook(row)
@@ -150,6 +177,11 @@ class Trainer:
 
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
+
+    def _epoch_metrics(self) -> dict[str, float]:
+        """Extra values of the epoch's metrics row (pretraining on tokens: the target health); called once per
+        epoch on every process."""
+        return {}
 
     def write_inputs(self) -> None:
         """Files a fresh run directory gets besides config.yaml and env.json (pretraining: its tokenizer)."""
@@ -169,6 +201,8 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if is_main():
             append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if self.tracker is not None:
+                self.tracker.log(row, row.get("step", self.state.step))
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to resume the run (config, RNG state included); subclasses add what they need."""
@@ -181,6 +215,7 @@ class Trainer:
             "train_state": vars(self.state).copy(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "wandb_id": self.wandb_id,
         }
 
     def _save(self) -> None:
@@ -203,6 +238,8 @@ class Trainer:
             "train_wall_s": round(st.wall_s, 2),
             "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
             "effective_batch": self.effective_batch,
+            "micro_batch": self.plan.micro,
+            "accum_steps": self.plan.accum,
             "world_size": get_world_size(),
             "peak_lr": self.lr,
         }

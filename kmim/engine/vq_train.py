@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from kmim.data import make_loader
 from kmim.engine.loop import run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 from kmim.metrics import codebook_usage, perplexity
+from kmim.progress import progress_bar
 from kmim.tokenizers.vq import VQVAE
 
 
@@ -136,7 +136,7 @@ def codebook_stats(
     k = vae.codebook.shape[0]
     counts = torch.zeros(k, dtype=torch.long, device=device)
     sq_err, rec_err, n_vec, n_val = 0.0, 0.0, 0, 0
-    for imgs, _ in tqdm(
+    for imgs, _ in progress_bar(
         make_loader(ds, batch_size, shuffle=False), desc="codebook usage", disable=not progress, leave=False
     ):
         imgs = imgs.to(device)

@@ -37,8 +37,9 @@ def split_features(encoder: nn.Module, cfg: RunConfig, device: str = "cpu", prog
     """Features and labels of the train and test splits (eval transform), for every pool."""
     train, info = build_dataset(cfg.data, "train")
     test, _ = build_dataset(cfg.data, "test")
-    tr = extract_features(encoder, train, cfg.eval.batch_size, device, progress)
-    te = extract_features(encoder, test, cfg.eval.batch_size, device, progress)
+    workers = cfg.data.num_workers
+    tr = extract_features(encoder, train, cfg.eval.batch_size, device, progress, workers)
+    te = extract_features(encoder, test, cfg.eval.batch_size, device, progress, workers)
     return tr, te, len(info.classes)
 
 
@@ -49,10 +50,31 @@ def evaluate_encoder(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Top-1 (%) on the test split for each method, for every pool; `pool` records cfg.eval.pool, the headline one."""
+    """Top-1 (%) on the test split for each method, for every pool; `pool` records cfg.eval.pool, the headline one.
+    The kNN and the default probe read cached eval-view features; eval.probe=lars trains through the encoder on
+    augmented crops (the headline pool only) and extracts no train features of its own."""
+    e = cfg.eval
+    out: dict[str, Any] = {"pool": e.pool}
+    lars = "probe" in methods and e.probe == "lars"
+    if "knn" in methods or ("probe" in methods and not lars):
+        out.update(_cached_feature_methods(encoder, cfg, methods, device, progress))
+    if lars:
+        lp = lars_probe(encoder, cfg, device, progress)
+        out.setdefault(e.pool, {}).update(
+            linear_probe_top1=lp["top1"], linear_probe_best_top1=lp["best_top1"],
+            linear_probe_best_epoch=lp["best_epoch"], linear_probe_lr=lp["lr"],
+            linear_probe_global_batch=lp["global_batch"], linear_probe=RECIPE,
+        )  # fmt: skip
+    out.update(out[e.pool])
+    return out
+
+
+def _cached_feature_methods(
+    encoder: nn.Module, cfg: RunConfig, methods: tuple[str, ...], device: str, progress: bool
+) -> dict[str, Any]:
     e = cfg.eval
     (trf, try_), (tef, tey), n_cls = split_features(encoder, cfg, device, progress)
-    out: dict[str, Any] = {"pool": e.pool, "n_train": len(try_), "n_test": len(tey)}
+    out: dict[str, Any] = {"n_train": len(try_), "n_test": len(tey)}
     for pool in POOLS:
         res: dict[str, Any] = {}
         if "knn" in methods:
@@ -66,8 +88,4 @@ def evaluate_encoder(
             res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]
             res["linear_probe"] = "adamw (head on cached eval-view features, lr picked on a held-out 10% of train)"
         out[pool] = res
-    if "probe" in methods and e.probe == "lars":  # trains through the encoder each epoch: the headline pool only
-        lp = lars_probe(encoder, cfg, device, progress)
-        out[e.pool].update(linear_probe_top1=lp["top1"], linear_probe_lr=lp["lr"], linear_probe=RECIPE)
-    out.update(out[e.pool])
     return out

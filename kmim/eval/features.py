@@ -9,13 +9,13 @@ import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
 from kmim.config import POOLS
 from kmim.data import make_loader
 from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
+from kmim.progress import progress_bar
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
@@ -25,7 +25,12 @@ def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(
-    encoder: nn.Module, ds: Dataset, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True
+    encoder: nn.Module,
+    ds: Dataset,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_workers: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Features of every image of `ds` for each pool ({"cls": (N, D), "mean": (N, D)}) and labels (N,), in dataset
     order. Under torchrun each process extracts every world_size-th image and the rows are gathered back in order."""
@@ -35,7 +40,8 @@ def extract_features(
     part = ds if world == 1 else Subset(ds, indices.tolist())
     feats: dict[str, list[torch.Tensor]] = {p: [] for p in POOLS}
     labels = []
-    bar = tqdm(make_loader(part, batch_size, shuffle=False), desc="features", disable=not progress, leave=False)
+    loader = make_loader(part, batch_size, shuffle=False, num_workers=num_workers)
+    bar = progress_bar(loader, desc="features", disable=not progress, leave=False)
     for imgs, y in bar:
         tokens = encoder.forward_features(imgs.to(device)).float()  # (B, 1 + L, D)
         for p in POOLS:

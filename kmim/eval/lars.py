@@ -1,29 +1,48 @@
-"""MAE's linear probe (`main_linprobe.py`), for numbers comparable with the paper's tables: a BatchNorm (no affine)
-+ linear head on the frozen encoder's feature, trained with LARS (momentum 0.9, trust coefficient 0.001, no trust
-ratio or weight decay on biases), lr = lars_base_lr * batch / 256 with warmup and a per-step cosine to 0, on freshly
-augmented crops every epoch (RandomResizedCrop, bicubic, and a flip when data.hflip), cross-entropy; the top-1 of
-the final epoch on the test split is reported (MAE prints the best epoch instead, a choice on the test set).
+"""MAE's linear probe (`main_linprobe.py`), for numbers comparable with the paper's tables, data-parallel.
+
+The recipe: a BatchNorm (no affine) + linear head on the frozen encoder's feature (eval.pool), trained with LARS
+(momentum 0.9, trust coefficient 0.001, no trust ratio or weight decay on biases), lr = lars_base_lr x global batch
+/ 256 with warmup and a per-step cosine to 0, on freshly augmented crops every epoch (RandomResizedCrop of the full
+image, bicubic, and a flip when data.hflip), cross-entropy.
+
+How it runs at scale. The encoder is frozen, so only its forward over the crops costs anything: each process
+encodes its slice of every global batch (`GlobalBatchSampler`, DataLoader workers, bf16 autocast on CUDA, at most
+eval.lars_micro_batch_size images per forward), the features of the whole global batch are all-gathered, and every
+process takes the same head step on all of them. The BatchNorm statistics are therefore those of the global batch
+(what SyncBatchNorm gives; MAE's DDP head normalises each GPU's 512 images instead), and the head is the same on 1
+or N processes (float tolerance). The crops are seeded per sample and epoch (`SeededViews`). The test features
+(eval view) are computed once, sharded, and the head is scored on them after every epoch: `top1` is the final
+epoch's, `best_top1` the best epoch's (MAE's printed number, a choice made on the test set).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
 
-from kmim.config import RunConfig
+from kmim.config import RunConfig, plan_batch
 from kmim.data import build_dataset, make_loader
+from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import lars_probe_transform
-from kmim.engine.loop import run_epoch
-from kmim.engine.optim import Schedule
+from kmim.engine.dist import all_gather_cat, gather_in_order, get_rank, get_world_size
+from kmim.engine.loader import make_train_loader
+from kmim.engine.optim import Schedule, set_lr
 from kmim.engine.probe import probe_head
+from kmim.engine.trainer import autocast_ctx
+from kmim.errors import KmimError
 from kmim.eval.features import pool_tokens
 from kmim.eval.knn import top1
+from kmim.progress import progress_bar
 
-RECIPE = "lars (MAE main_linprobe: LARS, BN head, augmented crops each epoch, final epoch)"
+RECIPE = "lars (MAE main_linprobe: LARS, BN head over the global batch, RandomResizedCrop each epoch)"
 
 
 def lars_optimizer(head: nn.Module, lr: float) -> Lars:
@@ -34,38 +53,95 @@ def lars_optimizer(head: nn.Module, lr: float) -> Lars:
     return Lars(groups, lr=lr, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
 
 
-def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str) -> torch.Tensor:
-    with torch.no_grad():
-        return pool_tokens(encoder.forward_features(imgs), pool).float()  # (B, D)
+@torch.no_grad()
+def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str, device: torch.device) -> torch.Tensor:
+    with autocast_ctx("auto", device):  # bf16 on CUDA, fp32 on CPU
+        tokens = encoder.forward_features(imgs.to(device, non_blocking=True))  # (B, 1 + L, D)
+    return pool_tokens(tokens, pool).float()  # (B, D)
 
 
-def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str, progress: bool = True) -> dict[str, Any]:
-    """Top-1 (%) on the test split after eval.lars_epochs of MAE's linear probe on the feature eval.pool."""
-    e = cfg.eval
+@torch.no_grad()
+def test_features(
+    encoder: nn.Module, ds: Dataset, cfg: RunConfig, device: torch.device, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) and labels (N,) of the test split (eval view), each process encoding every world-th image."""
+    rank, world = get_rank(), get_world_size()
+    indices = torch.arange(rank, len(ds), world)  # (m,)
+    part = ds if world == 1 else Subset(ds, indices.tolist())
+    loader = make_loader(part, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    feats, labels = [], []
+    for imgs, y in progress_bar(loader, desc="lars probe: test features", disable=not progress, leave=False):
+        feats.append(_features(encoder, imgs, cfg.eval.pool, device))
+        labels.append(y.to(device))
+    idx = indices.to(device)
+    return gather_in_order(torch.cat(feats), idx, len(ds)), gather_in_order(torch.cat(labels), idx, len(ds))
+
+
+def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, progress: bool = True) -> dict[str, Any]:
+    """Top-1 (%) on the test split of MAE's linear probe on the feature eval.pool: the final epoch's and the best."""
+    e, dev = cfg.eval, torch.device(device)
+    plan = plan_batch(cfg, "eval", get_world_size())
     train, info = build_dataset(cfg.data, "train")
     train.transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
+    sampler = GlobalBatchSampler(len(train), plan.micro, cfg.train.seed, get_rank(), get_world_size())
+    spe = len(sampler) // plan.accum
+    if spe == 0:
+        raise KmimError(f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(train)} training images: the "
+                        "probe would take no step; lower eval.lars_batch_size")  # fmt: skip
+    encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
-    encoder.eval().to(device)
+    te_x, te_y = test_features(encoder, test, cfg, dev, progress)
+    loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, dev)
     torch.manual_seed(cfg.train.seed)
-    head = probe_head(encoder.embed_dim, len(info.classes)).to(device)
-    lr = e.lars_base_lr * e.lars_batch_size / 256
+    head = probe_head(encoder.embed_dim, len(info.classes)).to(dev)
+    lr = e.lars_base_lr * plan.global_batch / 256
     opt = lars_optimizer(head, lr)
-    spe = len(train) // e.lars_batch_size
     schedule = Schedule(lr, e.lars_epochs * spe, e.lars_warmup_epochs * spe)
-
-    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        imgs, y = batch[0].to(device), batch[1].to(device)
-        return F.cross_entropy(head(_features(encoder, imgs, e.pool)), y), {}
-
-    step = 0
-    head.train()
+    if progress:
+        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars_epochs} epochs")
+    history: list[float] = []
+    t0 = time.perf_counter()
     for epoch in range(e.lars_epochs):
-        loader = make_loader(train, e.lars_batch_size, shuffle=True, seed=cfg.train.seed + epoch)
-        step = run_epoch(loader, loss_fn, opt, schedule, step, spe, desc=f"lars probe {epoch + 1}/{e.lars_epochs}",
-                         progress=progress).step  # fmt: skip
-    head.eval()
-    preds, labels = [], []
-    for imgs, y in make_loader(test, e.batch_size, shuffle=False):
-        preds.append(head(_features(encoder, imgs.to(device), e.pool)).argmax(1).cpu())
-        labels.append(y)
-    return {"top1": top1(torch.cat(preds), torch.cat(labels)), "lr": lr, "epochs": e.lars_epochs}
+        sampler.set_epoch(epoch)
+        batches = iter(loader)
+        bar = progress_bar(
+            range(spe), desc=f"lars probe {epoch + 1}/{e.lars_epochs}", disable=not progress, leave=False
+        )
+        for s in bar:
+            x, y = _global_batch(encoder, batches, plan.accum, e.pool, dev)  # (G, D), (G,)
+            loss = _head_step(head, opt, schedule(epoch * spe + s), x, y, epoch * spe + s)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        head.eval()
+        with torch.no_grad():
+            history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))
+        head.train()
+        if progress:
+            left = (e.lars_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
+            tqdm.write(f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
+                       f"  (about {left:.0f} min left)")  # fmt: skip
+    best = max(range(len(history)), key=history.__getitem__)
+    return {"top1": history[-1], "best_top1": history[best], "best_epoch": best + 1, "lr": lr,
+            "epochs": e.lars_epochs, "global_batch": plan.global_batch, "history": history,
+            "head": {k: v.cpu() for k, v in head.state_dict().items()}}  # fmt: skip
+
+
+def _global_batch(encoder: nn.Module, batches: Any, accum: int, pool: str, device: torch.device):
+    """Features and labels of one global batch: this process's `accum` micro-batches, gathered from every process."""
+    feats, labels = [], []
+    for _ in range(accum):
+        imgs, y, _noise = next(batches)
+        feats.append(_features(encoder, imgs, pool, device))
+        labels.append(y.to(device, non_blocking=True))
+    return all_gather_cat(torch.cat(feats)), all_gather_cat(torch.cat(labels))
+
+
+def _head_step(head: nn.Module, opt: Lars, lr: float, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+    set_lr(opt, lr)
+    loss = F.cross_entropy(head(x), y)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise KmimError(f"lars probe: the loss became {value} at step {step}: lower eval.lars_base_lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return value

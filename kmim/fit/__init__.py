@@ -94,21 +94,32 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return from_blob(read_tokenizer_file(path), str(path))
 
 
-def training_split(cfg: RunConfig) -> FitData:
-    """The training split of cfg.data with the eval transform, as every fitter receives it."""
+SHARDED_KINDS = ("kmeans-pixels", "kmeans-hog", "kmeans-features")
+
+
+def shards_fit(cfg: TokenizerConfig) -> bool:
+    """Whether every process takes part in fitting this tokenizer (a K-means over a fixed feature source: each
+    reads its share of the images) or rank 0 fits it alone (kinds that train a model first: vq, a supervised
+    encoder; and the oracles)."""
+    return cfg.name in SHARDED_KINDS and cfg.encoder != "supervised"
+
+
+def training_split(cfg: RunConfig, rank: int = 0, world: int = 1) -> FitData:
+    """The training split of cfg.data with the eval transform, as every fitter receives it, read by process
+    `rank` of `world` with data.num_workers DataLoader workers."""
     patch = resolve_spec(cfg.model).patch_size
     ds, info = build_dataset(cfg.data, "train", min_side=patch)
-    return FitData(ds, info, patch, cfg.data.name)
+    return FitData(ds, info, patch, cfg.data.name, rank, world, cfg.data.num_workers)
 
 
-def prepare_tokenizer(cfg: RunConfig, progress: bool = True) -> Tokenizer | None:
+def prepare_tokenizer(cfg: RunConfig, progress: bool = True, rank: int = 0, world: int = 1) -> Tokenizer | None:
     """What pretraining needs: None for pixel targets, else the tokenizer at cfg.tokenizer.path or one fitted on
-    the training split."""
+    the training split (by process `rank` of `world` when the kind shards its fit: `shards_fit`)."""
     if cfg.train.target != "tokens":
         return None
     if cfg.tokenizer.path:
         return load_tokenizer(cfg.tokenizer.path)
-    return fit_tokenizer(cfg.tokenizer, training_split(cfg), progress)
+    return fit_tokenizer(cfg.tokenizer, training_split(cfg, rank, world), progress)
 
 
 __all__ = [
@@ -120,5 +131,6 @@ __all__ = [
     "from_blob",
     "load_tokenizer",
     "prepare_tokenizer",
+    "shards_fit",
     "training_split",
 ]

@@ -1,4 +1,5 @@
-"""What every fitter receives: the training split (eval view), its dataset info, the MIM patch size."""
+"""What every fitter receives: the training split (eval view), its dataset info, the MIM patch size, and how the
+reading of the images is shared (this process's rank of `world`, DataLoader workers)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class FitData:
     info: DatasetInfo
     patch_size: int
     dataset: str  # data.name, recorded in the tokenizer file
+    rank: int = 0  # K-means fits read every world-th image from `rank` and gather the sample (kmim.fit.kmeans)
+    world: int = 1
+    num_workers: int = 0  # DataLoader workers that decode the images
 
     def meta(self, k: int, feature_source: str, feature_dim: int, **extra: Any) -> dict[str, Any]:
         """The fields every tokenizer file records (kmim.tokenizers.base), plus `extra`."""

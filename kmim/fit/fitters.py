@@ -36,7 +36,10 @@ def fit_kmeans_tokenizer(
 ) -> KMeansTokenizer:  # fmt: skip
     """K-means over `source`'s patch features (computed on `device`); `meta` gets the fit statistics."""
     source = source.to(device)
-    centroids, fit = fit_patch_kmeans(cfg, data.ds, lambda imgs: source(imgs.to(device)).float().cpu(), progress)
+    centroids, fit = fit_patch_kmeans(
+        cfg, data.ds, lambda imgs: source(imgs.to(device)).float().cpu(), progress, rank=data.rank, world=data.world,
+        num_workers=data.num_workers,
+    )  # fmt: skip
     meta.update(fit=fit, **provenance())
     return KMeansTokenizer(meta, source.cpu(), centroids)
 

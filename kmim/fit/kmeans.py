@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from kmim.config import TokenizerConfig
 from kmim.data import make_loader
+from kmim.engine.dist import broadcast_object, gather_in_order
 from kmim.errors import KmimError
+from kmim.progress import progress_bar
 
 
 @dataclass
@@ -50,6 +52,11 @@ def kmeans_pp_start(sample: np.ndarray, k: int, seed: int, progress: bool) -> np
     return kmeans_plusplus(pts, k, random_state=seed)[0]
 
 
+def check_enough(n: int, k: int) -> None:
+    if n < k:
+        raise KmimError(f"K-means needs at least K={k} vectors to fit, got {n}: lower tokenizer.k or use more data")
+
+
 def fit_kmeans(
     x: np.ndarray,
     k: int,
@@ -67,15 +74,14 @@ def fit_kmeans(
     "random" (faiss's default).
     """
     n, d = x.shape
-    if n < k:
-        raise KmimError(f"K-means needs at least K={k} vectors to fit, got {n}: lower tokenizer.k or use more data")
+    check_enough(n, k)
     idx = subsample(n, k, max_points_per_centroid, seed)
     sample = np.ascontiguousarray(x if idx is None else x[idx], dtype=np.float32)
     if len(sample) < 39 * k:  # faiss's own threshold; it would warn on every iteration
         tqdm.write(f"note: K-means with K={k} on only {len(sample)} vectors (< 39 per centroid): noisy centroids")
     ppc = max(len(sample) // k + 1, 1)
     km = faiss.Kmeans(d, k, niter=1, seed=seed, max_points_per_centroid=ppc, min_points_per_centroid=1, verbose=False)
-    bar = tqdm(range(niter), desc=f"k-means K={k} on {len(sample):,}x{d}", disable=not progress, leave=False)
+    bar = progress_bar(range(niter), desc=f"k-means K={k} on {len(sample):,}x{d}", disable=not progress, leave=False)
     start = kmeans_pp_start(sample, k, seed, progress) if init == "kmeans++" else None
     for it in bar:
         km.train(sample, init_centroids=start if it == 0 else km.centroids)
@@ -85,24 +91,52 @@ def fit_kmeans(
     return KMeansResult(km.centroids.copy(), float(dist.mean()), len(sample), counts)
 
 
+def patch_draw(seed: int, position: int, num_patches: int) -> np.ndarray:
+    """The uniform numbers (L,) that rank the patches of the image at `position` of the fit's image list: row
+    `position` of one stream default_rng(seed).random((N, L)), reached by advancing the generator, so the draw of
+    an image depends on the seed and its position only (not on the process, worker or batch that reads it)."""
+    bits = np.random.PCG64(seed)
+    bits.advance(position * num_patches)  # one 64-bit output per float64
+    return np.random.Generator(bits).random(num_patches)
+
+
+class _WithPosition(Dataset):
+    """(image, position in the fit's image list) for the images `positions` of ds."""
+
+    def __init__(self, ds: Dataset, positions: list[int]) -> None:
+        self.ds, self.positions = ds, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.ds[self.positions[i]][0], self.positions[i]
+
+
 def sample_patches(
     ds: Dataset, feature_fn: Callable[[torch.Tensor], torch.Tensor], cap: int, seed: int, batch_size: int = 256,
-    progress: bool = True,
+    progress: bool = True, *, rank: int = 0, world: int = 1, num_workers: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """A seeded sample of about 2 * cap patch vectors, drawn evenly over all images of `ds` (N, D) float32.
 
-    feature_fn maps a batch of images (B, C, H, W) to per-patch vectors (B, L, D). The draw does not depend on
-    the batch size (one uniform number per patch, in dataset order).
+    feature_fn maps a batch of images (B, C, H, W) to per-patch vectors (B, L, D). Each image keeps the patches
+    ranked first by `patch_draw`, so the sample depends on the seed alone: process `rank` of `world` reads every
+    world-th image (with `num_workers` DataLoader workers) and the rows are gathered back in image order, giving
+    every process the same sample as one process reading everything.
     """
     n_img = len(ds)
-    rng = np.random.default_rng(seed)
-    out = []
-    for imgs, _ in tqdm(make_loader(ds, batch_size, shuffle=False), desc="collecting patches", disable=not progress):
+    positions = list(range(rank, n_img, world))
+    loader = make_loader(_WithPosition(ds, positions), batch_size, shuffle=False, num_workers=num_workers)
+    desc = "collecting patches" + (f" (rank {rank} of {world}: {len(positions):,} images)" if world > 1 else "")
+    out, seen = [], []
+    for imgs, pos in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
         x = feature_fn(imgs)  # (B, L, D)
         per_img = min(x.shape[1], math.ceil(2 * cap / n_img))
-        pick = np.argsort(rng.random((x.shape[0], x.shape[1])), axis=1)[:, :per_img]  # (B, per_img)
-        out.append(torch.gather(x, 1, torch.from_numpy(pick)[..., None].expand(-1, -1, x.shape[2])).flatten(0, 1))
-    return torch.cat(out).numpy().astype(np.float32)
+        pick = np.stack([np.argsort(patch_draw(seed, int(p), x.shape[1]))[:per_img] for p in pos])  # (B, per_img)
+        out.append(torch.gather(x, 1, torch.from_numpy(pick)[..., None].expand(-1, -1, x.shape[2])))
+        seen.append(pos)
+    rows = gather_in_order(torch.cat(out), torch.cat(seen), n_img)  # (N, per_img, D) in image order
+    return rows.flatten(0, 1).numpy().astype(np.float32)
 
 
 def fit_subset(ds: Dataset, n: int, seed: int) -> Dataset:
@@ -127,12 +161,20 @@ def kmeans_fit_meta(cfg: TokenizerConfig, res: KMeansResult) -> dict[str, Any]:
 
 
 def fit_patch_kmeans(
-    cfg: TokenizerConfig, ds: Dataset, feature_fn: Callable[[torch.Tensor], torch.Tensor], progress: bool
-) -> tuple[torch.Tensor, dict[str, Any]]:
+    cfg: TokenizerConfig, ds: Dataset, feature_fn: Callable[[torch.Tensor], torch.Tensor], progress: bool, *,
+    rank: int = 0, world: int = 1, num_workers: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
     """K-means centroids (K, D) over a seeded sample of patch features of a seeded subset of `tokenizer.fit_images`
-    images of ds, and the fit statistics for meta['fit']."""
+    images of ds, and the fit statistics for meta['fit']. With world > 1 every process reads its share of the
+    images (`sample_patches`), rank 0 runs K-means and sends the result, so all processes return the same."""
     sub = fit_subset(ds, cfg.fit_images, cfg.seed)
+    cap = cfg.k * cfg.max_points_per_centroid
     with torch.no_grad():
-        x = sample_patches(sub, feature_fn, cfg.k * cfg.max_points_per_centroid, cfg.seed, cfg.batch_size, progress)
-    res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
-    return torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(sub)}
+        x = sample_patches(sub, feature_fn, cap, cfg.seed, cfg.batch_size, progress, rank=rank, world=world,
+                           num_workers=num_workers)  # fmt: skip
+    check_enough(len(x), cfg.k)  # on every process (each holds the whole sample) before rank 0 alone goes on
+    fitted = None
+    if rank == 0:
+        res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
+        fitted = (torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(sub)})
+    return broadcast_object(fitted) if world > 1 else fitted  # type: ignore[return-value]

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from kmim.config import TokenizerConfig
 from kmim.data import make_loader
 from kmim.errors import KmimError
 from kmim.fit.data import FitData
 from kmim.fit.kmeans import KMeansResult, fit_kmeans
+from kmim.progress import progress_bar
 from kmim.tokenizers.base import provenance
 from kmim.tokenizers.oracle import HASH_PRIME, QUANT_STEP, ClassWiseTokenizer, CrossClassTokenizer, RandomTokenizer
 from kmim.tokenizers.sources import PixelSource
@@ -29,7 +29,9 @@ def sample_class_patches(
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     per_img = None
-    for imgs, labels in tqdm(make_loader(ds, 256, shuffle=False), desc="collecting patches", disable=not progress):
+    for imgs, labels in progress_bar(
+        make_loader(ds, 256, shuffle=False), desc="collecting patches", disable=not progress
+    ):
         x = feature_fn(imgs)  # (B, P, D)
         per_img = per_img or min(x.shape[1], math.ceil(2 * cap_per_class * num_classes / len(ds)))
         pick = np.argsort(rng.random(x.shape[:2]), axis=1)[:, :per_img]  # (B, per_img)
@@ -44,7 +46,9 @@ def _fit_per_class(
 ) -> tuple[torch.Tensor, list[KMeansResult]]:
     """K-means with `clusters` centroids on each class's patches: centroids (L, M, D) and the fit results."""
     cents, results = [], []
-    for c in tqdm(range(num_classes), desc=f"k-means per class (M={clusters})", disable=not progress, leave=False):
+    for c in progress_bar(
+        range(num_classes), desc=f"k-means per class (M={clusters})", disable=not progress, leave=False
+    ):
         xc = x[y == c]
         if len(xc) < clusters:
             raise KmimError(

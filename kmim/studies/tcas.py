@@ -22,6 +22,7 @@ from typing import Any
 from kmim.argtypes import int_list
 from kmim.errors import KmimError
 from kmim.paths import check_writable
+from kmim.progress import progress_bar
 
 GRID_K = (10, 25, 50, 100, 200)
 COLUMNS = (
@@ -151,7 +152,6 @@ def score(tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 25
     """Co-occurrence matrix (K, L) of the tokens of every patch of `ds` with its image's label."""
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from kmim.data import make_loader
     from kmim.metrics import cooccurrence
@@ -159,7 +159,9 @@ def score(tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 25
     tok = tok.to(device).eval()
     counts = np.zeros((tok.k, num_classes), dtype=np.int64)
     with torch.no_grad():
-        for imgs, labels in tqdm(make_loader(ds, batch_size, shuffle=False), desc="encoding", disable=not progress):
+        for imgs, labels in progress_bar(
+            make_loader(ds, batch_size, shuffle=False), desc="encoding", disable=not progress
+        ):
             y = labels.to(device)
             t = tok.encode(imgs.to(device), y if tok.needs_labels else None)  # (B, P)
             counts += cooccurrence(t.cpu().numpy(), labels.numpy(), tok.k, num_classes)

@@ -12,6 +12,7 @@ from typing import Any
 
 from kmim.argtypes import int_list
 from kmim.errors import KmimError
+from kmim.progress import progress_bar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,7 +150,6 @@ def _write(out_dir: Path, res: dict[str, Any], args: argparse.Namespace) -> None
 def run(args: argparse.Namespace) -> int:
     """Print the tables; with --out also write theory.json and the plots. Returns 0."""
     from threadpoolctl import threadpool_limits
-    from tqdm import tqdm
 
     _validate(args)
     if args.out:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_writable(Path(args.out) / "theory.json", args.overwrite)
     total = 4 + int(args.empirical)
-    with threadpool_limits(1), tqdm(total=total, disable=args.quiet, file=sys.stderr, leave=False) as bar:
+    with threadpool_limits(1), progress_bar(total=total, disable=args.quiet, file=sys.stderr, leave=False) as bar:
         res = _studies(args, bar)  # tiny dense matrices: one BLAS thread is fastest and immune to oversubscription
         if args.out:
             _write(Path(args.out), res, args)

@@ -1,5 +1,6 @@
-"""torchrun with 2 CPU processes (gloo) and half the per-process batch gives the run of 1 process: the same
-per-step losses (1e-5 relative) and final weights (1e-5)."""
+"""torchrun with 2 CPU processes (gloo) and the same global batch gives the run of 1 process: the same per-step
+losses (1e-5 relative) and final weights (1e-5); so does 1 process with gradient accumulation. A K-means tokenizer
+fitted by 2 processes equals the 1-process file."""
 
 import json
 import os
@@ -26,6 +27,18 @@ def _losses(run):
     return [(r["step"], r["loss"]) for r in rows if "step" in r]
 
 
+def _same_weights(run_a, run_b):
+    wa = torch.load(run_a / "encoder.pt", weights_only=True)["state_dict"]
+    wb = torch.load(run_b / "encoder.pt", weights_only=True)["state_dict"]
+    for k in wa:
+        diff = (wa[k] - wb[k]).abs()
+        if k.endswith("attn.qkv.bias"):  # the key bias gets an analytically zero gradient (softmax is invariant
+            d = diff.numel() // 3  # to a shift shared by all keys): Adam turns its float noise into a random walk
+            assert diff[d : 2 * d].max() < 1e-3 and torch.cat([diff[:d], diff[2 * d :]]).max() <= 1e-5, k
+        else:
+            assert diff.max() <= 1e-5, k
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_gloo_processes_match_one(tmp_path):
     out, tok = tmp_path / "runs", tmp_path / "tok.pt"
@@ -35,21 +48,18 @@ def test_two_gloo_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one", "train.batch_size=8"],
                          env=ENV, capture_output=True, text=True)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    two = _torchrun(2, "pretrain", "-q", *base, "name=two", "train.batch_size=4")
+    two = _torchrun(2, "pretrain", "-q", *base, "name=two", "train.batch_size=8")  # the same global batch
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _losses(out / "one"), _losses(out / "two")
-    assert len(a) == len(b) == 2 * (3 * 16 // 8) and [s for s, _ in a] == [s for s, _ in b]
+    acc = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=acc", "train.batch_size=8",
+                          "train.micro_batch_size=4"], env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert acc.returncode == 0, acc.stderr
+    a, b, c = _losses(out / "one"), _losses(out / "two"), _losses(out / "acc")
+    assert len(a) == len(b) == len(c) == 2 * (3 * 16 // 8) and [s for s, _ in a] == [s for s, _ in b]
     for (_, la), (_, lb) in zip(a, b, strict=True):
         assert abs(la - lb) <= 1e-5 * abs(la), (la, lb)
-    wa = torch.load(out / "one/encoder.pt", weights_only=True)["state_dict"]
-    wb = torch.load(out / "two/encoder.pt", weights_only=True)["state_dict"]
-    for k in wa:
-        diff = (wa[k] - wb[k]).abs()
-        if k.endswith("attn.qkv.bias"):  # the key bias gets an analytically zero gradient (softmax is invariant
-            d = diff.numel() // 3  # to a shift shared by all keys): Adam turns its float noise into a random walk
-            assert diff[d : 2 * d].max() < 1e-3 and torch.cat([diff[:d], diff[2 * d :]]).max() <= 1e-5, k
-        else:
-            assert diff.max() <= 1e-5, k
+    assert json.loads((out / "acc/results.json").read_text())["accum_steps"] == 2  # its rows log the last micro-batch
+    _same_weights(out / "one", out / "acc")
+    _same_weights(out / "one", out / "two")
     knn1 = subprocess.run([sys.executable, "-m", "kmim", "knn", "-q", str(out / "one")], env=ENV, capture_output=True,
                           text=True)  # fmt: skip
     knn2 = _torchrun(2, "knn", "-q", str(out / "one"))  # features extracted in 2 shards and gathered in order
@@ -57,6 +67,20 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert json.loads(knn2.stdout)["knn_top1"] == json.loads(knn1.stdout)["knn_top1"]
     results = json.loads((out / "two/results.json").read_text())
     assert results["images_seen"] == json.loads((out / "one/results.json").read_text())["images_seen"]
+
+
+def test_two_processes_fit_the_same_tokenizer_file_as_one(tmp_path):
+    """`torchrun -m kmim tokenize`: each rank decodes half the images (with a DataLoader worker), the patch sample is
+    gathered and rank 0 writes a file whose centroids equal the 1-process file's, bit for bit."""
+    fit = [*RUN, "tokenizer.fit_images=40", "tokenizer.batch_size=5"]
+    one = subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *fit, "--out", str(tmp_path / "one.pt")],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, "tokenize", "-q", *fit, "data.num_workers=1", "--out", str(tmp_path / "two.pt"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("one", "two"))
+    assert torch.equal(a["state"]["centroids"], b["state"]["centroids"])
+    assert a["meta"]["fit"] == b["meta"]["fit"]
 
 
 def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):

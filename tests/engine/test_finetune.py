@@ -46,6 +46,9 @@ def test_finetune_runs_and_reports_top1(pretrained, tmp_path, capsys):
     assert res["source"].endswith("p/checkpoints/last.pt")
     rows = [json.loads(r) for r in (tmp_path / "runs/p-finetune/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if "test_top1" in r] == [0, 1]
+    evaluated = [r["test_top1"] for r in rows if "test_top1" in r]  # the last epoch's and MAE's best, both named
+    assert res["finetune_best_top1"] == round(max(evaluated), 2) and res["finetune_top1"] == round(evaluated[-1], 2)
+    assert res["finetune_best_epoch"] == 1 + evaluated.index(max(evaluated))
     model = torch.load(tmp_path / "runs/p-finetune/model.pt", weights_only=True)
     import timm
 
@@ -69,7 +72,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pretrained, tmp_path, caps
     b = torch.load(out / "b/model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((out / n / "results.json").read_text()) for n in ("a", "b"))
-    assert ra["finetune_top1"] == rb["finetune_top1"]
+    assert ra["finetune_top1"] == rb["finetune_top1"] and ra["finetune_best_top1"] == rb["finetune_best_top1"]
     capsys.readouterr()
     assert main(["finetune", "-q", "--resume", str(out / "b"), "finetune.epochs=3", "data.synthetic_classes=4"]) == 2
     assert "the checkpoint's head has 3 classes, data.name=synthetic has 4" in capsys.readouterr().err
@@ -79,7 +82,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pretrained, tmp_path, caps
     (["finetune", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
     (["finetune", "{pretrained}", "model.depth=3"], "drop the model.* overrides"),
     (["finetune", "{pretrained}", "data.img_size=32"], "was pretrained at 16 px: set data.img_size=16"),
-    (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even for Mixup"),
+    (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even: change finetune"),
     (["finetune", "--resume", "{pretrained}"], "is not a kmim finetune run"),
 ])  # fmt: skip
 def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):

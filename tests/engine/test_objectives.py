@@ -115,4 +115,4 @@ def test_lr_schedule_values():
     assert lr_at(10, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)  # halfway through the cosine
     assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
-    assert effective_lr(1e-3, 64, accum_steps=2) == pytest.approx(5e-4)
+    assert effective_lr(1e-3, 128) == pytest.approx(5e-4)

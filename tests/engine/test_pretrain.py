@@ -53,9 +53,13 @@ def test_same_seed_same_numbers(tiny_overrides):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_overrides):
-    cfg = load_config(None, [*tiny_overrides, "name=acc", "train.batch_size=4", "train.accum_steps=2"])
+    cfg = load_config(None, [*tiny_overrides, "name=acc", "train.batch_size=8", "train.micro_batch_size=4"])
     _, res = pretrain_run(cfg, progress=False)
-    assert res["steps"] == 2 * (24 // 4 // 2)
+    assert res["steps"] == 2 * (24 // 8) and (res["accum_steps"], res["micro_batch"], res["effective_batch"]) == (
+        2,
+        4,
+        8,
+    )
 
 
 def test_existing_run_is_not_overwritten(tiny_overrides):

@@ -1,0 +1,78 @@
+"""`kmim prepare SRC --out DST`: a one-time resized copy of an ImageFolder tree (short side 256 by default), so that
+training decodes small JPEGs (kmim.data.prepare). Resumable: finished files are kept and the rest are written;
+`DST/prepare.json` records the source and settings, and a copy with other settings is refused."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from kmim.data.prepare import PrepareJobs, PrepareSpec, list_images
+from kmim.errors import KmimError
+from kmim.paths import check_folder_writable
+from kmim.progress import progress_bar
+from kmim.runinfo import write_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="ImageFolder root (e.g. /data/imagenet100 with train/ and val/)")
+    p.add_argument("--out", required=True, help="folder of the copy (then use data.root=OUT)")
+    p.add_argument("--short-side", type=int, default=256, help="short side of the copy in pixels (default 256)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of resized images (default 90)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that resize (default: all cores; 0 = this process)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _check(src: Path, dst: Path, spec: PrepareSpec, workers: int) -> dict:
+    if not src.is_dir():
+        raise KmimError(f"{src} is not a folder: give the ImageFolder root (with train/ and val/)")
+    if not 16 <= spec.short_side <= 4096:
+        raise KmimError(f"--short-side={spec.short_side} is not valid: must be in [16, 4096]")
+    if not 1 <= spec.quality <= 100:
+        raise KmimError(f"--quality={spec.quality} is not valid: must be in [1, 100]")
+    if workers < 0:
+        raise KmimError(f"--workers={workers} is not valid: must be >= 0 (0 resizes in this process)")
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents or d in s.parents:
+        raise KmimError(f"--out {dst} overlaps the source {src}: write the copy to a separate folder")
+    record = {"source": str(s), "short_side": spec.short_side, "quality": spec.quality}
+    saved = dst / "prepare.json"
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        if {k: old.get(k) for k in record} != record:
+            raise KmimError(f"{dst} holds a copy made with other settings ({saved}): choose another --out")
+    elif dst.exists() and any(dst.iterdir()):
+        raise KmimError(f"{dst} is not empty and holds no prepare.json: choose an empty or new --out folder")
+    check_folder_writable(dst)
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src).expanduser(), Path(args.out).expanduser()
+    spec = PrepareSpec(args.short_side, args.quality)
+    record = _check(src, dst, spec, args.workers)
+    files = list_images(src)
+    if not files:
+        raise KmimError(f"{src} holds no image files: give the ImageFolder root")
+    dst.mkdir(parents=True, exist_ok=True)
+    write_json(dst / "prepare.json", {**record, "files": len(files), "complete": False})
+    loader = DataLoader(PrepareJobs(src, dst, files, spec), batch_size=None, num_workers=args.workers,
+                        prefetch_factor=4 if args.workers else None)  # fmt: skip
+    written = 0
+    for size, problem in progress_bar(loader, total=len(files), desc="prepare", unit="img", disable=args.quiet):
+        if problem is not None:
+            raise KmimError(f"{problem}; the files written so far are kept, rerun to continue")
+        written += size
+    write_json(dst / "prepare.json", {**record, "files": len(files), "complete": True})
+    print(f"prepared {len(files):,} images under {dst} (short side {spec.short_side}, {written / 2**20:.1f} MiB "
+          f"written this run): use data.root={dst}")  # fmt: skip
+    return 0
