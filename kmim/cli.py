@@ -29,8 +29,15 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage itself is on --help), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kmim", description="Masked image modeling with discrete K-means tokens.")
+    parser = OneLineParser(prog="kmim", description="Masked image modeling with discrete K-means tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, what) in COMMANDS.items():
         importlib.import_module(module).add_arguments(sub.add_parser(name, help=what, description=what))

@@ -7,22 +7,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmim.config import RunConfig
+from kmim.config import RunConfig, config_to_yaml
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, is_main
 from kmim.engine.finetune import Finetuner
-from kmim.engine.trainer import check_new_run_dir, check_resume, start_run
+from kmim.engine.trainer import check_new_run_dir, check_resume, drop_metrics_after, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.models import encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, load_run_config
+from kmim.runinfo import clean_orphan_tmp, write_text
 
 __all__ = ["continue_run", "start"]
 
 
-def _source(path: str) -> tuple[dict[str, Any], dict | None]:
+def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], dict | None]:
     enc, info = load_encoder(path)
+    total = ((info["config"] or {}).get("train") or {}).get("epochs")
+    done = info["epochs_done"]
+    if not allow_unfinished and done is not None and total is not None and done < total:
+        raise KmimError(f"{path} is an unfinished pretraining run (epoch {done} of {total}): finish it with `kmim "
+                        f"pretrain --resume {path}`, or pass --allow-unfinished to fine-tune it as it is")  # fmt: skip
     spec = info["encoder"]
     source = {"timm_name": spec["timm_name"], "timm_kwargs": dict(spec["timm_kwargs"]),
               "state_dict": enc.state_dict(), "path": str(info["checkpoint"])}  # fmt: skip
@@ -51,11 +57,14 @@ def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, 
     return {"timm_name": spec.timm_name, "timm_kwargs": kwargs, "state_dict": enc.state_dict(), "path": path}, cfg
 
 
-def start(path: str | None, config: str | None, overrides: list[str], progress: bool, overwrite: bool):
+def start(
+    path: str | None, config: str | None, overrides: list[str], progress: bool, overwrite: bool,
+    allow_unfinished: bool = False,
+):  # fmt: skip
     if path is None:  # --random-init
         source, cfg = agree(lambda: _random_source(config, overrides))
     else:
-        source, saved = agree(lambda: _source(path))
+        source, saved = agree(lambda: _source(path, allow_unfinished))
         cfg = agree(lambda: _config(path, config, overrides, saved))
     run_dir = Path(cfg.out_dir) / cfg.name
 
@@ -84,4 +93,9 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool):
     kwargs = {k: v for k, v in spec["timm_kwargs"].items() if k not in ("num_classes", "global_pool")}
     source = {"timm_name": spec["timm_name"], "timm_kwargs": kwargs, "state_dict": None, "path": ckpt["source"]}
     trainer = Finetuner(cfg, path, source, progress, resume_from=ckpt)
+    if is_main():  # as a pretraining resume: no temp files, the config it continues under, no redone rows twice
+        for folder in (path, path / "checkpoints"):
+            clean_orphan_tmp(folder)
+        write_text(path / "config.yaml", config_to_yaml(cfg))
+        drop_metrics_after(path / "metrics.jsonl", ckpt["train_state"]["epoch"])
     return path, trainer.run()

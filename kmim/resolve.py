@@ -29,6 +29,7 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     _choice("model.preset", cfg.model.preset, PRESETS)
     _choice("tokenizer.name", cfg.tokenizer.name, TOKENIZERS)
     _choice("tokenizer.supervised.preset", cfg.tokenizer.supervised.preset, PRESETS)
+    check_randaug(cfg.finetune.randaug)
     spec = resolve_spec(cfg.model)
     for width, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
         w, h = getattr(spec, width), getattr(spec, heads)
@@ -44,6 +45,22 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
             "one patch visible and mask at least one"
         )
     return cfg
+
+
+def check_randaug(value: str) -> None:
+    """finetune.randaug as timm parses it (the config's own check only looks at its shape)."""
+    if value == "none":
+        return
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hparams = {"translate_const": 100, "img_mean": (124, 116, 104)}
+    make = {"rand": rand_augment_transform, "augmix": augment_and_mix_transform}.get(value.split("-")[0])
+    try:
+        (make or auto_augment_transform)(value, hparams)
+    except Exception as e:  # timm asserts, or fails to parse a number
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise KmimError(f"finetune.randaug={value!r} is not valid: timm cannot parse it ({reason}); use e.g. "
+                        "rand-m9-mstd0.5-inc1 or none") from None  # fmt: skip
 
 
 def check_tokenizer_path(cfg: RunConfig) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,10 +83,22 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         _fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            kept = "keeps its previous content" if path.exists() else "was not written"
+            raise KmimError(f"no space left on the device writing {path} ({free:.0f} MiB free): {path.name} {kept}; "
+                            "free some space and run the command again (--resume for a run)") from None  # fmt: skip
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An ENOSPC / EDQUOT OSError, or torch.save's RuntimeError for a failed write (it hides the errno)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, RuntimeError) and "write failed" in str(e)
 
 
 def _fsync_file(path: str | Path) -> None:

@@ -112,3 +112,11 @@ def test_resume_refuses_a_config_file(tmp_path, capsys):
 def test_python_dash_m_kmim():
     out = subprocess.run([sys.executable, "-m", "kmim", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "pretrain" in out.stdout and "tokenize" in out.stdout
+
+
+def test_a_usage_error_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "kmim pretrain: error: unrecognized arguments: --bogus (see kmim pretrain --help)"
+    ]

@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fine-tune an untrained encoder of the config's model (MAE's initialisation): the baseline",
     )
     p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="fine-tune a pretraining run that has not reached its last epoch (refused otherwise)",
+    )
     add_config_arguments(p)
 
 
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: (
             continue_run(args.resume, args.overrides, progress)
             if args.resume
-            else start(args.path, args.config, args.overrides, progress, args.overwrite)
+            else start(args.path, args.config, args.overrides, progress, args.overwrite, args.allow_unfinished)
         )
     )
     if main:

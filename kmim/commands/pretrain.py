@@ -68,6 +68,8 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
     path = Path(run_dir)
     ckpt, where, note = agree(lambda: latest_checkpoint(path))
+    if ckpt.get("kind") == "finetune":
+        raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
     agree(lambda: check_batch(cfg, "train"))
     if note and is_main():

@@ -75,4 +75,5 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if config is None:
         run_cfg = p.parent / "checkpoints" / "last.pt"
         config = load_checkpoint(run_cfg)["config"] if run_cfg.is_file() else None
-    return enc, {"config": config, "checkpoint": str(p), "encoder": spec}
+    done = (ckpt.get("train_state") or {}).get("epoch")  # None for an encoder.pt (a finished run)
+    return enc, {"config": config, "checkpoint": str(p), "encoder": spec, "epochs_done": done}

@@ -8,12 +8,24 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from kmim.engine.probe import train_linear_probe
+from kmim.errors import KmimError
 from kmim.eval.knn import top1
 
 
 @torch.no_grad()
 def _accuracy(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> float:
     return top1(head(feats).argmax(dim=1), labels)
+
+
+def check_held_out_split(labels: torch.Tensor, num_classes: int) -> None:
+    """The stratified 10 % hold-out needs two images of every class and a tenth of train of at least one per
+    class; else one KmimError line saying what to do."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if int(counts.min()) < 2 or len(labels) // 10 < num_classes:
+        raise KmimError(
+            f"the training split ({len(labels)} images, as few as {int(counts.min())} in a class) is too small for "
+            "the probe's held-out lr choice (a stratified 10 %): pass one learning rate, e.g. eval.probe_lrs=[0.1]"
+        )
 
 
 def linear_probe(
@@ -28,7 +40,13 @@ def linear_probe(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Top-1 (%) on test of a head trained with the lr that scored best on a stratified 10% of train."""
+    """Top-1 (%) on test of a head trained with the lr that scored best on a stratified 10% of train (with a
+    single lr there is nothing to choose and no split)."""
+    if len(lrs) == 1:
+        head = train_linear_probe(train_feats, train_labels, num_classes, lrs[0], epochs, batch_size, weight_decay,
+                                  seed)  # fmt: skip
+        return {"top1": _accuracy(head, test_feats, test_labels), "lr": lrs[0], "val_top1": {}}
+    check_held_out_split(train_labels, num_classes)
     idx = torch.arange(len(train_labels))
     fit_idx, val_idx = train_test_split(idx.numpy(), test_size=0.1, stratify=train_labels.numpy(), random_state=seed)
     fit_idx, val_idx = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)

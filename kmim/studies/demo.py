@@ -117,6 +117,7 @@ def run_demo(
         methods[name] = {**_headline(ev), "wall_s": round(time.perf_counter() - ts, 1), "train_s": round(train_s, 1),
                          "run_dir": str(run_dir), "by_pool": {p: ev[p] for p in ("cls", "mean")}}  # fmt: skip
     methods["random_init"] = _random_rows(base, progress)
+    health = target_health(Path(methods["kmim"]["run_dir"]), out_dir / "target_health.png")
     results = {
         "dataset": base.data.name,
         "pool": base.eval.pool,
@@ -125,6 +126,7 @@ def run_demo(
         "n_test": 1000 if base.data.name == "mnist5k" else None,
         "methods": methods,
         "total_wall_s": round(time.perf_counter() - t0, 1),
+        "target_health": health,
         "env": environment(),
     }
     write_json(out_dir / "results.json", results)
@@ -132,6 +134,31 @@ def run_demo(
     write_text(out_dir / "report.md", report)
     print(report)
     return results
+
+
+HEALTH = ("targets_used", "targets_perplexity", "masked_top1")
+
+
+def target_health(run_dir: Path, png: Path) -> dict[str, Any] | None:
+    """K-MIM's target health per epoch (metrics.jsonl) plotted to `png`; the last epoch's values, or None for a run
+    trained before kmim logged them."""
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if all(k in r for k in HEALTH)]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    labels = ("fraction of the K ids used as targets", "target perplexity exp(H)", "masked-token top-1 %")
+    for ax, key, label in zip(axes, HEALTH, labels, strict=True):
+        ax.plot([r["epoch"] + 1 for r in rows], [r[key] for r in rows], marker=".")
+        ax.set(xlabel="epoch", title=label)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return {k: round(rows[-1][k], 3) for k in HEALTH}
 
 
 def _headline(ev: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +219,7 @@ def render_report(res: dict[str, Any], fast: bool = False) -> str:
         f"K-MIM − MAE: kNN {gap_knn:+.1f} pt, linear probe {gap_lp:+.1f} pt. "
         f"Total wall time {res['total_wall_s']:.0f} s.",
         "",
+        *_health_lines(res),
         "## How noisy is this?",
         f"- Test-set sampling alone: one standard error of a top-1 near these values is about "
         f"{max(se.values()):.1f} pt (binomial, n = {n}); a gap under ~2 SE ({2 * max(se.values()):.1f} pt) is not "
@@ -204,6 +232,16 @@ def render_report(res: dict[str, Any], fast: bool = False) -> str:
         "Per-pool numbers, probe learning rates and run directories are in results.json.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _health_lines(res: dict[str, Any]) -> list[str]:
+    h = res.get("target_health")
+    if not h:
+        return []
+    used = round(h["targets_used"] * res["tokenizer_k"])
+    return [f"K-MIM's targets in its last epoch: {used} of the K = {res['tokenizer_k']} ids used, perplexity "
+            f"{h['targets_perplexity']:.1f}, masked-token top-1 {h['masked_top1']:.1f} % (per epoch: "
+            "target_health.png).", ""]  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

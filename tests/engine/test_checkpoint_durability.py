@@ -196,3 +196,23 @@ def test_writes_are_fsynced(tmp_path, monkeypatch):
     assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)  # the file, then the folder
     append_jsonl(tmp_path / "m.jsonl", {"a": 1})
     assert synced[2] == str(tmp_path / "m.jsonl")
+
+
+def test_a_full_disk_is_named_in_one_line_and_the_old_file_kept(tmp_path):
+    import errno
+
+    import pytest
+
+    from kmim.errors import KmimError
+    from kmim.runinfo import atomic_write
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good")
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(KmimError, match=r"no space left on the device writing .*last.pt \(\d+ MiB free\): last.pt "
+                                        r"keeps its previous content"):  # fmt: skip
+        atomic_write(target, full)
+    assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

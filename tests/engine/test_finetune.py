@@ -84,6 +84,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pretrained, tmp_path, caps
     (["finetune", "{pretrained}", "data.img_size=32"], "was pretrained at 16 px: set data.img_size=16"),
     (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even: change finetune"),
     (["finetune", "--resume", "{pretrained}"], "is not a kmim finetune run"),
+    (["finetune", "{pretrained}", "finetune.randaug=rand-zz9"], "finetune.randaug='rand-zz9' is not valid: timm"),
 ])  # fmt: skip
 def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):
     argv = [a.replace("{pretrained}", str(pretrained)) for a in argv]
@@ -125,3 +126,37 @@ def test_randaug_posterize_at_full_magnitude_gives_black_not_an_error():
     img = Image.fromarray(np.full((8, 8), 200, np.uint8), "L")
     assert np.asarray(op.aug_fn(img, *op.level_fn(10.0, op.hparams))).max() == 0
     assert np.asarray(op.aug_fn(img, 4)).max() == 192  # 200 keeps its 4 top bits: 11000000
+
+
+def test_finetune_of_an_unfinished_pretraining_run_is_refused(tmp_path, capsys):
+    """`kmim finetune RUN` on a run stopped at epoch 1 of 2 names the epoch; --allow-unfinished goes ahead."""
+    from kmim.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "runs"
+    assert main(["pretrain", "-q", *TINY, f"out_dir={out}", "name=u", "train.epochs=2", "train.save_every=1"]) == 0
+    ckpts = out / "u/checkpoints"
+    save_checkpoint(ckpts / "last.pt", load_checkpoint(ckpts / "checkpoint-0001.pt"))  # as a kill after epoch 1
+    capsys.readouterr()
+    assert main(["finetune", str(out / "u"), "-q", f"out_dir={tmp_path / 'ft'}", *FT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is an unfinished pretraining run (epoch 1 of 2): finish it with `kmim pretrain --resume "
+                        f"{out / 'u'}`, or pass --allow-unfinished to fine-tune it as it is")  # fmt: skip
+    assert not (tmp_path / "ft").exists()
+    assert main(["finetune", str(out / "u"), "--allow-unfinished", "-q", f"out_dir={tmp_path / 'ft'}", *FT]) == 0
+
+
+def test_a_resumed_finetune_logs_each_epoch_once_and_rewrites_its_config(pretrained, tmp_path, capsys):
+    out = tmp_path / "runs"
+    ft = [*FT, "finetune.save_every=1", "finetune.epochs=3"]
+    assert main(["finetune", str(pretrained), "-q", f"out_dir={out}", "name=r", *ft]) == 0
+    ckpts = out / "r/checkpoints"
+    (ckpts / "last.pt").write_bytes((ckpts / "checkpoint-0001.pt").read_bytes())  # a kill during epoch 2
+    (ckpts / ".last.pt.abc.tmp").write_bytes(b"half")  # the temp file a kill leaves
+    assert main(["finetune", "-q", "--resume", str(out / "r"), "finetune.eval_every=2"]) == 0
+    rows = [json.loads(r) for r in (out / "r/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "epoch_loss" in r] == [0, 1, 2]
+    assert not (ckpts / ".last.pt.abc.tmp").exists()
+    assert "eval_every: 2" in (out / "r/config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["pretrain", "-q", "--resume", str(out / "r")]) == 2
+    assert "is a fine-tuning run: resume it with `kmim finetune --resume" in capsys.readouterr().err

@@ -51,3 +51,15 @@ def test_evaluate_pretrained_run(tiny_overrides):
     assert 0 <= res["knn_top1"] <= 100 and res["knn_top1"] == res["cls"]["knn_top1"]
     assert set(res["mean"]) == {"knn_top1", "linear_probe_top1", "linear_probe_lr", "linear_probe"}
     assert res["linear_probe"].startswith("adamw")  # which probe produced the number
+
+
+def test_the_default_probe_says_when_the_split_is_too_small_for_its_lr_choice():
+    import pytest
+
+    from kmim.errors import KmimError
+    from kmim.eval.probe import linear_probe
+
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])  # one image per class
+    with pytest.raises(KmimError, match=r"too small for the probe's held-out lr choice.*eval.probe_lrs=\[0.1\]"):
+        linear_probe(x, y, x, y, 3, [0.01, 0.1], epochs=1)
+    assert linear_probe(x, y, x, y, 3, [0.1], epochs=1)["lr"] == 0.1  # one lr: nothing to choose, no split
