@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# The GPU check (one script, about 6 minutes on one H100): the CUDA-marked tests, K-MIM and MAE step throughput and
-# MFU for ViT-B/16 at 224 px in bf16 on synthetic data (eager, then torch.compile), loader vs step with 8 workers,
-# and a short fine-tuning smoke run. Prints one table each.
+# The GPU check, one script, <= 8 minutes on one H100/H200: the CUDA tests; the real training loop (kmim pretrain's
+# Trainer) for ViT-B/16 K-MIM vs MAE on device batches with each lever on/off (eager, torch.compile, sync_every=20,
+# batch 256) and ViT-S/16; the same loop reading an ImageNet-shaped JPEG folder with the machine's cores; and the
+# paper-scale rehearsal's stages on the GPU (measured rows beside the projections). Prints one table per part.
 #   bash benchmarks/gpu_check.sh            (from the repository root, with the package importable)
 set -uo pipefail
 PY=${PY:-python}
+T0=$(date +%s)
 echo "== environment"
-$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
+$PY -c "import torch, timm, os; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0), os.cpu_count(), 'cores')"
 echo "== CUDA tests"
-$PY -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py
-echo "== ViT-B/16 224px bf16 step (K-MIM vs MAE)"
-$PY benchmarks/bench_gpu_step.py --preset vit-b16 --img 224 --batch 128 --steps 20
-timeout 240 $PY benchmarks/bench_gpu_step.py --preset vit-b16 --img 224 --batch 128 --steps 20 --compile
-echo "== loader vs step (mnist5k; 224px JPEG ImageFolder, 8 workers)"
-$PY benchmarks/bench_loader.py --workers 8 --batches 40
-echo "== fine-tuning smoke (mnist5k random init, 1 epoch, GPU)"
-OUT_FT=$(mktemp -d)
-$PY -m kmim finetune --random-init -q -c configs/mnist5k_finetune.yaml "out_dir=$OUT_FT" finetune.epochs=1 \
-  finetune.warmup_epochs=0 | tail -12
+timeout 120 $PY -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py
+B="$PY benchmarks/bench_gpu_train.py --preset vit-b16 --steps 30"
+echo "== ViT-B/16, device batches: eager, batch 128 (with the GPU busy fraction and attention kernels)"
+timeout 120 $B --batch 128 --profile
+echo "== ViT-B/16: sync_every=20 (the loss read every 20 steps)"
+timeout 90 $B --batch 128 --sync-every 20 --repeats 1
+echo "== ViT-B/16: batch 256"
+timeout 90 $B --batch 256 --repeats 1
+echo "== ViT-B/16: torch.compile"
+timeout 150 $B --batch 128 --compile --repeats 1
+echo "== ViT-S/16, device batches, batch 256"
+timeout 60 $PY benchmarks/bench_gpu_train.py --preset vit-s16 --steps 30 --batch 256 --repeats 1
+FOLDER=$(mktemp -d)/in-shaped
+echo "== rehearsal on the GPU: ImageNet-shaped folder (100 classes x 16 + 4), stages on 1 process, $(nproc) workers"
+timeout 240 $PY benchmarks/rehearse_imagenet.py --root "$FOLDER" --train-per-class 16 --nproc 1 --batch 256 \
+  --workers "$(nproc)"
+echo "== ViT-B/16 reading the JPEG folder (the real loader, $(nproc) workers)"
+timeout 120 $B --batch 128 --repeats 1 --folder "$FOLDER"
+echo "== total $(( $(date +%s) - T0 )) s"

@@ -11,7 +11,8 @@ ImageNet-100 / ImageNet-1k on 1 and 8 GPUs.
    original files and on a `kmim prepare` copy (short side 256).
 3. Runs the IN-100 pipeline with the real presets, overriding only epochs, batch sizes, image counts and workers:
    tokenize (1 process, then torchrun 2: the files must be equal), pretrain (torchrun 2), knn, the LARS probe
-   (torchrun 2), finetune (torchrun 2); wall time and images/s per process of each.
+   (torchrun 2), finetune (torchrun 2); wall time (startup included) and images/s per process of each. On a 1-GPU
+   machine run it with `--nproc 1 --batch 256 --workers N` (benchmarks/gpu_check.sh does): measured GPU rows.
 4. Prints one table: per stage, the measured rows, and the projected wall time on IN-100 and IN-1k on 1 and 8 GPUs:
    GPU time from the last device measurement (H100, ViT-B/16 K-MIM bf16 batch 128: 2,802 img/s, docs/benchmarks.md;
    ViT-S and forward-only rates scaled by FLOPs counted here), CPU time from this machine's per-core rates times
@@ -136,33 +137,38 @@ def kmim(*args: str, nproc: int = 1, port: int = 29560) -> tuple[float, subproce
     return wall, proc
 
 
-def stages(root: Path, out: Path, n_train: int, n_val: int, fit_images: int, workers: int) -> list[dict]:
+def stages(
+    root: Path, out: Path, n_train: int, n_val: int, fit_images: int, workers: int, nproc: int = 2, batch: int = 16
+) -> list[dict]:
     data = [f"data.root={root}", f"data.num_workers={workers}"]
     rows = []
     fit = [*data, f"tokenizer.fit_images={fit_images}"]
     w1, _ = kmim("tokenize", "-q", "-c", PRESET, *fit, "--out", str(out / "tok1.pt"))
     rows.append({"stage": "tokenize (fit_images)", "procs": 1, "images": fit_images, "wall_s": w1})
-    w2, _ = kmim("tokenize", "-q", "-c", PRESET, *fit, "--out", str(out / "tok2.pt"), nproc=2)
-    a, b = (torch.load(out / f"tok{i}.pt", weights_only=False)["state"]["centroids"] for i in (1, 2))
-    rows.append({"stage": "tokenize (fit_images)", "procs": 2, "images": fit_images, "wall_s": w2,
-                 "note": f"centroids equal to 1 process: {torch.equal(a, b)}"})  # fmt: skip
-    batch = 16 if n_train >= 32 else 8
+    if nproc >= 2:
+        w2, _ = kmim("tokenize", "-q", "-c", PRESET, *fit, "--out", str(out / "tok2.pt"), nproc=nproc)
+        a, b = (torch.load(out / f"tok{i}.pt", weights_only=False)["state"]["centroids"] for i in (1, 2))
+        rows.append({"stage": "tokenize (fit_images)", "procs": nproc, "images": fit_images, "wall_s": w2,
+                     "note": f"centroids equal to 1 process: {torch.equal(a, b)}"})  # fmt: skip
+    batch = min(batch, n_train // 2)
     run = [*data, f"out_dir={out}", "name=pre", f"tokenizer.path={out / 'tok1.pt'}", "train.epochs=1",
            "train.warmup_epochs=0", f"train.batch_size={batch}", f"train.micro_batch_size={batch // 4}"]  # fmt: skip
-    w, _ = kmim("pretrain", "-q", "-c", PRESET, *run, nproc=2)
-    rows.append({"stage": "pretrain (1 epoch)", "procs": 2, "images": n_train // batch * batch, "wall_s": w})
+    w, _ = kmim("pretrain", "-q", "-c", PRESET, *run, nproc=nproc)
+    rows.append({"stage": "pretrain (1 epoch)", "procs": nproc, "images": n_train // batch * batch, "wall_s": w})
     w, _ = kmim("knn", "-q", str(out / "pre"))
     rows.append({"stage": "knn (train + val features)", "procs": 1, "images": n_train + n_val, "wall_s": w})
     lars = ["eval.lars_epochs=1", "eval.lars_warmup_epochs=0", f"eval.lars_batch_size={batch}",
             f"eval.lars_micro_batch_size={batch // 2}"]  # fmt: skip
-    w, proc = kmim("probe", "-q", str(out / "pre"), *lars, nproc=2)
+    w, proc = kmim("probe", "-q", str(out / "pre"), *lars, nproc=nproc)
     top1 = json.loads(proc.stdout)["linear_probe_top1"]
-    rows.append({"stage": "LARS probe (1 epoch)", "procs": 2, "images": n_train // batch * batch + n_val,
+    rows.append({"stage": "LARS probe (1 epoch)", "procs": nproc, "images": n_train // batch * batch + n_val,
                  "wall_s": w, "note": f"top-1 {top1:.1f} (1 epoch)"})  # fmt: skip
     ft = [*data, f"out_dir={out}", "name=ft", "finetune.epochs=1", "finetune.warmup_epochs=0",
           f"finetune.batch_size={batch}", f"finetune.micro_batch_size={batch // 2}"]  # fmt: skip
-    w, _ = kmim("finetune", "-q", str(out / "pre"), "-c", FT_PRESET, *ft, nproc=2)
-    rows.append({"stage": "finetune (1 epoch)", "procs": 2, "images": n_train // batch * batch + n_val, "wall_s": w})
+    w, _ = kmim("finetune", "-q", str(out / "pre"), "-c", FT_PRESET, *ft, nproc=nproc)
+    rows.append(
+        {"stage": "finetune (1 epoch)", "procs": nproc, "images": n_train // batch * batch + n_val, "wall_s": w}
+    )
     return rows
 
 
@@ -269,13 +275,15 @@ def inertia_vs_fit_images(root: Path, counts: list[int]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="6 train + 2 val images per class (about 10 min here)")
+    ap.add_argument("--quick", action="store_true", help="6 train + 2 val images per class (about 8 min here)")
     ap.add_argument("--root", type=Path, default=None, help="where the folder is written (default: a temp folder)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--train-per-class", type=int, default=30)
     ap.add_argument("--val-per-class", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers per process in the stages")
+    ap.add_argument("--nproc", type=int, default=2, help="processes of the torchrun stages (1 on a 1-GPU machine)")
+    ap.add_argument("--batch", type=int, default=16, help="global batch of the stages (e.g. 256 on a GPU)")
     ap.add_argument("--cores-per-gpu", type=int, default=12, help="decode cores per GPU in the projection")
     ap.add_argument("--inertia", action="store_true", help="only measure inertia vs tokenizer.fit_images")
     args = ap.parse_args()
@@ -294,8 +302,9 @@ def main() -> None:
             print(f"| {r['fit_images']} | {r['patches_fitted']} | {r['inertia']:.4f} | {r['excess_pct']:+.2f} % |")
         return
     prepared = Path(tmp.name) / "prepared"
-    w, _ = kmim("prepare", str(root), "--out", str(prepared), "-q", "--workers", "2")
-    print(f"kmim prepare (short side 256, 2 workers): {info['files'] / w:.0f} img/s")
+    cores = os.cpu_count() or 1
+    w, _ = kmim("prepare", str(root), "--out", str(prepared), "-q", "--workers", str(cores))
+    print(f"kmim prepare (short side 256, {cores} workers): {info['files'] / w:.0f} img/s, startup included")
     n = 60 if args.quick else 200
     rates, rates_prep = view_rates(root, n), view_rates(prepared, n)
     print("\nper-core img/s (decode + view), original | prepared copy:")
@@ -303,7 +312,8 @@ def main() -> None:
         print(f"  {k:9s} {rates[k]:7.1f} | {rates_prep[k]:7.1f}  ({rates_prep[k] / rates[k]:.2f}x)")
     n_train, n_val = args.classes * train, args.classes * val
     out = Path(tmp.name) / "runs"
-    rows = stages(root, out, n_train, n_val, min(n_train, 200 if args.quick else 1000), args.workers)
+    fit_images = min(n_train, 200 if args.quick else 1000)
+    rows = stages(root, out, n_train, n_val, fit_images, args.workers, args.nproc, args.batch)
     print("\n| stage | processes | images | wall s here | img/s per process | note |\n|---|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['procs']} | {r['images']} | {r['wall_s']:.1f} | "

@@ -138,6 +138,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
     save_every: int = 5  # epochs between numbered checkpoints; last.pt is written every epoch
     log_every: int = 20  # optimizer steps between metrics.jsonl rows (and log lines when stderr is not a terminal)
+    sync_every: int = 1  # optimizer steps between host reads of the loss (the NaN guard): 1 = every micro-batch,
+    # checked before it reaches the weights; N = on the device in between, read every N steps and at each epoch's
+    # end (a non-finite loss still never reaches a checkpoint); log_every must be a multiple of it
     tensorboard: bool = True  # TensorBoard event files in RUN/tensorboard (when the tensorboard package is installed)
     wandb: bool = False  # also log to Weights & Biases (pip install 'kmim[tracking]'); the run id is checkpointed
     wandb_project: str = "kmim"
@@ -176,6 +179,7 @@ class FinetuneConfig:
     amp: str = "auto"
     save_every: int = 10
     log_every: int = 20
+    sync_every: int = 1  # as train.sync_every
 
 
 @dataclass
@@ -304,6 +308,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.amp": _one_of(AMPS),
     "train.save_every": _at_least(1),
     "train.log_every": _at_least(1),
+    "train.sync_every": _at_least(1),
     "train.wandb_project": _non_empty,
     "train.wandb_mode": _one_of(WANDB_MODES),
     "eval.pool": _one_of(POOLS),
@@ -344,6 +349,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "finetune.amp": _one_of(AMPS),
     "finetune.save_every": _at_least(1),
     "finetune.log_every": _at_least(1),
+    "finetune.sync_every": _at_least(1),
 }
 
 
@@ -366,6 +372,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise KmimError(f"{path}={value!r} is not valid: {problem}")
     for section in ("train", "finetune"):
         hp = getattr(cfg, section)
+        if hp.log_every % hp.sync_every:
+            raise KmimError(f"{section}.log_every={hp.log_every} is not a multiple of {section}.sync_every="
+                            f"{hp.sync_every}: the loss is only read every sync_every steps")  # fmt: skip
         if hp.warmup_epochs > hp.epochs:
             raise KmimError(
                 f"{section}.warmup_epochs={hp.warmup_epochs} is longer than {section}.epochs={hp.epochs}: lower it"

@@ -104,6 +104,7 @@ BAD_VALUES = {
     "train.amp": "bogus",
     "train.save_every": "0",
     "train.log_every": "0",
+    "train.sync_every": "0",
     "train.wandb_project": "a/b",
     "train.wandb_mode": "bogus",
     "eval.pool": "bogus",
@@ -144,6 +145,7 @@ BAD_VALUES = {
     "finetune.amp": "fp8",
     "finetune.save_every": "0",
     "finetune.log_every": "0",
+    "finetune.sync_every": "0",
 }
 # names checked against registries, and constraints across fields (kmim.resolve)
 BAD_COMBINATIONS = [

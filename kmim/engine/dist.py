@@ -93,7 +93,11 @@ def setup_distributed() -> None:
         return
     timeout = pg_timeout()
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local >= gpus:
+            raise KmimError(f"torchrun started local rank {local} but this node has {gpus} GPU(s): use "
+                            f"--nproc-per-node {gpus}, or CUDA_VISIBLE_DEVICES= for CPU processes")  # fmt: skip
+        torch.cuda.set_device(local)
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:
         dist.init_process_group("gloo", timeout=timeout)

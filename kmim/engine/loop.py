@@ -50,44 +50,88 @@ def run_epoch(
     postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None,
     reduce: Callable[[float], float] | None = None,
     grad_norm_every: int = 0,
+    sync_every: int = 1,
+    reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
     lr(step) is set before the first micro-batch of each step; the loss is divided by `accum` before backward,
-    so a step's gradient is the mean over its micro-batches. A non-finite loss raises NonFiniteLoss before it
-    reaches the weights. `on_step(step, extras)` gets the extras of the step's last micro-batch, with its loss
-    value under "loss". `reduce` maps each micro-batch's loss value before it is checked and recorded (under DDP,
-    the mean over processes: every process then sees the same value and stops at the same step). Every
-    `grad_norm_every`-th step (0 = never) also puts the gradient's global L2 norm under "grad_norm" (one host sync).
+    so a step's gradient is the mean over its micro-batches. `on_step(step, extras)` gets the extras of the step's
+    last micro-batch, with its loss value under "loss". Every `grad_norm_every`-th step (0 = never) also puts the
+    gradient's global L2 norm under "grad_norm" (one host sync).
+
+    The NaN guard. With `sync_every` = 1 each loss value is read on the host (one sync per micro-batch), mapped by
+    `reduce` (under DDP the mean over processes, so every process stops at the same step) and a non-finite one
+    raises NonFiniteLoss before it reaches the weights. With `sync_every` = N > 1 the losses stay on the device and
+    are read together (mapped by `reduce_tensor`) after every N-th step and at the end of the epoch: "loss" is in
+    the extras of those steps only, and a non-finite loss raises NonFiniteLoss naming its step at the next read,
+    before the epoch ends, so it can reach the weights in memory but never a checkpoint written after the epoch.
     """
     res = EpochResult(step)
+    pending = _PendingLosses(res, reduce_tensor)
     bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
-    for i, batch in enumerate(batches):
-        if i >= n_batches:
-            break
-        if i % accum == 0:
-            set_lr(opt, schedule(res.step))
-        loss, extras = loss_fn(batch)
-        value = float(loss.detach()) if reduce is None else reduce(float(loss.detach()))
-        if not math.isfinite(value):
-            bar.close()
-            raise NonFiniteLoss(res.step, value)
-        scaled = loss / accum
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        res.losses.append(value)
-        extras["loss"] = value
-        if (i + 1) % accum == 0:
-            if grad_norm_every and (res.step + 1) % grad_norm_every == 0:
-                extras["grad_norm"] = grad_norm(opt, scaler)
-            _optimizer_step(opt, scaler)
-            res.step += 1
-            if on_step is not None:
-                on_step(res.step, extras)
-        if postfix is not None:
-            bar.set_postfix(postfix(value, extras))
-        bar.update()
-    bar.close()
+    try:
+        for i, batch in enumerate(batches):
+            if i >= n_batches:
+                break
+            if i % accum == 0:
+                set_lr(opt, schedule(res.step))
+            loss, extras = loss_fn(batch)
+            value = _checked(loss, res.step, reduce) if sync_every == 1 else pending.add(loss.detach(), res.step)
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if value is not None:
+                res.losses.append(value)
+                extras["loss"] = value
+            if (i + 1) % accum == 0:
+                if grad_norm_every and (res.step + 1) % grad_norm_every == 0:
+                    extras["grad_norm"] = grad_norm(opt, scaler)
+                _optimizer_step(opt, scaler)
+                res.step += 1
+                if sync_every > 1 and res.step % sync_every == 0:
+                    value = extras["loss"] = pending.flush()
+                if on_step is not None:
+                    on_step(res.step, extras)
+            if postfix is not None and value is not None:
+                bar.set_postfix(postfix(value, extras))
+            bar.update()
+        pending.flush()
+    finally:
+        bar.close()
     return res
+
+
+def _checked(loss: torch.Tensor, step: int, reduce: Callable[[float], float] | None) -> float:
+    value = float(loss.detach()) if reduce is None else reduce(float(loss.detach()))
+    if not math.isfinite(value):
+        raise NonFiniteLoss(step, value)
+    return value
+
+
+class _PendingLosses:
+    """Loss tensors on the device since the last host read, with the optimizer step each belongs to."""
+
+    def __init__(self, res: EpochResult, reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.res, self.reduce = res, reduce_tensor
+        self.losses: list[torch.Tensor] = []
+        self.steps: list[int] = []
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.losses.append(loss.float())
+        self.steps.append(step)
+
+    def flush(self) -> float | None:
+        """Read every pending loss in one host sync; raise NonFiniteLoss for the first non-finite one."""
+        if not self.losses:
+            return None
+        values = torch.stack(self.losses)  # (n,)
+        values = (values if self.reduce is None else self.reduce(values)).tolist()
+        for step, value in zip(self.steps, values, strict=True):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(step, value)
+        self.res.losses.extend(values)
+        self.losses, self.steps = [], []
+        return values[-1]
 
 
 def grad_norm(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> float:

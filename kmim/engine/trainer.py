@@ -25,7 +25,14 @@ from tqdm import tqdm
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config, plan_batch
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import get_world_size, is_main, local_device, mean_over_processes, resolve_device
+from kmim.engine.dist import (
+    all_reduce_mean,
+    get_world_size,
+    is_main,
+    local_device,
+    mean_over_processes,
+    resolve_device,
+)
 from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.errors import KmimError
@@ -155,7 +162,8 @@ class Trainer:
             res = run_epoch(
                 self.loader, self._micro_step, self.opt, schedule, st.step, spe * self.plan.accum, self.plan.accum,
                 self.scaler, on_step, f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main() and not lines,
-                postfix, reduce=mean_over_processes, grad_norm_every=hp.log_every,
+                postfix, reduce=mean_over_processes, grad_norm_every=hp.log_every, sync_every=hp.sync_every,
+                reduce_tensor=all_reduce_mean,
             )  # fmt: skip
         except NonFiniteLoss as e:
             raise KmimError(

@@ -56,3 +56,49 @@ def test_non_finite_loss_stops_before_the_weights_change():
         run_epoch([torch.arange(4), torch.arange(4, 8)], loss_fn, opt, Schedule(0.1, 2, 0), 0, 2)
     assert not all(torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))  # step 0 was applied
     assert all(p.grad is None for p in m.parameters())  # the bad micro-batch never reached backward
+
+
+def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step():
+    """sync_every = 3: the same weights and losses as reading every micro-batch; "loss" only at steps 3, 6; a NaN
+    at step 4 (0-based) is raised at the next read, naming step 4."""
+    ma, x, y = _regression()
+    mb = nn.Linear(3, 1)
+    mb.load_state_dict(ma.state_dict())
+    oa, ob = build_optimizer(ma, 0.1), build_optimizer(mb, 0.1)
+    batches = [torch.arange(i % 2 * 4, i % 2 * 4 + 4) for i in range(7)]
+    seen = []
+    ra = run_epoch(batches, _loss(ma, x, y), oa, Schedule(0.1, 7, 1), 0, 7)
+    rb = run_epoch(batches, _loss(mb, x, y), ob, Schedule(0.1, 7, 1), 0, 7, sync_every=3,
+                   on_step=lambda s, e: seen.append((s, "loss" in e)))  # fmt: skip
+    assert ra.losses == pytest.approx(rb.losses, rel=0, abs=0) and len(rb.losses) == 7  # the tail read at the end
+    assert all(torch.equal(a, b) for a, b in zip(ma.parameters(), mb.parameters(), strict=True))
+    assert [s for s, has in seen if has] == [3, 6]
+    m, _, _ = _regression()
+    opt = build_optimizer(m, 0.1)
+
+    def loss_fn(idx, calls=[0]):  # noqa: B006 (a counter across calls)
+        calls[0] += 1
+        out = ((m(x[idx]) - y[idx]) ** 2).mean()
+        return (out * float("nan") if calls[0] == 5 else out), {}
+
+    with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 4"):
+        run_epoch(batches, loss_fn, opt, Schedule(0.1, 7, 0), 0, 7, sync_every=3)
+
+
+def test_a_deferred_nan_never_reaches_a_checkpoint(tiny_overrides):
+    """A run reading its loss every 2 steps that turns NaN mid-epoch stops before the epoch's checkpoint."""
+    from kmim.config import load_config
+    from kmim.engine.checkpoint import load_checkpoint
+    from kmim.errors import KmimError
+    from tests.helpers import pretrain_run
+
+    cfg = load_config(None, [*tiny_overrides, "name=nan", "train.epochs=3", "train.sync_every=2",
+                             "train.log_every=2", "train.base_lr=1e9", "train.warmup_epochs=0"])  # fmt: skip
+    with pytest.raises(KmimError, match=r"loss became (nan|inf) at optimizer step \d+ \(epoch \d\)"):
+        pretrain_run(cfg)
+    last = cfg.out_dir + "/nan/checkpoints/last.pt"
+    import os
+
+    if os.path.exists(last):
+        state = load_checkpoint(last)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
