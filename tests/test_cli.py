@@ -117,6 +117,4 @@ def test_python_dash_m_kmim():
 def test_a_usage_error_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [
-        "kmim pretrain: error: unrecognized arguments: --bogus (see kmim pretrain --help)"
-    ]
+    assert proc.stderr.splitlines() == ["kmim: error: unrecognized arguments: --bogus (see kmim --help)"]
