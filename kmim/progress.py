@@ -27,6 +27,12 @@ class LineBar(tqdm):
         self.fp.flush()
         return True
 
+    def clear(self, nolock: bool = False) -> None:
+        """Nothing to erase: a line once written stays (tqdm.write would otherwise send a carriage return)."""
+
+    def moveto(self, n: int) -> None:
+        """No cursor movement (tqdm moves between nested bars with newlines and escape codes)."""
+
     def close(self) -> None:
         """The final status as one line (when the bar is kept and moved at all), never a carriage return."""
         if not getattr(self, "disable", True) and self.leave and self.n > 0:

@@ -77,9 +77,15 @@ def test_wandb_offline_run_keeps_its_id_across_a_resume(tiny_overrides, monkeypa
 
 
 def test_a_bar_in_a_log_file_writes_whole_lines_only(capsys):
+    from tqdm import tqdm
+
     from kmim.progress import progress_bar
 
-    for _ in progress_bar(range(1000), desc="work", mininterval=0):
-        pass
+    outer = progress_bar(range(3), desc="outer", mininterval=0)
+    for _ in outer:
+        for _ in progress_bar(range(100), desc="work", mininterval=0, leave=False):
+            pass
+        tqdm.write("a message between bars", file=sys.stderr)  # tqdm clears bars around a write
     err = capsys.readouterr().err  # pytest's capture is not a terminal
-    assert "\r" not in err and err.splitlines()[-1].startswith("work: 100%")
+    assert "\r" not in err and "\x1b" not in err and err.splitlines()[-1].startswith("outer: 100%")
+    assert err.count("a message between bars\n") == 3

@@ -84,10 +84,36 @@ def arms(study: str, out: Path) -> list[Arm]:
 
 
 def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) -> RunConfig:
+    """The arm's config: the preset and overrides, the arm's own settings, and its seed for both the pretraining and
+    the tokenizer fit (K-means sample and init, or the VQ-VAE), so the seed spread includes the tokenizer's noise."""
     from kmim.resolve import load_run_config
 
-    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"out_dir={out / 'runs'}", f"name={arm.name}"]
+    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
+          f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
     return load_run_config(config, ov)
+
+
+def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], out: Path) -> None:
+    """A study continues only under the config its finished arms ran with: the first field that differs is named."""
+    from kmim.config import load_config
+
+    old = _flat(config_to_dict(load_config(None, (), base=record["config"])))  # the current schema and defaults
+    new = _flat(config_to_dict(cfg))
+    for key in new:
+        if old.get(key) != new[key]:
+            raise KmimError(f"{out} holds arm {arm.name} run with {key}={old.get(key)!r}, this command gives "
+                            f"{new[key]!r}: a study continues only under the preset and overrides it started with "
+                            "(see its report's command), or choose another --out")  # fmt: skip
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k != "encoder_kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> dict[str, Any]:
@@ -132,6 +158,13 @@ def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, An
     tok = load_tokenizer(run_dir / "tokenizer.pt")
     counts = score(tok, data.ds, len(data.info.classes), _device(cfg), progress=False)
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
+
+
+def _inertia(run_dir: Path) -> float | None:
+    """The K-means inertia its tokenizer file records (None for kinds without one)."""
+    from kmim.fit import load_tokenizer
+
+    return load_tokenizer(run_dir / "tokenizer.pt").meta.get("fit", {}).get("inertia")
 
 
 def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
@@ -180,8 +213,11 @@ def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve
     t0 = time.perf_counter()
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
+    tokens = cfg.train.target == "tokens"
     rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed, "tokenizer": cfg.tokenizer.name,
-           "k": cfg.tokenizer.k if cfg.train.target == "tokens" else None, "target": cfg.train.target,
+           "k": cfg.tokenizer.k if tokens else None, "target": cfg.train.target,
+           "tokenizer_seed": cfg.tokenizer.seed if tokens else None,
+           "tokenizer_inertia": _inertia(run_dir) if tokens else None,
            **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
     if curve and arm.seed in FINETUNE_SEEDS:  # vs-mae
@@ -201,8 +237,11 @@ def run_study(study: str, out: Path, config: str | None, overrides: list[str], p
 
     check_folder_writable(out)
     todo = arms(study, out)
-    for arm in todo:  # every config is checked before the first run starts
-        arm_config(arm, out, config, overrides)
+    for arm in todo:  # every config is checked before the first run starts, finished arms against their records
+        cfg = arm_config(arm, out, config, overrides)
+        path = out / "records" / f"{arm.name}.json"
+        if path.is_file():
+            check_same_config(arm, cfg, json.loads(path.read_text()), out)
     records = []
     for i, arm in enumerate(todo):
         path = out / "records" / f"{arm.name}.json"
@@ -227,8 +266,9 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     from kmim.runinfo import environment, write_text
     from kmim.studies import study_rules
 
-    cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tcas", "nmi", "knn_top1", "linear_probe_top1",
-            "lowshot_top1", "lowshot_std", "finetune_top1", "train_s", "eval_s", "finetune_s"]  # fmt: skip
+    cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tokenizer_seed", "tokenizer_inertia", "tcas", "nmi",
+            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "finetune_top1", "train_s", "eval_s",
+            "finetune_s"]  # fmt: skip
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

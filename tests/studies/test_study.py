@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -27,7 +28,9 @@ def test_study_writes_every_file(study, tmp_path, capsys):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(S.arms(study, out))
     report = (out / "report.md").read_text()
-    assert "## Verdicts" in report and ("agree" in report or "not resolved" in report)
+    verdicts = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    words = re.findall(r"\*\*(agree|disagree|not resolved)\*\*|: (agree|disagree|not resolved)\b", verdicts)
+    assert verdicts.count("\n- ") >= 1 and words, verdicts  # each verdict says one of the three words, whole
     if study == "vs-mae":  # the seed-0 run of each method is fine-tuned; every run has kNN and probe curves
         tuned = {r["arm"]: r["finetune_top1"] for r in rows}
         assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
@@ -54,3 +57,19 @@ def test_interrupted_study_resumes_without_redoing_finished_arms(tmp_path, monke
     assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST]) == 0
     assert set(calls).isdisjoint(done) and len(calls) == len(S.arms("k-ablation", out)) - 2
     assert json.loads((out / "records" / f"{done[0]}.json").read_text())["arm"] == done[0]
+
+
+def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
+    """A rerun with other overrides is refused in one line naming the field; it trains nothing, rewrites nothing."""
+    out = tmp_path / "k"
+    S.run_arm(S.arms("k-ablation", out)[0], out, None, FAST, False, False)  # one finished arm
+    report_before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST, "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds arm pixels-k10-s0 run with train.epochs=1, this command gives 3" in err
+    assert sorted(p.name for p in out.iterdir()) == report_before and not (out / "report.md").exists()
+    rec = json.loads((out / "records" / "pixels-k10-s0.json").read_text())
+    assert rec["tokenizer_seed"] == 0 and rec["tokenizer_inertia"] > 0
+    seed1 = S.arm_config(S.arms("k-ablation", out)[6], out, None, FAST)
+    assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
