@@ -62,15 +62,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    rank = os.environ.get("RANK", "0")
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except KmimError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process failed alike: rank 0 says it
+        if not getattr(e, "agreed", False):  # this process alone hit it (e.g. an image decoded mid-run)
+            where = f"rank {rank}: " if rank != "0" else ""
+            print(f"kmim {args.command}: error: {where}{one_line(e)}", file=sys.stderr)
+        elif rank == "0":  # under torchrun every process failed alike: rank 0 says it
             print(f"kmim {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if not _peer_gone(e):
+            raise
+        print(f"kmim {args.command}: error: rank {rank} stopped because another process did (its error is above)",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("kmim: interrupted", file=sys.stderr)
         return 130
+
+
+def _peer_gone(e: RuntimeError) -> bool:
+    """A collective failed because another torchrun process exited (gloo / NCCL report it as a RuntimeError)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    text = str(e)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo"))
 
 
 if __name__ == "__main__":

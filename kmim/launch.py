@@ -7,17 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmim.config import RunConfig, config_to_yaml
+from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, is_main
 from kmim.engine.finetune import Finetuner
-from kmim.engine.trainer import check_new_run_dir, check_resume, drop_metrics_after, start_run
+from kmim.engine.trainer import check_new_run_dir, check_resume, reopen_run, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.models import encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
-from kmim.resolve import check_batch, load_run_config
-from kmim.runinfo import clean_orphan_tmp, write_text
+from kmim.resolve import check_batch, check_images, load_run_config
 
 __all__ = ["continue_run", "start"]
 
@@ -74,8 +73,9 @@ def start(
         check_new_run_dir(run_dir, cfg, overwrite)
 
     agree(check_output)
+    scan = agree(lambda: check_images(cfg, ("train", "test"), run_dir, progress and is_main(), 1))
     trainer = Finetuner(cfg, run_dir, source, progress)
-    start_run(trainer, overwrite)
+    start_run(trainer, overwrite, scan)
     return run_dir, trainer.run()
 
 
@@ -93,9 +93,6 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool):
     kwargs = {k: v for k, v in spec["timm_kwargs"].items() if k not in ("num_classes", "global_pool")}
     source = {"timm_name": spec["timm_name"], "timm_kwargs": kwargs, "state_dict": None, "path": ckpt["source"]}
     trainer = Finetuner(cfg, path, source, progress, resume_from=ckpt)
-    if is_main():  # as a pretraining resume: no temp files, the config it continues under, no redone rows twice
-        for folder in (path, path / "checkpoints"):
-            clean_orphan_tmp(folder)
-        write_text(path / "config.yaml", config_to_yaml(cfg))
-        drop_metrics_after(path / "metrics.jsonl", ckpt["train_state"]["epoch"])
+    scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress and is_main(), 1))
+    reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan)
     return path, trainer.run()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kmim.config import BatchPlan, RunConfig, load_config, plan_batch
 from kmim.data import DATASETS
-from kmim.engine.dist import get_world_size
+from kmim.engine.dist import get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec
@@ -73,6 +73,30 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
 def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
     """The split of `section`'s global batch over this launch's processes (one line if it cannot be split)."""
     return plan_batch(cfg, section, get_world_size())
+
+
+SCAN_FILE = "image_scan.json"  # a clean header scan of the run's image files, in its run directory
+
+
+def check_images(
+    cfg: RunConfig, splits: tuple[str, ...], run_dir: Path, progress: bool = True, min_side: int | None = None
+) -> dict | None:
+    """Header scan of the ImageFolder splits a command will read, before any work (kmim.data.scan): split over the
+    processes and data.num_workers workers; one line for the first bad file. Returns the scan's key, for the run
+    directory's image_scan.json (a later scan of the same files is skipped); None for other datasets. `min_side`
+    defaults to the patch size (pretraining's least side)."""
+    if cfg.data.name != "imagefolder":
+        return None
+    from kmim.data import build_dataset
+    from kmim.data.scan import scan_headers
+
+    paths = [path for split in splits for path, _ in build_dataset(cfg.data, split)[0].samples]  # type: ignore[attr-defined]
+    side = resolve_spec(cfg.model).patch_size if min_side is None else min_side
+    problem, key = scan_headers(paths, side, rank=get_rank(), world=get_world_size(), workers=cfg.data.num_workers,
+                                progress=progress, cache=run_dir / SCAN_FILE)  # fmt: skip
+    if problem:
+        raise KmimError(problem)
+    return key
 
 
 def load_run_config(

@@ -20,7 +20,7 @@ from kmim.engine.trainer import check_new_run_dir
 from kmim.errors import KmimError
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.paths import check_folder_writable
-from kmim.resolve import check_batch, check_tokenizer_path, load_run_config
+from kmim.resolve import check_batch, check_images, check_tokenizer_path, load_run_config
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -60,7 +60,8 @@ def start(config: str | None, overrides: list[str], progress: bool, overwrite: b
         check_new_run_dir(run_dir, cfg, overwrite)
 
     agree(check_output)
-    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite)
+    scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress and is_main()))
+    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite, scan=scan)
 
 
 def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict]:
@@ -74,8 +75,9 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     agree(lambda: check_batch(cfg, "train"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
+    scan = agree(lambda: check_images(cfg, ("train",), path, progress and is_main()))
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
-    return resume(path, cfg, ckpt, tok, progress)
+    return resume(path, cfg, ckpt, tok, progress, scan=scan)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -111,7 +111,7 @@ class _CheckedLoader:
         return img
 
 
-_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error)  # OSError covers UnidentifiedImageError
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error)  # OSError covers UnidentifiedImageError
 _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 _PREMULTIPLIED_MODES = ("RGBa", "La")
@@ -127,7 +127,7 @@ def _load_image(path: str) -> Image.Image:
         raise KmimError(
             f"{path}: image has more pixels than PIL's safety limit: shrink it or raise PIL.Image.MAX_IMAGE_PIXELS"
         ) from None
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise KmimError(f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it") from None
     return img
 

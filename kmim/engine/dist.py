@@ -128,7 +128,9 @@ def agree(fn: Callable[[], T]) -> T:
     dist.all_gather_object(problems, problem)
     for rank, p in enumerate(problems):
         if p is not None:
-            raise KmimError(p if rank == get_rank() else f"rank {rank}: {p}")
+            err = KmimError(p if rank == get_rank() else f"rank {rank}: {p}")
+            err.agreed = True  # type: ignore[attr-defined]  # every rank raises it: rank 0 alone prints it
+            raise err
     return out  # type: ignore[return-value]
 
 

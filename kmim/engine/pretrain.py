@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from kmim.config import RunConfig, config_to_yaml
+from kmim.config import RunConfig
 from kmim.data import build_dataset
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.engine.checkpoint import save_checkpoint
@@ -25,13 +25,12 @@ from kmim.engine.trainer import (
     autocast_ctx,
     check_new_run_dir,
     check_resume,
-    drop_metrics_after,
+    reopen_run,
     start_run,
     write_results,
 )
 from kmim.errors import KmimError
 from kmim.models import build_mim, encoder_kwargs, resolve_spec
-from kmim.runinfo import clean_orphan_tmp, write_text
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -140,15 +139,16 @@ def pretrain(
     progress: bool = True,
     overwrite: bool = False,
     on_epoch: EpochHook | None = None,
+    scan: dict | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written.
-    `on_epoch(row)`, if given, is called with each epoch's metrics row."""
+    `on_epoch(row)`, if given, is called with each epoch's metrics row; `scan` is the clean image scan to record."""
     run_dir = Path(cfg.out_dir) / cfg.name
     check_new_run_dir(run_dir, cfg, overwrite)
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
-    start_run(trainer, overwrite)
+    start_run(trainer, overwrite, scan)
     return run_dir, trainer.run()
 
 
@@ -159,17 +159,14 @@ def resume(
     tokenizer: Tokenizer | None,
     progress: bool = True,
     on_epoch: EpochHook | None = None,
+    scan: dict | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
     trainer = Pretrainer(cfg, run_dir, tokenizer, progress, resume_from=ckpt)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
-    if is_main():
-        for folder in (run_dir, run_dir / "checkpoints"):
-            clean_orphan_tmp(folder)
-        write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-        drop_metrics_after(run_dir / "metrics.jsonl", ckpt["train_state"]["epoch"])
+    reopen_run(run_dir, cfg, ckpt["train_state"]["epoch"], scan)
     return run_dir, trainer.run()
 
 

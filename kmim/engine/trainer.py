@@ -41,6 +41,7 @@ from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl
 from kmim.tracking import Tracker
 
 EpochHook = Callable[[dict[str, Any]], None]  # called with each epoch's metrics row
+SCAN_FILE = "image_scan.json"  # the clean header scan of the run's image files (kmim.resolve.check_images)
 
 
 def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -293,9 +294,9 @@ def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) ->
                         "or pass --overwrite to replace it")  # fmt: skip
 
 
-def start_run(trainer: Trainer, overwrite: bool = False) -> None:
-    """Create the run directory and write config.yaml, env.json and the tokenizer (after all inputs checked out);
-    with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
+def start_run(trainer: Trainer, overwrite: bool = False, scan: dict | None = None) -> None:
+    """Create the run directory and write config.yaml, env.json, the tokenizer and the clean image scan `scan`
+    (after all inputs checked out); with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
     if not is_main():
         return
     run_dir = trainer.run_dir
@@ -307,6 +308,22 @@ def start_run(trainer: Trainer, overwrite: bool = False) -> None:
     write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
     write_json(run_dir / "env.json", environment())
     trainer.write_inputs()
+    if scan is not None:
+        write_json(run_dir / SCAN_FILE, scan)
+
+
+def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict | None = None) -> None:
+    """What every resume does to its run directory before training (rank 0): remove the temp files a kill left
+    behind, save the config it continues under and its clean image scan, and forget the metrics rows of the epochs
+    about to be redone."""
+    if not is_main():
+        return
+    if scan is not None:
+        write_json(run_dir / SCAN_FILE, scan)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        clean_orphan_tmp(folder)
+    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    drop_metrics_after(run_dir / "metrics.jsonl", epoch)
 
 
 # what a resume may not change: the architecture, the data the weights were trained on, the objective

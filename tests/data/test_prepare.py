@@ -48,3 +48,31 @@ def test_prepare_refuses_overlapping_folders_and_names_a_bad_image(tmp_path, cap
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train/a/2.JPEG: cannot read the image" in err[0]
+
+
+def test_a_corrupt_image_stops_pretraining_before_anything_is_written(tmp_path, capsys):
+    """MAE targets fit no tokenizer, so the header scan is what reads the split first: one line, no run directory;
+    a clean scan is recorded in the run directory and a resume trusts it."""
+    import kmim.data.scan as scan
+    from tests.conftest import TINY
+
+    src = _folder(tmp_path / "src")
+    (src / "train/b/bad.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
+    run = [*(o for o in TINY if not o.startswith("data.")), "data.name=imagefolder", f"data.root={src}",
+           "data.img_size=16", "train.target=pixels", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=4",
+           f"out_dir={tmp_path / 'runs'}", "name=mae"]  # fmt: skip
+    assert main(["pretrain", "-q", *run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train/b/bad.JPEG: unreadable or corrupt image" in err[0]
+    assert not (tmp_path / "runs").exists()
+    (src / "train/b/bad.JPEG").unlink()
+    assert main(["pretrain", "-q", *run]) == 0
+    assert json.loads((tmp_path / "runs/mae/image_scan.json").read_text())["files"] == 4
+    calls = []
+    real = scan.header_problem
+    scan.header_problem = lambda *a: calls.append(a) or real(*a)
+    try:
+        assert main(["pretrain", "-q", "--resume", str(tmp_path / "runs/mae"), "train.epochs=2"]) == 0
+    finally:
+        scan.header_problem = real
+    assert calls == []  # the same files: the recorded scan is trusted

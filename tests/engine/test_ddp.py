@@ -4,6 +4,7 @@ fitted by 2 processes equals the 1-process file."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,32 @@ def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
     assert lines == ["kmim pretrain: error: rank 1: tokenizer.path=/nowhere/tok.pt does not exist: fit one with "
                      "`kmim tokenize` or unset tokenizer.path"], proc.stderr[-2000:]  # fmt: skip
     assert list(out.iterdir()) == []
+
+
+def test_an_image_that_fails_to_decode_mid_run_stops_every_rank_with_one_line_each(tmp_path):
+    """A JPEG whose header is fine but whose data is cut passes the header scan and fails when decoded in epoch 1 on
+    one rank: that rank names the file, the other says it stopped because of it; no traceback from kmim."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(8):
+                img = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+                img.save(tmp_path / "data" / split / c / f"{i}.JPEG", quality=90)
+    bad = tmp_path / "data/train/b/3.JPEG"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
+    model = [o for o in RUN if o.startswith("model.")]
+    proc = _torchrun(2, "pretrain", "-q", *model, "data.name=imagefolder", f"data.root={tmp_path / 'data'}",
+                     "data.img_size=16", "train.target=pixels", "train.epochs=1", "train.warmup_epochs=0",
+                     "train.batch_size=4", f"out_dir={tmp_path / 'runs'}", "train.device=cpu")  # fmt: skip
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("kmim pretrain: error:")]
+    assert len(lines) == 2, proc.stderr[-3000:]
+    assert sum(f"{bad}: unreadable or corrupt image" in line for line in lines) == 1
+    assert sum("stopped because another process did" in line for line in lines) == 1
+    frames = "".join(x for x in proc.stderr.splitlines(True) if x.lstrip().startswith("File "))
+    assert not re.search(r"kmim/(cli|commands|engine|data|fit|eval)", frames)
+    # (torchrun's launcher still prints its own ChildFailedError summary; no frame of kmim is in a traceback)

@@ -1,0 +1,76 @@
+"""A header scan of an ImageFolder split before any work: every file opens as an image (PIL reads its header, not
+its pixels) and is at least one patch wide. Split over processes (rank r takes files r, r + world, ...) and
+DataLoader workers, with progress; a clean scan is cached against the file list (paths, sizes, mtimes), so a resumed
+run does not scan again. A file whose pixels are damaged past its header is still found when it is decoded, with the
+same one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from kmim.data.datasets import DECODE_ERRORS
+from kmim.progress import progress_bar
+
+
+def header_problem(path: str, min_side: int) -> str | None:
+    """What is wrong with the image file at `path` (one line), or None."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Image.DecompressionBombError:
+        return f"{path}: image has more pixels than PIL's safety limit: shrink it or raise PIL.Image.MAX_IMAGE_PIXELS"
+    except DECODE_ERRORS as e:
+        return f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it"
+    if min(width, height) < min_side:
+        return f"{path}: image is {width}x{height}, smaller than one patch ({min_side})"
+    return None
+
+
+class _Headers(Dataset):
+    def __init__(self, paths: list[str], min_side: int) -> None:
+        self.paths, self.min_side = paths, min_side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        return header_problem(self.paths[i], self.min_side) or ""
+
+
+def file_list_digest(paths: list[str]) -> str:
+    """sha256 of every path with its size and mtime: it changes when a file is added, removed or rewritten."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def scan_key(paths: list[str], min_side: int) -> dict:
+    """What a clean scan is recorded against (image_scan.json in a run directory)."""
+    return {"files": len(paths), "min_side": min_side, "digest": file_list_digest(paths)}
+
+
+def scan_headers(
+    paths: list[str], min_side: int, *, rank: int = 0, world: int = 1, workers: int = 0, progress: bool = True,
+    cache: Path | None = None,
+) -> tuple[str | None, dict]:  # fmt: skip
+    """(the first problem among this process's share of `paths` or None, the scan's key). A clean scan recorded in
+    `cache` for the same key is trusted without reading the files again."""
+    key = scan_key(paths, min_side)
+    if cache is not None and cache.is_file() and json.loads(cache.read_text()) == key:
+        return None, key
+    mine = paths[rank::world]
+    loader = DataLoader(_Headers(mine, min_side), batch_size=64, num_workers=workers, collate_fn=list)
+    for problems in progress_bar(loader, desc="checking image headers", disable=not progress, unit="batch"):
+        bad = next((p for p in problems if p), None)
+        if bad:
+            return bad, key
+    return None, key
