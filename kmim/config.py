@@ -173,6 +173,8 @@ class FinetuneConfig:
     pool: str = "avg"  # avg (mean of patch tokens + fc_norm, MAE's global_pool) | token (CLS)
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and report its top-1 too
     ema_decay: float = 0.9999
+    holdout: float = 0.0  # > 0: train on the rest of train and evaluate on this stratified fraction of it (seeded by
+    # finetune.seed) instead of the test split: for choosing a recipe without looking at the test set
     eval_every: int = 5  # epochs between test-split evaluations (the last is always done); finetune_best_top1 is
     # the best of these (MAE evaluates every epoch: eval_every=1, as the ImageNet presets)
     seed: int = 0
@@ -345,6 +347,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "finetune.pool": _one_of(FINETUNE_POOLS),
     "finetune.ema_decay": _in_range(0, 1, lo_open=True),
     "finetune.eval_every": _at_least(1),
+    "finetune.holdout": _in_range(0, 1),
     "finetune.seed": _at_least(0),
     "finetune.amp": _one_of(AMPS),
     "finetune.save_every": _at_least(1),

@@ -140,6 +140,7 @@ BAD_VALUES = {
     "finetune.hflip": "-0.5",
     "finetune.pool": "max",
     "finetune.ema_decay": "1.0",
+    "finetune.holdout": "1.0",
     "finetune.eval_every": "0",
     "finetune.seed": "-1",
     "finetune.amp": "fp8",

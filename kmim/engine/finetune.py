@@ -65,6 +65,23 @@ def classify_top1(
     return 100.0 * correct.mean().item()
 
 
+def holdout_split(train: Dataset, train_eval: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(the augmented train split without a stratified `fraction`, that fraction in the eval view): a validation
+    split taken from train, seeded by `seed`, for choices that must not look at the test split."""
+    from sklearn.model_selection import train_test_split
+
+    targets = getattr(train, "targets", None)  # ImageFolder, CIFAR; in-memory datasets keep `labels`
+    labels = np.asarray(targets if targets is not None else train.labels)  # type: ignore[attr-defined]
+    idx = np.arange(len(labels))
+    try:
+        fit, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as e:
+        reason = str(e).splitlines()[0]
+        raise KmimError(f"finetune.holdout={fraction}: the training split cannot give a stratified held-out part "
+                        f"({reason}): use a larger fraction or finetune.holdout=0") from None  # fmt: skip
+    return Subset(train, sorted(fit.tolist())), Subset(train_eval, sorted(held.tolist()))
+
+
 class Finetuner(Trainer):
     """Owns the classifier, optimizer (layer decay), data, Mixup, EMA and run directory of one fine-tuning run."""
 
@@ -85,6 +102,10 @@ class Finetuner(Trainer):
         ds, info = build_dataset(cfg.data, "train")
         ds.transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
         self.test, _ = build_dataset(cfg.data, "test")
+        self.eval_split = f"{cfg.data.name} test split"
+        if ft.holdout > 0:
+            ds, self.test = holdout_split(ds, build_dataset(cfg.data, "train")[0], ft.holdout, ft.seed)
+            self.eval_split = f"a held-out {ft.holdout:.0%} of {cfg.data.name}'s train split (finetune.holdout)"
         self.num_classes, self.source_path = len(info.classes), source["path"]
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
@@ -192,7 +213,7 @@ class Finetuner(Trainer):
             "finetune_best_top1": round(self.best["top1"], 2),
             "finetune_best_epoch": self.best["epoch"],
             **({"finetune_ema_top1": round(self.top1["test_top1_ema"], 2)} if "test_top1_ema" in self.top1 else {}),
-            "evaluated_on": f"{self.cfg.data.name} test split ({len(self.test)} images): finetune_top1 after the last "
+            "evaluated_on": f"{self.eval_split} ({len(self.test)} images): finetune_top1 after the last "
             f"epoch, finetune_best_top1 the best of the epochs evaluated (every {self.cfg.finetune.eval_every}; MAE's "
             "number, chosen on the test split)",
             "source": self.source_path,

@@ -7,7 +7,10 @@
 * `vs-mae` (section 5): K-MIM PIXEL, MAE norm-pix, MAE raw pixels, K-MIM HOG, three seeds; kNN at every saved
   checkpoint and the linear probe at a few (accuracy vs epochs); the seed-0 run of each method fine-tuned with the
   preset's `finetune` section (the paper's main metric).
-* `all`: the three.
+* `finetune-recipe`: the fine-tuning recipe for vs-mae chosen on untrained encoders alone (so it favours no method):
+  each candidate of RECIPES fine-tunes a random-init encoder on 90 % of train and is scored on the held-out 10 %
+  (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
+* `all`: the four.
 
 Every choice (arms, seeds, budget from the preset, verdict rules in `verdicts`) is fixed in code before any run.
 A study resumes where it stopped: a finished arm has a record in DIR/records/ and is never redone; an interrupted
@@ -30,11 +33,23 @@ from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig, config_to_dict
 from kmim.errors import KmimError
 
-STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae")
+STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe")
 K_GRID = (10, 25, 50, 100, 200, 1000)
 SHOTS, DRAWS = 10, 5
-PROBE_AT = (6, 12)  # vs-mae: saved epochs that also get a linear probe (the final encoder always does)
-FINETUNE_SEEDS = (0,)  # vs-mae: seeds whose run is also fine-tuned (one per method: a fine-tuning costs ~2 arms)
+PROBE_AT = (0.3, 0.6)  # vs-mae: the saved epochs nearest these fractions of the budget also get a linear probe
+# (the final encoder always does): 6 and 12 of 20 epochs (the first round), 12 and 24 of 40
+FINETUNE_SEEDS = (0, 1, 2)  # vs-mae: seeds whose run is also fine-tuned (all, from the 40-epoch round on; the
+# 20-epoch round fine-tuned seed 0 only, its records say so)
+RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset's finetune section is the base)
+    "lr5e-4-ld0.75": ("finetune.base_lr=5e-4", "finetune.layer_decay=0.75"),
+    "lr1e-3-ld0.75": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.75"),
+    "lr2e-3-ld0.75": ("finetune.base_lr=2e-3", "finetune.layer_decay=0.75"),
+    "lr1e-3-ld0.65": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.65"),
+    "lr1e-3-ld0.9": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.9"),
+    "lr1e-3-ld0.75-mixup": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.75", "finetune.mixup=0.8",
+                            "finetune.cutmix=1.0"),
+}  # fmt: skip
+HOLDOUT = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ def arms(study: str, out: Path) -> list[Arm]:
             "kmim-hog-k200": _tok("kmeans-hog", 200),
         }
         return [Arm(f"{g}-s{s}", g, ov, s) for s in (0, 1, 2) for g, ov in groups.items()]
+    if study == "finetune-recipe":
+        return [Arm(name, name, (*ov, f"finetune.holdout={HOLDOUT}")) for name, ov in RECIPES.items()]
     raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
 
 
@@ -88,9 +105,12 @@ def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) ->
     the tokenizer fit (K-means sample and init, or the VQ-VAE), so the seed spread includes the tokenizer's noise."""
     from kmim.resolve import load_run_config
 
-    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
-          f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
-    return load_run_config(config, ov)
+    return load_run_config(config, arm_overrides(arm, out, overrides))
+
+
+def arm_overrides(arm: Arm, out: Path, overrides: list[str]) -> list[str]:
+    return [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
+            f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
 
 
 def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], out: Path) -> None:
@@ -167,6 +187,12 @@ def _inertia(run_dir: Path) -> float | None:
     return load_tokenizer(run_dir / "tokenizer.pt").meta.get("fit", {}).get("inertia")
 
 
+def probe_epochs(cfg: RunConfig) -> set[int]:
+    """The saved epochs (multiples of train.save_every) nearest PROBE_AT of train.epochs."""
+    t = cfg.train
+    return {max(t.save_every, round(f * t.epochs / t.save_every) * t.save_every) for f in PROBE_AT}
+
+
 def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
     """{"curve": [[epoch, kNN top-1]] at every numbered checkpoint, "probe_curve": [[epoch, probe top-1]] at those
     in PROBE_AT}."""
@@ -178,7 +204,7 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
         epoch = int(ckpt.stem.split("-")[1])
         (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
         pool = cfg.eval.pool
-        knn, probe = _knn_and_probe(cfg, (trf[pool], try_), (tef[pool], tey), n_cls, probe=epoch in PROBE_AT)
+        knn, probe = _knn_and_probe(cfg, (trf[pool], try_), (tef[pool], tey), n_cls, probe=epoch in probe_epochs(cfg))
         knn_pts.append([epoch, knn])
         if probe is not None:
             probe_pts.append([epoch, probe])
@@ -204,12 +230,33 @@ def _device(cfg: RunConfig) -> str:
     return str(resolve_device(cfg.train.device))
 
 
+def run_recipe_arm(arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, out: Path, progress: bool) -> dict:
+    """finetune-recipe: fine-tune a random-init encoder (seed finetune.seed) with the candidate (`cfg`, built from
+    `config` and `ov`), scored on the held-out part of train."""
+    from kmim.launch import continue_run, start
+    from kmim.runinfo import write_json
+
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if any((run_dir / "checkpoints").glob("*.pt")) and not (run_dir / "results.json").is_file():
+        res = continue_run(str(run_dir), [], progress)[1]
+    else:
+        res = start(None, config, ov, progress, overwrite=run_dir.exists())[1]
+    rec = {"arm": arm.name, "group": arm.group, "seed": cfg.finetune.seed, "held_out_top1": res["finetune_top1"],
+           "held_out_best_top1": res["finetune_best_top1"], "overrides": list(RECIPES[arm.name]),
+           "finetune_s": round(time.perf_counter() - t0, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    write_json(out / "records" / f"{arm.name}.json", rec)
+    return rec
+
+
 def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool) -> dict:
     """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
 
     cfg = arm_config(arm, out, config, overrides)
+    if arm.name in RECIPES:
+        return run_recipe_arm(arm, cfg, arm_overrides(arm, out, overrides), config, out, progress)
     t0 = time.perf_counter()
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
@@ -267,8 +314,8 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     from kmim.studies import study_rules
 
     cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tokenizer_seed", "tokenizer_inertia", "tcas", "nmi",
-            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "finetune_top1", "train_s", "eval_s",
-            "finetune_s"]  # fmt: skip
+            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "finetune_top1", "held_out_top1",
+            "train_s", "eval_s", "finetune_s"]  # fmt: skip
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -290,7 +337,7 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
         "",
     ]
     body = study_rules.TABLES[study](records, out)
-    total = sum(r["train_s"] + r["eval_s"] + r.get("finetune_s", 0.0) for r in records)
+    total = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) + r.get("finetune_s", 0.0) for r in records)
     tail = ["", f"Wall time of the arms: {total / 60:.1f} min in all (pretraining + evaluation + fine-tuning).", ""]
     write_text(out / "report.md", "\n".join([*head, *body, *tail]))
 

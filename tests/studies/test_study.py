@@ -31,10 +31,10 @@ def test_study_writes_every_file(study, tmp_path, capsys):
     verdicts = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     words = re.findall(r"\*\*(agree|disagree|not resolved)\*\*|: (agree|disagree|not resolved)\b", verdicts)
     assert verdicts.count("\n- ") >= 1 and words, verdicts  # each verdict says one of the three words, whole
-    if study == "vs-mae":  # the seed-0 run of each method is fine-tuned; every run has kNN and probe curves
+    if study == "vs-mae":  # every seed of each method is fine-tuned; every run has kNN and probe curves
         tuned = {r["arm"]: r["finetune_top1"] for r in rows}
         assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
-        assert "Fine-tuning (seed 0)" in report and "## Linear probe vs epochs" in report
+        assert "Fine-tuning (3 seeds)" in report and "## Linear probe vs epochs" in report
         assert (out / "runs" / "kmim-pixels-k200-s0-finetune" / "results.json").is_file()
 
 
@@ -73,3 +73,17 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert rec["tokenizer_seed"] == 0 and rec["tokenizer_inertia"] > 0
     seed1 = S.arm_config(S.arms("k-ablation", out)[6], out, None, FAST)
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
+
+
+def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders(tmp_path, capsys):
+    out = tmp_path / "recipe"
+    assert main(["study", "finetune-recipe", "--out", str(out), "-q", *FAST]) == 0
+    recs = [json.loads((out / "records" / f"{name}.json").read_text()) for name in S.RECIPES]
+    assert all(r["config"]["finetune"]["holdout"] == 0.1 for r in recs)
+    for r in recs:  # evaluated on 10 % of the 96 training images, never on the test split
+        res = json.loads((out / "runs" / r["arm"] / "results.json").read_text())
+        assert "held-out 10%" in res["evaluated_on"] and "(10 images)" in res["evaluated_on"]
+        assert res["source"] == "random-init (seed 0)"
+    best = max(recs, key=lambda r: r["held_out_top1"])
+    report = (out / "report.md").read_text()
+    assert f"Chosen recipe: **{best['arm']}**" in report
