@@ -9,7 +9,8 @@ Each measurement runs `train.epochs=2` over a training set sized to `--steps` st
 `synthetic` (default: batches already on the device, the loader replaced, so the step alone is measured; kmim's
 synthetic images have 1 channel, which changes the patch embedding's 0.4 % of the FLOPs) or an
 ImageFolder (`--folder`, e.g. the rehearsal folder of benchmarks/rehearse_imagenet.py) read by the real loader with
-`data.num_workers` = the machine's cores; its loader alone is timed too. MFU = FLOPs per image (FlopCounterMode,
+`data.num_workers` = the machine's cores (epochs of `--steps` steps over the folder's first images); its loader
+alone is timed too. MFU = FLOPs per image (FlopCounterMode,
 counted once on the eager model outside the timed region) x img/s / peak. `--profile` adds the GPU's busy fraction
 over 10 K-MIM steps (torch.profiler: device kernel time / wall time) and the attention kernels that ran.
 """
@@ -73,6 +74,7 @@ def measure(args: argparse.Namespace, target: str, root: str | None) -> dict[str
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         trainer = Pretrainer(cfg, Path(d), tok, progress=False)
+        trainer.sampler.n = min(trainer.sampler.n, args.batch * args.steps)  # a folder: its first images only
         trainer.epoch_hooks.append(rows.append)
         trainer.sampler.set_epoch(0)
         first = next(iter(trainer.loader))

@@ -12,6 +12,7 @@ from pathlib import Path
 from kmim.config import BatchPlan, RunConfig, load_config, plan_batch
 from kmim.data import DATASETS
 from kmim.engine.dist import get_rank, get_world_size
+from kmim.engine.trainer import SCAN_FILE
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec
@@ -73,9 +74,6 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
 def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
     """The split of `section`'s global batch over this launch's processes (one line if it cannot be split)."""
     return plan_batch(cfg, section, get_world_size())
-
-
-SCAN_FILE = "image_scan.json"  # a clean header scan of the run's image files, in its run directory
 
 
 def check_images(
