@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from kmim.argtypes import add_config_arguments
-from kmim.engine.dist import agree, get_rank, get_world_size, in_process_group, is_main
+from kmim.engine.dist import agree, barrier, get_rank, get_world_size, in_process_group, is_main
 from kmim.fit import fit_tokenizer, shards_fit, training_split
 from kmim.paths import check_writable
 from kmim.resolve import load_run_config
@@ -35,7 +35,7 @@ def fit_and_save(config: str | None, overrides: list[str], out: str, overwrite: 
         tok = fit_tokenizer(cfg.tokenizer, data, progress and is_main())
     if is_main():
         tok.save(out)  # type: ignore[union-attr]
-    agree(lambda: None)  # the others wait for rank 0's file before the group closes
+    barrier()  # the others wait for rank 0's file before the group closes
     return tok  # type: ignore[return-value]
 
 

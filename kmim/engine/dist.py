@@ -51,11 +51,7 @@ def barrier() -> None:
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of x over processes (x itself on one process)."""
-    if not is_dist():
-        return x
-    y = x.clone()
-    dist.all_reduce(y)
-    return y / get_world_size()
+    return all_reduce_sum(x) / get_world_size() if is_dist() else x
 
 
 PG_TIMEOUT_ENV = "KMIM_PG_TIMEOUT_S"
