@@ -16,16 +16,17 @@ demo: $(STAMP)
 	$(BIN)/kmim demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff format --check kmim tests benchmarks
-	$(BIN)/ruff check kmim tests benchmarks
+	$(BIN)/ruff format --check kmim tests benchmarks scripts
+	$(BIN)/ruff check kmim tests benchmarks scripts
+	$(BIN)/python scripts/typecheck.py
 	$(BIN)/pytest -q
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff format kmim tests benchmarks
-	$(BIN)/ruff check --fix kmim tests benchmarks
+	$(BIN)/ruff format kmim tests benchmarks scripts
+	$(BIN)/ruff check --fix kmim tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,7 +18,7 @@ from kmim.config import load_config
 from kmim.engine.probe import train_linear_probe
 from kmim.eval import evaluate_encoder, random_encoder, split_features
 from kmim.eval.knn import top1, weighted_knn_predict
-from kmim.eval.probe import linear_probe
+from kmim.eval.probe import linear_probe, probe_recipe
 
 
 def timed(fn):
@@ -38,10 +38,8 @@ def main() -> None:
     ((trf, try_), (tef, tey), n_cls), t_feat = timed(lambda: split_features(enc, cfg, progress=False))
     tr, te = trf[e.pool], tef[e.pool]
     knn, t_knn = timed(lambda: top1(weighted_knn_predict(tr, try_, te, n_cls, e.knn_k, e.knn_temperature), tey))
-    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, e.probe_lrs[0], e.probe_epochs,
-                                                 e.probe_batch_size, e.probe_weight_decay, 0))  # fmt: skip
-    probe, t_probe = timed(lambda: linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), e.probe_epochs,
-                                                e.probe_batch_size, e.probe_weight_decay, 0))  # fmt: skip
+    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, e.probe_lrs[0], **probe_recipe(e, 0)))
+    probe, t_probe = timed(lambda: linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), **probe_recipe(e, 0)))
     _, t_all = timed(lambda: evaluate_encoder(enc, cfg, progress=False))
     print(f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.probe_lrs)} lrs x "
           f"{e.probe_epochs} epochs + a final fit")  # fmt: skip

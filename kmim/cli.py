@@ -19,13 +19,19 @@ COMMANDS = {
     "pretrain": ("kmim.commands.pretrain", "MIM pretraining (K-MIM tokens or MAE pixels); writes a run directory"),
     "finetune": ("kmim.commands.finetune", "fine-tune a pretrained encoder end to end (MAE recipe); top-1 on test"),
     "knn": ("kmim.commands.evaluate", "weighted kNN (k=20, T=0.07) top-1 on the test split of a frozen encoder"),
-    "probe": ("kmim.commands.evaluate", "linear probe (BatchNorm + linear) top-1 on the test split"),
+    "probe": (
+        "kmim.commands.evaluate",
+        "linear probe (eval.probe=adamw | lars) or attentive probe (eval.probe=attentive) top-1 on the test split",
+    ),
     "export": ("kmim.commands.export", "hub-ready folder of a run's encoder (model.safetensors, config.json, card)"),
-    "demo": ("kmim.studies.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
-    "study": ("kmim.studies.study", "the paper's claims as resumable studies: tcas-vs-probe, k-ablation, vs-mae, all"),
-    "tcas": ("kmim.studies.tcas", "score tokenizers without training: TCAS, NMI, purity, usage, perplexity"),
-    "show-tokens": ("kmim.studies.show_tokens", "PNG grid of images with each patch coloured by its token id"),
-    "theory": ("kmim.theory.command", "augmentation-graph analysis of tokenizers (spectra, labeling error, bound)"),
+    "demo": ("kmim.commands.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
+    "study": (
+        "kmim.commands.study",
+        "the paper's claims as resumable studies: tcas-vs-probe, k-ablation, vs-mae, online-vs-offline, all",
+    ),
+    "tcas": ("kmim.commands.tcas", "score tokenizers without training: TCAS, NMI, purity, usage, perplexity"),
+    "show-tokens": ("kmim.commands.show_tokens", "PNG grid of images with each patch coloured by its token id"),
+    "theory": ("kmim.commands.theory", "augmentation-graph analysis of tokenizers (spectra, labeling error, bound)"),
 }
 
 

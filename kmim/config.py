@@ -24,11 +24,11 @@ from kmim.errors import KmimError
 # choices of the enum-like fields; the modules that act on them import these tuples
 AUGS = ("rrc", "crop", "none")
 INITS = ("kmeans++", "random")
-TARGETS = ("tokens", "pixels")
+TARGETS = ("tokens", "pixels", "online-clusters")
 AMPS = ("auto", "bf16", "fp16", "off")
 POOLS = ("cls", "mean")
 FINETUNE_POOLS = ("avg", "token")
-PROBES = ("adamw", "lars")
+PROBES = ("adamw", "lars", "attentive")
 WANDB_MODES = ("offline", "online")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -117,8 +117,25 @@ class ModelConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """train.target=online-clusters: CAPI's online clustering targets (facebookresearch/capi, model.py and
+    default_pretrain_config.yaml). K is tokenizer.k and the prototypes' init seed tokenizer.seed."""
+
+    target_temp: float = 0.06  # temperature of the teacher's scores going into Sinkhorn-Knopp (CAPI)
+    pred_temp: float = 0.12  # temperature of the prototypes' own clustering loss (CAPI)
+    student_temp: float = 0.12  # temperature of the student's prediction (CAPI)
+    sinkhorn_iters: int = 3  # position-wise Sinkhorn-Knopp iterations (CAPI)
+    momentum: float = 0.999  # teacher EMA momentum (CAPI's base value): linear from 1.0 to this over
+    # train.warmup_epochs, then a cosine from it back to 1.0 at the last step (CAPI's schedule, without its
+    # truncation of the cosine at 0.8)
+    proto_lr: float = 5e-4  # peak lr of the prototypes' AdamW (absolute, CAPI's 5e-4), on train's warmup + cosine
+    proto_weight_decay: float = 0.01  # CAPI's clustering AdamW sets only betas: torch's default weight decay
+
+
+@dataclass
 class TrainConfig:
-    target: str = "tokens"  # tokens (K-MIM: cross-entropy on token ids) | pixels (MAE: MSE on pixels)
+    target: str = "tokens"  # tokens (K-MIM: cross-entropy on token ids) | pixels (MAE: MSE on pixels) |
+    # online-clusters (CAPI-style: soft Sinkhorn assignments of an EMA teacher's features to learned prototypes)
     norm_pix: bool = True  # for target=pixels: per-patch normalized pixel targets (MAE's norm_pix_loss)
     label_smoothing: float = 0.0
     mask_ratio: float = 0.75
@@ -145,6 +162,9 @@ class TrainConfig:
     wandb: bool = False  # also log to Weights & Biases (pip install 'kmim[tracking]'); the run id is checkpointed
     wandb_project: str = "kmim"
     wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online
+    health_images: int = 0  # > 0: every epoch, TCAS / NMI / usage of the targets' hard ids (the tokenizer's, or the
+    # online prototypes' argmax) on a fixed seeded subset of this many training images (eval view); 0 = off
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
 @dataclass
@@ -202,6 +222,14 @@ class EvalConfig:
     lars_base_lr: float = 0.1  # lr = lars_base_lr * lars_batch_size / 256
     lars_batch_size: int = 256  # the GLOBAL batch of the head's step (MAE: 16,384 = 512 x 32 GPUs)
     lars_micro_batch_size: int = 0  # most images per process and encoder forward; 0 = lars_batch_size / processes
+    attentive_epochs: int = 20  # eval.probe=attentive: CAPI's attentive-pooling head on the frozen patch tokens
+    attentive_warmup_epochs: int = 2  # (CAPI: 10 % of the iterations, linear, then cosine to 0)
+    attentive_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])  # base lrs (x batch / 256) of
+    # the heads trained side by side on the same features; each with every weight decay below (CAPI's grid idea)
+    attentive_weight_decays: list[float] = field(default_factory=lambda: [5e-4, 5e-2])
+    attentive_holdout: float = 0.1  # the head is chosen on this stratified fraction of train (CAPI: 0.1)
+    attentive_batch_size: int = 256  # the GLOBAL batch of the heads' step
+    attentive_micro_batch_size: int = 0  # most images per process and encoder forward; 0 = global / processes
 
 
 @dataclass
@@ -260,6 +288,10 @@ def _lr_list(v: Any) -> str | None:
     return None if len(v) > 0 and all(x > 0 for x in v) else "must be a non-empty list of learning rates > 0"
 
 
+def _wd_list(v: Any) -> str | None:
+    return None if len(v) > 0 and all(x >= 0 for x in v) else "must be a non-empty list of weight decays >= 0"
+
+
 # field path -> check returning None (valid) or what is wrong; every numeric or enum field is listed
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "name": _non_empty,
@@ -313,6 +345,14 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.sync_every": _at_least(1),
     "train.wandb_project": _non_empty,
     "train.wandb_mode": _one_of(WANDB_MODES),
+    "train.health_images": _at_least(0),
+    "train.online.target_temp": _positive,
+    "train.online.pred_temp": _positive,
+    "train.online.student_temp": _positive,
+    "train.online.sinkhorn_iters": _at_least(1),
+    "train.online.momentum": _in_range(0, 1, hi_open=False),
+    "train.online.proto_lr": _positive,
+    "train.online.proto_weight_decay": _at_least(0),
     "eval.pool": _one_of(POOLS),
     "eval.batch_size": _at_least(1),
     "eval.knn_k": _at_least(1),
@@ -327,6 +367,13 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.lars_base_lr": _positive,
     "eval.lars_batch_size": _at_least(1),
     "eval.lars_micro_batch_size": _at_least(0),
+    "eval.attentive_epochs": _at_least(1),
+    "eval.attentive_warmup_epochs": _at_least(0),
+    "eval.attentive_lrs": _lr_list,
+    "eval.attentive_weight_decays": _wd_list,
+    "eval.attentive_holdout": _in_range(0, 1, lo_open=True),
+    "eval.attentive_batch_size": _at_least(1),
+    "eval.attentive_micro_batch_size": _at_least(0),
     "finetune.epochs": _at_least(1),
     "finetune.warmup_epochs": _at_least(0),
     "finetune.batch_size": _at_least(1),
@@ -382,17 +429,20 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise KmimError(
                 f"{section}.warmup_epochs={hp.warmup_epochs} is longer than {section}.epochs={hp.epochs}: lower it"
             )
-    if cfg.eval.lars_warmup_epochs > cfg.eval.lars_epochs:
-        raise KmimError(f"eval.lars_warmup_epochs={cfg.eval.lars_warmup_epochs} is longer than eval.lars_epochs")
+    for probe in ("lars", "attentive"):
+        if getattr(cfg.eval, f"{probe}_warmup_epochs") > getattr(cfg.eval, f"{probe}_epochs"):
+            raise KmimError(f"eval.{probe}_warmup_epochs={getattr(cfg.eval, f'{probe}_warmup_epochs')} is longer "
+                            f"than eval.{probe}_epochs")  # fmt: skip
     return cfg
 
 
 # ---- batches -----------------------------------------------------------------------------------------------------
 
-BATCH_FIELDS = {  # section -> (global batch field, per-process cap field)
-    "train": ("batch_size", "micro_batch_size"),
-    "finetune": ("batch_size", "micro_batch_size"),
-    "eval": ("lars_batch_size", "lars_micro_batch_size"),
+BATCH_FIELDS = {  # plan name -> (config section, global batch field, per-process cap field)
+    "train": ("train", "batch_size", "micro_batch_size"),
+    "finetune": ("finetune", "batch_size", "micro_batch_size"),
+    "eval": ("eval", "lars_batch_size", "lars_micro_batch_size"),
+    "attentive": ("eval", "attentive_batch_size", "attentive_micro_batch_size"),
 }
 
 
@@ -414,7 +464,7 @@ def plan_batch(cfg: RunConfig, section: str, world: int) -> BatchPlan:
     process takes global / world images per step, in the fewest micro-steps of equal size that respect the
     per-process cap (the micro-step count divides the per-process share). One KmimError line when the global batch
     cannot be split evenly over the processes."""
-    batch_field, cap_field = BATCH_FIELDS[section]
+    section, batch_field, cap_field = BATCH_FIELDS[section]
     hp = getattr(cfg, section)
     total, cap = getattr(hp, batch_field), getattr(hp, cap_field)
     if total % world:

@@ -11,12 +11,13 @@ from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, is_main
 from kmim.engine.finetune import Finetuner
-from kmim.engine.trainer import check_new_run_dir, check_resume, reopen_run, start_run
+from kmim.engine.trainer import reopen_run, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.models import encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, check_images, load_run_config
+from kmim.runs import RunDir, check_resume
 
 __all__ = ["continue_run", "start"]
 
@@ -70,7 +71,7 @@ def start(
     def check_output() -> None:
         check_batch(cfg, "finetune")
         check_folder_writable(run_dir)
-        check_new_run_dir(run_dir, cfg, overwrite)
+        RunDir(run_dir).check_new(cfg, overwrite)
 
     agree(check_output)
     scan = agree(lambda: check_images(cfg, ("train", "test"), run_dir, progress and is_main(), 1))

@@ -7,16 +7,17 @@ any work.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-from kmim.config import BatchPlan, RunConfig, load_config, plan_batch
+from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan_batch
 from kmim.data import DATASETS
 from kmim.engine.dist import get_rank, get_world_size
-from kmim.engine.trainer import SCAN_FILE
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec
 from kmim.models.mim import num_visible
+from kmim.runs import SCAN_FILE
 
 
 def _choice(field: str, value: str, names: object) -> None:
@@ -100,5 +101,34 @@ def check_images(
 def load_run_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
 ) -> RunConfig:
-    """`kmim.config.load_config` plus `check_run_config`."""
-    return check_run_config(load_config(path, overrides, base))
+    """`kmim.config.load_config` plus `check_run_config`; a new config (no saved `base`) also has its per-kind
+    tokenizer options checked (`check_tokenizer_options`)."""
+    cfg = check_run_config(load_config(path, overrides, base))
+    if base is None:
+        check_tokenizer_options(cfg)
+    return cfg
+
+
+OPTION_GROUPS = ("hog", "supervised", "vq")  # TokenizerConfig's per-kind sub-configs
+
+
+def unused_option_groups(cfg: RunConfig) -> tuple[str, ...]:
+    """The per-kind sub-configs (tokenizer.hog / supervised / vq) that this run's tokenizer does not read; all of
+    them when the target is not tokens."""
+    used = TOKENIZERS[cfg.tokenizer.name].options if cfg.train.target == "tokens" else None
+    return tuple(g for g in OPTION_GROUPS if type(getattr(cfg.tokenizer, g)) is not used)
+
+
+def check_tokenizer_options(cfg: RunConfig) -> None:
+    """A per-kind option set away from its default for a kind that does not read it would be silently ignored:
+    refuse it, naming the field and the kind (checked for token targets, where the tokenizer is fitted)."""
+    if cfg.train.target != "tokens":
+        return
+    defaults = TokenizerConfig()
+    for group in unused_option_groups(cfg):
+        value, default = getattr(cfg.tokenizer, group), getattr(defaults, group)
+        for f in fields(value):
+            if getattr(value, f.name) != getattr(default, f.name):
+                raise KmimError(f"tokenizer.{group}.{f.name}={getattr(value, f.name)!r} is set, but "
+                                f"tokenizer.name={cfg.tokenizer.name} does not read tokenizer.{group}.*: remove it "
+                                "or choose the tokenizer that reads it")  # fmt: skip

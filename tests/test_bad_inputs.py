@@ -246,3 +246,16 @@ def test_resume_before_the_first_checkpoint_says_what_to_do(tmp_path, capsys):
 def test_resume_with_a_config_file(finished_run, tmp_path, capsys):
     argv = ["pretrain", "--resume", str(finished_run / "run"), "-c", "configs/mnist5k_kmim.yaml"]
     _refused(argv, finished_run, "cannot be combined with --resume", capsys)
+
+
+def test_a_per_kind_tokenizer_option_the_tokenizer_does_not_read_is_refused(tmp_path, capsys):
+    """`kmim pretrain tokenizer.vq.epochs=3` with the default kmeans-pixels would silently ignore the option."""
+    from kmim.cli import main
+
+    code = main(["pretrain", "-q", "tokenizer.vq.epochs=3", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    want = ("kmim pretrain: error: tokenizer.vq.epochs=3 is set, but tokenizer.name=kmeans-pixels does not read "
+            "tokenizer.vq.*: remove it or choose the tokenizer that reads it")  # fmt: skip
+    assert code == 2 and err == [want]
+    assert list(tmp_path.iterdir()) == []
+    assert main(["tokenize", "-q", "tokenizer.name=vq", "tokenizer.vq.epochs=0", "--out", str(tmp_path / "t.pt")]) == 2

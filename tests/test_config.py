@@ -107,6 +107,14 @@ BAD_VALUES = {
     "train.sync_every": "0",
     "train.wandb_project": "a/b",
     "train.wandb_mode": "bogus",
+    "train.health_images": "-1",
+    "train.online.target_temp": "0",
+    "train.online.pred_temp": "-1",
+    "train.online.student_temp": "0",
+    "train.online.sinkhorn_iters": "0",
+    "train.online.momentum": "1.5",
+    "train.online.proto_lr": "0",
+    "train.online.proto_weight_decay": "-1",
     "eval.pool": "bogus",
     "eval.batch_size": "0",
     "eval.knn_k": "0",
@@ -121,6 +129,13 @@ BAD_VALUES = {
     "eval.lars_base_lr": "0",
     "eval.lars_batch_size": "0",
     "eval.lars_micro_batch_size": "-1",
+    "eval.attentive_epochs": "0",
+    "eval.attentive_warmup_epochs": "-1",
+    "eval.attentive_lrs": "[0.0]",
+    "eval.attentive_weight_decays": "[-1.0]",
+    "eval.attentive_holdout": "0",
+    "eval.attentive_batch_size": "0",
+    "eval.attentive_micro_batch_size": "-1",
     "finetune.epochs": "0",
     "finetune.warmup_epochs": "-1",
     "finetune.batch_size": "0",
@@ -222,11 +237,11 @@ def test_presets_resolve_to_the_same_recipe_on_one_and_two_processes():
     from kmim.config import BATCH_FIELDS, config_to_dict, plan_batch
 
     for preset in ("in100_vits16_kmim", "in100_vits16_mae", "in1k_vitb16_kmim", "in100_vits16_finetune",
-                   "in1k_vitb16_finetune"):  # fmt: skip
+                   "in1k_vitb16_finetune", "in100_vits16_online", "in1k_vitb16_online"):  # fmt: skip
         cfg = load_config(f"configs/{preset}.yaml", ["data.root=/x"])
-        for section in BATCH_FIELDS:
-            one, two = plan_batch(cfg, section, 1), plan_batch(cfg, section, 2)
-            assert one.global_batch == two.global_batch == getattr(getattr(cfg, section), BATCH_FIELDS[section][0])
+        for name, (section, field, _cap) in BATCH_FIELDS.items():
+            one, two = plan_batch(cfg, name, 1), plan_batch(cfg, name, 2)
+            assert one.global_batch == two.global_batch == getattr(getattr(cfg, section), field)
         assert config_to_dict(cfg) == config_to_dict(load_config(f"configs/{preset}.yaml", ["data.root=/x"]))
 
 

@@ -11,13 +11,14 @@ import kmim
 LAYERS = [
     {"__init__", "errors", "argtypes", "progress"},
     {"config", "runinfo", "paths", "digest"},
-    {"data", "models", "metrics", "tokenizers", "tracking"},
+    {"data", "models", "metrics", "tokenizers", "tracking", "runs"},
     {"engine"},
     {"eval"},
     {"fit"},
     {"resolve", "theory"},
     {"launch"},
-    {"commands", "studies"},
+    {"studies"},
+    {"commands"},
     {"cli"},
     {"__main__"},
 ]

@@ -15,7 +15,7 @@ from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.resolve import check_batch, load_run_config
 from kmim.runinfo import write_json
 
-WHAT = {"knn": "weighted kNN (k=20, T=0.07)", "probe": "linear probe (BatchNorm + linear)"}
+WHAT = {"knn": "weighted kNN (k=20, T=0.07)", "probe": "linear or attentive probe (eval.probe)"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +33,8 @@ def evaluate(path: str | None, random_init: bool, config: str | None, overrides:
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
     or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
     encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides))
-    if "probe" in methods and cfg.eval.probe == "lars":
-        agree(lambda: check_batch(cfg, "eval"))
+    if "probe" in methods and cfg.eval.probe in ("lars", "attentive"):
+        agree(lambda: check_batch(cfg, "eval" if cfg.eval.probe == "lars" else "attentive"))
     res = evaluate_encoder(encoder, cfg, methods, str(local_device(resolve_device(cfg.train.device))), progress)
     res["checkpoint"] = checkpoint
     if is_main() and not random_init:

@@ -60,8 +60,12 @@ def model_card(spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any
                license_id: str) -> str:  # fmt: skip
     """README.md with hub front matter; every number comes from the run directory's files."""
     data, train = cfg.get("data", {}), cfg.get("train", {})
-    method = "K-MIM (ClusterMIM)" if train.get("target") == "tokens" else "MAE"
-    tok = cfg.get("tokenizer", {}) if train.get("target") == "tokens" else {}
+    target = train.get("target")
+    method = {"tokens": "K-MIM (ClusterMIM)", "online-clusters": "online clustering targets (CAPI-style)"}.get(
+        target, "MAE"
+    )
+    tok = cfg.get("tokenizer", {}) if target == "tokens" else {}
+    kind = f", targets: {cfg.get('tokenizer', {}).get('k')} online prototypes." if target == "online-clusters" else ""
     dataset = data.get("root") or data.get("name")
     front = ["---", "library_name: timm", f"license: {license_id}", "tags:", "- image-feature-extraction", "- timm",
              "- masked-image-modeling", "- kmim", "datasets:", f"- {data.get('name')}", "---"]  # fmt: skip
@@ -70,7 +74,7 @@ def model_card(spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any
         "",
         f"A ViT encoder pretrained by [kmim](https://github.com/) with {method} on `{dataset}` "
         f"({train.get('epochs')} epochs, global batch {train.get('batch_size')}, mask ratio {train.get('mask_ratio')})"
-        + (f", targets: `{tok.get('name')}` tokenizer with K = {tok.get('k')}." if tok else ", pixel targets."),
+        + (f", targets: `{tok.get('name')}` tokenizer with K = {tok.get('k')}." if tok else kind or ", pixel targets."),
         "",
         "```python",
         "import timm",

@@ -16,11 +16,11 @@ from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, in_process_group, is_main
 from kmim.engine.pretrain import pretrain, resume
-from kmim.engine.trainer import check_new_run_dir
 from kmim.errors import KmimError
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, check_images, check_tokenizer_path, load_run_config
+from kmim.runs import RunDir
 from kmim.tokenizers import Tokenizer, to_blob
 
 
@@ -57,7 +57,7 @@ def start(config: str | None, overrides: list[str], progress: bool, overwrite: b
         check_batch(cfg, "train")
         check_tokenizer_path(cfg)
         check_folder_writable(run_dir)
-        check_new_run_dir(run_dir, cfg, overwrite)
+        RunDir(run_dir).check_new(cfg, overwrite)
 
     agree(check_output)
     scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress and is_main()))

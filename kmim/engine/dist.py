@@ -80,6 +80,15 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of x over processes (x itself on one process)."""
+    if not is_dist():
+        return x
+    y = x.clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MAX)
+    return y
+
+
 def setup_distributed() -> None:
     """Join the process group when launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), before anything else
     so that even a config problem is agreed on by all processes: gloo for CPU tensors, NCCL for CUDA tensors (one

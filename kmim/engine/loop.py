@@ -42,6 +42,7 @@ def run_epoch(
     schedule: Schedule,
     step: int,
     n_batches: int,
+    *,
     accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
@@ -52,6 +53,7 @@ def run_epoch(
     grad_norm_every: int = 0,
     sync_every: int = 1,
     reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
@@ -66,6 +68,9 @@ def run_epoch(
     are read together (mapped by `reduce_tensor`) after every N-th step and at the end of the epoch: "loss" is in
     the extras of those steps only, and a non-finite loss raises NonFiniteLoss naming its step at the next read,
     before the epoch ends, so it can reach the weights in memory but never a checkpoint written after the epoch.
+
+    `before_step()`, if given, runs after the last backward of each step, before its gradient norm and update (the
+    online target all-reduces its prototypes' gradients there).
     """
     res = EpochResult(step)
     pending = _PendingLosses(res, reduce_tensor)
@@ -84,6 +89,8 @@ def run_epoch(
                 res.losses.append(value)
                 extras["loss"] = value
             if (i + 1) % accum == 0:
+                if before_step is not None:
+                    before_step()
                 if grad_norm_every and (res.step + 1) % grad_norm_every == 0:
                     extras["grad_norm"] = grad_norm(opt, scaler)
                 _optimizer_step(opt, scaler)

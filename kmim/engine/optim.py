@@ -37,6 +37,15 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def ema_momentum(step: int, total_steps: int, warmup_steps: int, base: float) -> float:
+    """Teacher EMA momentum: linear from 1.0 to `base` over warmup_steps, then half-cycle cosine from `base` up to
+    1.0 at total_steps (CAPI's momentum schedule)."""
+    if step < warmup_steps:
+        return 1.0 + (base - 1.0) * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Warmup + cosine (`lr_at`) over optimizer steps."""

@@ -24,6 +24,7 @@ def train_linear_probe(
     labels: torch.Tensor,
     num_classes: int,
     lr: float,
+    *,
     epochs: int = 100,
     batch_size: int = 256,
     weight_decay: float = 0.0,

@@ -10,8 +10,6 @@ its schedule settings (epochs, warmup_epochs, batch_size, micro_batch_size, min_
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config, plan_batch
+from kmim.config import RunConfig, config_to_dict, plan_batch
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import (
@@ -37,11 +35,10 @@ from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.errors import KmimError
 from kmim.progress import is_terminal
-from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
+from kmim.runs import RunDir
 from kmim.tracking import Tracker
 
 EpochHook = Callable[[dict[str, Any]], None]  # called with each epoch's metrics row
-SCAN_FILE = "image_scan.json"  # the clean header scan of the run's image files (kmim.resolve.check_images)
 
 
 def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -161,10 +158,11 @@ class Trainer:
 
         try:
             res = run_epoch(
-                self.loader, self._micro_step, self.opt, schedule, st.step, spe * self.plan.accum, self.plan.accum,
-                self.scaler, on_step, f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main() and not lines,
-                postfix, reduce=mean_over_processes, grad_norm_every=hp.log_every, sync_every=hp.sync_every,
-                reduce_tensor=all_reduce_mean,
+                self.loader, self._micro_step, self.opt, schedule, st.step, spe * self.plan.accum,
+                accum=self.plan.accum, scaler=self.scaler, on_step=on_step, desc=f"epoch {epoch + 1}/{hp.epochs}",
+                progress=self.progress and is_main() and not lines, postfix=postfix, reduce=mean_over_processes,
+                grad_norm_every=hp.log_every, sync_every=hp.sync_every, reduce_tensor=all_reduce_mean,
+                before_step=self._before_step,
             )  # fmt: skip
         except NonFiniteLoss as e:
             raise KmimError(
@@ -198,6 +196,9 @@ class Trainer:
     def _on_step(self, step: int) -> None:
         """Hook after each optimizer step (fine-tuning updates its EMA here)."""
 
+    def _before_step(self) -> None:
+        """Hook after a step's last backward, before the update (gradients outside the DDP module are reduced)."""
+
     def _after_epoch(self, epochs_done: int) -> None:
         """Hook after each epoch, before its checkpoint (fine-tuning evaluates here)."""
 
@@ -209,7 +210,7 @@ class Trainer:
 
     def _log(self, row: dict[str, Any]) -> None:
         if is_main():
-            append_jsonl(self.run_dir / "metrics.jsonl", row)
+            RunDir(self.run_dir).log(row)
             if self.tracker is not None:
                 self.tracker.log(row, row.get("step", self.state.step))
 
@@ -243,7 +244,7 @@ class Trainer:
             "epochs": st.epoch,
             "steps": st.step,
             "images_seen": st.images,
-            "final_epoch_loss": last_epoch_loss(self.run_dir / "metrics.jsonl"),
+            "final_epoch_loss": RunDir(self.run_dir).last_epoch_loss(),
             "train_wall_s": round(st.wall_s, 2),
             "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
             "effective_batch": self.effective_batch,
@@ -254,98 +255,18 @@ class Trainer:
         }
 
 
-def last_epoch_loss(path: Path) -> float | None:
-    rows = read_jsonl(path) if path.is_file() else []
-    vals = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
-    return vals[-1] if vals else None
+def start_run(trainer: Trainer, overwrite: bool = False, scan: dict | None = None) -> None:
+    """Rank 0 starts the trainer's run directory (kmim.runs.RunDir.start) with its inputs (`write_inputs`)."""
+    if is_main():
+        RunDir(trainer.run_dir).start(trainer.cfg, overwrite, trainer.write_inputs, scan)
 
 
-def drop_metrics_after(path: Path, epoch: int) -> None:
-    """Forget metrics rows of epochs >= `epoch` (work lost after the checkpoint, about to be redone); a torn last
-    line (a kill mid-append) is dropped with a warning by read_jsonl."""
-    if path.is_file():
-        rows = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict | None = None) -> None:
+    """Rank 0 reopens a run directory for a resume from epoch `epoch` (kmim.runs.RunDir.reopen)."""
+    if is_main():
+        RunDir(run_dir).reopen(cfg, epoch, scan)
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     if is_main():
-        write_json(run_dir / "results.json", results)
-
-
-RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
-
-
-def check_new_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool = False) -> None:
-    """A fresh run may use `run_dir` when it is empty or missing, when it holds only the config.yaml of the same
-    config (a run killed before its first checkpoint), or with `overwrite`. Anything else is refused."""
-    if overwrite or not run_dir.exists():
-        return
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another name= "
-                        "or pass --overwrite to replace it")  # fmt: skip
-    found = [f for f in RESULT_FILES if (run_dir / f).exists()]
-    if found:
-        raise KmimError(f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to resume: "
-                        "choose another name= or pass --overwrite to replace it")  # fmt: skip
-    saved = run_dir / "config.yaml"
-    if saved.is_file() and saved.read_text() != config_to_yaml(cfg):
-        raise KmimError(f"run directory {run_dir} was started with another config ({saved}): choose another name= "
-                        "or pass --overwrite to replace it")  # fmt: skip
-
-
-def start_run(trainer: Trainer, overwrite: bool = False, scan: dict | None = None) -> None:
-    """Create the run directory and write config.yaml, env.json, the tokenizer and the clean image scan `scan`
-    (after all inputs checked out); with `overwrite`, whatever the folder held is removed first. Rank 0 only."""
-    if not is_main():
-        return
-    run_dir = trainer.run_dir
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_orphan_tmp(run_dir)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    write_text(run_dir / "config.yaml", config_to_yaml(trainer.cfg))
-    write_json(run_dir / "env.json", environment())
-    trainer.write_inputs()
-    if scan is not None:
-        write_json(run_dir / SCAN_FILE, scan)
-
-
-def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict | None = None) -> None:
-    """What every resume does to its run directory before training (rank 0): remove the temp files a kill left
-    behind, save the config it continues under and its clean image scan, and forget the metrics rows of the epochs
-    about to be redone."""
-    if not is_main():
-        return
-    if scan is not None:
-        write_json(run_dir / SCAN_FILE, scan)
-    for folder in (run_dir, run_dir / "checkpoints"):
-        clean_orphan_tmp(folder)
-    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-    drop_metrics_after(run_dir / "metrics.jsonl", epoch)
-
-
-# what a resume may not change: the architecture, the data the weights were trained on, the objective
-FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer")
-
-
-def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, section: str = "train") -> None:
-    """Refuse overrides that a checkpoint cannot continue under (one line naming the field); `section` holds the
-    run's epochs (train, or finetune for a fine-tuning run)."""
-    saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout
-    for path in FROZEN_ON_RESUME:
-        old_v, new_v = _at(saved, path), _at(new, path)
-        if old_v != new_v:
-            raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
-                            "with another name= instead")  # fmt: skip
-    epochs = getattr(cfg, section).epochs
-    if epochs < done_epochs:
-        raise KmimError(f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
-                        f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
-
-
-def _at(d: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
+        RunDir(run_dir).write_results(results)

@@ -9,10 +9,12 @@ from torch import nn
 from kmim.config import RunConfig
 from kmim.data import build_dataset
 from kmim.engine.trainer import seed_everything
+from kmim.eval.attentive import RECIPE as ATTENTIVE_RECIPE
+from kmim.eval.attentive import attentive_probe
 from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
 from kmim.eval.lars import RECIPE, lars_probe
-from kmim.eval.probe import linear_probe
+from kmim.eval.probe import linear_probe, probe_recipe
 from kmim.models import build_mim, resolve_spec
 
 __all__ = [
@@ -52,12 +54,19 @@ def evaluate_encoder(
 ) -> dict[str, Any]:
     """Top-1 (%) on the test split for each method, for every pool; `pool` records cfg.eval.pool, the headline one.
     The kNN and the default probe read cached eval-view features; eval.probe=lars trains through the encoder on
-    augmented crops (the headline pool only) and extracts no train features of its own."""
+    augmented crops (the headline pool only) and extracts no train features of its own; eval.probe=attentive
+    trains attention-pooling heads on the patch tokens the same way (`attentive_top1`, no pool)."""
     e = cfg.eval
     out: dict[str, Any] = {"pool": e.pool}
     lars = "probe" in methods and e.probe == "lars"
-    if "knn" in methods or ("probe" in methods and not lars):
+    attentive = "probe" in methods and e.probe == "attentive"
+    if "knn" in methods or ("probe" in methods and e.probe == "adamw"):
         out.update(_cached_feature_methods(encoder, cfg, methods, device, progress))
+    if attentive:
+        ap = attentive_probe(encoder, cfg, device, progress)
+        out.update(attentive_top1=ap["top1"], attentive_held_out_top1=ap["held_out_top1"], attentive_lr=ap["lr"],
+                   attentive_weight_decay=ap["weight_decay"], attentive_grid=ap["grid"],
+                   attentive_global_batch=ap["global_batch"], attentive_probe=ATTENTIVE_RECIPE)  # fmt: skip
     if lars:
         lp = lars_probe(encoder, cfg, device, progress)
         out.setdefault(e.pool, {}).update(
@@ -65,7 +74,7 @@ def evaluate_encoder(
             linear_probe_best_epoch=lp["best_epoch"], linear_probe_lr=lp["lr"],
             linear_probe_global_batch=lp["global_batch"], linear_probe=RECIPE,
         )  # fmt: skip
-    out.update(out[e.pool])
+    out.update(out.get(e.pool, {}))
     return out
 
 
@@ -82,9 +91,8 @@ def _cached_feature_methods(
             res["knn_top1"] = top1(pred, tey)
         if "probe" in methods and e.probe == "adamw":
             lp = linear_probe(
-                trf[pool], try_, tef[pool], tey, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
-                e.probe_weight_decay, cfg.train.seed,
-            )  # fmt: skip
+                trf[pool], try_, tef[pool], tey, n_cls, list(e.probe_lrs), **probe_recipe(e, cfg.train.seed)
+            )
             res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]
             res["linear_probe"] = "adamw (head on cached eval-view features, lr picked on a held-out 10% of train)"
         out[pool] = res

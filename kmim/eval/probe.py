@@ -17,6 +17,12 @@ def _accuracy(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) 
     return top1(head(feats).argmax(dim=1), labels)
 
 
+def probe_recipe(e: Any, seed: int) -> dict[str, Any]:
+    """The keyword arguments of `linear_probe` from an EvalConfig `e` (eval.probe_*) and a seed."""
+    return {"epochs": e.probe_epochs, "batch_size": e.probe_batch_size, "weight_decay": e.probe_weight_decay,
+            "seed": seed}  # fmt: skip
+
+
 def check_held_out_split(labels: torch.Tensor, num_classes: int) -> None:
     """The stratified 10 % hold-out needs two images of every class and a tenth of train of at least one per
     class; else one KmimError line saying what to do."""
@@ -35,6 +41,7 @@ def linear_probe(
     test_labels: torch.Tensor,
     num_classes: int,
     lrs: list[float],
+    *,
     epochs: int = 100,
     batch_size: int = 256,
     weight_decay: float = 0.0,
@@ -42,9 +49,9 @@ def linear_probe(
 ) -> dict[str, Any]:
     """Top-1 (%) on test of a head trained with the lr that scored best on a stratified 10% of train (with a
     single lr there is nothing to choose and no split)."""
+    recipe = {"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay, "seed": seed}
     if len(lrs) == 1:
-        head = train_linear_probe(train_feats, train_labels, num_classes, lrs[0], epochs, batch_size, weight_decay,
-                                  seed)  # fmt: skip
+        head = train_linear_probe(train_feats, train_labels, num_classes, lrs[0], **recipe)
         return {"top1": _accuracy(head, test_feats, test_labels), "lr": lrs[0], "val_top1": {}}
     check_held_out_split(train_labels, num_classes)
     idx = torch.arange(len(train_labels))
@@ -52,12 +59,10 @@ def linear_probe(
     fit_idx, val_idx = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
     val_acc = {}
     for lr in lrs:
-        head = train_linear_probe(
-            train_feats[fit_idx], train_labels[fit_idx], num_classes, lr, epochs, batch_size, weight_decay, seed
-        )
+        head = train_linear_probe(train_feats[fit_idx], train_labels[fit_idx], num_classes, lr, **recipe)
         val_acc[lr] = _accuracy(head, train_feats[val_idx], train_labels[val_idx])
     best = max(lrs, key=lambda lr: (val_acc[lr], -lr))
-    head = train_linear_probe(train_feats, train_labels, num_classes, best, epochs, batch_size, weight_decay, seed)
+    head = train_linear_probe(train_feats, train_labels, num_classes, best, **recipe)
     return {
         "top1": _accuracy(head, test_feats, test_labels),
         "lr": best,

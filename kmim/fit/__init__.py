@@ -32,6 +32,7 @@ from kmim.tokenizers import (
     read_tokenizer_file,
     upgrade,
 )
+from kmim.tokenizers.online import OnlineClusters
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ def fit_tokenizer(cfg: TokenizerConfig, data: FitData, progress: bool = True) ->
 def from_blob(blob: dict[str, Any], where: str) -> Tokenizer:
     """A tokenizer from a file's or checkpoint's {kind, meta, state[, version]}."""
     blob = upgrade(blob)
+    if blob["kind"] == OnlineClusters.kind:  # learned during pretraining (train.target=online-clusters), not fitted
+        return OnlineClusters.from_state(blob["meta"], blob["state"])
     if blob["kind"] not in TOKENIZERS:
         raise KmimError(f"{where}: tokenizer kind {blob['kind']!r} is unknown: valid kinds are {', '.join(TOKENIZERS)}")
     return TOKENIZERS[blob["kind"]].load(blob["meta"], blob["state"])

@@ -6,7 +6,7 @@
 - a kmim run directory or checkpoint: our own MAE or K-MIM encoder (iterated, self-bootstrapped tokenizers cluster
   the features of the previous round's model);
 - `supervised`: kmim trains a ViT of `tokenizer.supervised.preset` on the labelled training split first
-  (kmim/engine/supervised.py), the DeiT analogue where no public weights exist.
+  (kmim/fit/supervised.py), the DeiT analogue where no public weights exist.
 
 One token per MIM patch: the encoder's patch grid must equal the MIM model's grid (image side / patch size).
 A timm encoder is built at encoder_patch x grid (timm resamples its position embeddings on load), e.g. 128x128 for
@@ -32,9 +32,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.config import ModelConfig, TokenizerConfig
-from kmim.engine.supervised import train_supervised
 from kmim.errors import KmimError
 from kmim.eval.features import load_encoder
+from kmim.fit.supervised import train_supervised
 from kmim.models import build_encoder, encoder_kwargs, resolve_spec
 from kmim.tokenizers.sources import grid_str
 

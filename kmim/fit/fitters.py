@@ -12,7 +12,6 @@ import torch
 
 from kmim.config import TokenizerConfig
 from kmim.engine.dist import resolve_device
-from kmim.engine.vq_train import train_vqvae
 from kmim.fit.data import FitData
 from kmim.fit.encoders import (
     check_layer,
@@ -24,6 +23,7 @@ from kmim.fit.encoders import (
     timm_encoder,
 )
 from kmim.fit.kmeans import fit_patch_kmeans
+from kmim.fit.vq import train_vqvae
 from kmim.tokenizers import EncoderSource, FeatureSource, HOGSource, KMeansTokenizer, PixelSource, VQTokenizer
 from kmim.tokenizers.base import provenance
 from kmim.tokenizers.hog import HOG_EPS, check_hog_params
@@ -79,7 +79,7 @@ def fit_features(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> 
 
 
 def fit_vq(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> VQTokenizer:
-    """Train a VQ-VAE with K codes (kmim.engine.vq_train)."""
+    """Train a VQ-VAE with K codes (kmim.fit.vq)."""
     device = resolve_device(cfg.device, "tokenizer.device")
     v = cfg.vq
     hparams = {"vq_hidden": v.hidden, "vq_epochs": v.epochs, "vq_lr": v.lr, "vq_beta": v.beta, "vq_decay": v.decay,

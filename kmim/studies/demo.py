@@ -3,7 +3,6 @@ evaluate both and a random-init encoder (kNN and linear probe), and write report
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import replace
@@ -12,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig, config_to_dict, load_config
 from kmim.engine.checkpoint import load_checkpoint
 from kmim.engine.pretrain import pretrain, resume
@@ -23,6 +21,7 @@ from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 from kmim.runinfo import environment, read_jsonl, write_json, write_text
+from kmim.runs import RunDir
 
 RANDOM_SEEDS = (0, 1, 2)
 FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.probe_epochs=10", "eval.probe_lrs=[0.1]"]
@@ -49,7 +48,7 @@ def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | Non
     """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder.
     `on_epoch(row)` is called after each epoch trained here."""
     run_dir = Path(cfg.out_dir) / cfg.name
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunDir(run_dir).last
     if not last.exists():
         return pretrain(cfg, prepare_tokenizer(cfg, progress), progress, on_epoch=on_epoch)[0]
     ckpt = load_checkpoint(last)
@@ -242,14 +241,3 @@ def _health_lines(res: dict[str, Any]) -> list[str]:
     return [f"K-MIM's targets in its last epoch: {used} of the K = {res['tokenizer_k']} ids used, perplexity "
             f"{h['targets_perplexity']:.1f}, masked-token top-1 {h['masked_top1']:.1f} % (per epoch: "
             "target_health.png).", ""]  # fmt: skip
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--fast", action="store_true", help="a 1-minute smoke version (numbers are not meaningful)")
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.config, args.overrides, fast=args.fast, progress=not args.quiet)
-    return 0

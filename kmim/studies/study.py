@@ -10,7 +10,10 @@
 * `finetune-recipe`: the fine-tuning recipe for vs-mae chosen on untrained encoders alone (so it favours no method):
   each candidate of RECIPES fine-tunes a random-init encoder on 90 % of train and is scored on the held-out 10 %
   (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
-* `all`: the four.
+* `online-vs-offline` (issue 20): K-MIM PIXEL (offline K-means), MAE norm-pix, K-MIM on the patch features of that
+  seed's MAE run (offline, feature-based) and CAPI-style online clustering targets, 2 seeds, K = 200; kNN, linear,
+  attentive and low-shot probes, and the TCAS / NMI of each run's targets over the epochs (train.health_images).
+* `all`: every study.
 
 Every choice (arms, seeds, budget from the preset, verdict rules in `verdicts`) is fixed in code before any run.
 A study resumes where it stopped: a finished arm has a record in DIR/records/ and is never redone; an interrupted
@@ -19,21 +22,19 @@ pretraining continues from its checkpoint. DIR/report.md, DIR/results.csv and DI
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig, config_to_dict
 from kmim.errors import KmimError
+from kmim.runs import RunDir
 
-STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe")
+STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe", "online-vs-offline")
 K_GRID = (10, 25, 50, 100, 200, 1000)
 SHOTS, DRAWS = 10, 5
 PROBE_AT = (0.3, 0.6)  # vs-mae: the saved epochs nearest these fractions of the budget also get a linear probe
@@ -50,6 +51,10 @@ RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset
                             "finetune.cutmix=1.0"),
 }  # fmt: skip
 HOLDOUT = 0.1
+ONLINE_ARMS = ("train.health_images=1000",)  # online-vs-offline: every arm logs its targets' TCAS per epoch
+ONLINE_MOMENTUM = "train.online.momentum=0.99"  # declared before the study ran: CAPI's 0.999 is an EMA horizon of
+# 1,000 steps in a 500,000-step run; this budget has 1,240 steps, over which 0.999 would move the teacher less than
+# halfway to the student. 0.99 (a 100-step horizon, ~3 epochs) keeps the teacher a lagging copy, as in CAPI / DINO.
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,21 @@ def arms(study: str, out: Path) -> list[Arm]:
         return [Arm(f"{g}-s{s}", g, ov, s) for s in (0, 1, 2) for g, ov in groups.items()]
     if study == "finetune-recipe":
         return [Arm(name, name, (*ov, f"finetune.holdout={HOLDOUT}")) for name, ov in RECIPES.items()]
+    if study == "online-vs-offline":
+        return [
+            Arm(f"{g}-s{s}", g, (*ov, *ONLINE_ARMS), s) for s in (0, 1) for g, ov in _online_groups(runs, s).items()
+        ]
     raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
+
+
+def _online_groups(runs: Path, seed: int) -> dict[str, tuple[str, ...]]:
+    """online-vs-offline's methods for one seed (the MAE run first: the feature tokenizer reads its encoder)."""
+    return {
+        "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
+        "kmim-pixels-k200": _tok("kmeans-pixels", 200),
+        "kmim-maefeat-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / f'mae-normpix-s{seed}'}"),
+        "online-k200": ("train.target=online-clusters", "tokenizer.k=200", ONLINE_MOMENTUM),
+    }
 
 
 # ---- one arm ------------------------------------------------------------------------------------------------------
@@ -105,12 +124,19 @@ def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) ->
     the tokenizer fit (K-means sample and init, or the VQ-VAE), so the seed spread includes the tokenizer's noise."""
     from kmim.resolve import load_run_config
 
-    return load_run_config(config, arm_overrides(arm, out, overrides))
+    return load_run_config(config, arm_overrides(arm, out, overrides, config))
 
 
-def arm_overrides(arm: Arm, out: Path, overrides: list[str]) -> list[str]:
-    return [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
-            f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
+def arm_overrides(arm: Arm, out: Path, overrides: list[str], config: str | None = None) -> list[str]:
+    """The study's overrides, then the arm's. A per-kind tokenizer option among the study's (tokenizer.vq.epochs=1
+    for a quick study) reaches only the arms whose tokenizer reads it."""
+    from kmim.config import load_config
+    from kmim.resolve import check_run_config, unused_option_groups
+
+    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
+          f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
+    unused = tuple(f"tokenizer.{g}." for g in unused_option_groups(check_run_config(load_config(config, ov))))
+    return [o for o in ov if not (o in overrides and o.startswith(unused))]
 
 
 def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], out: Path) -> None:
@@ -156,27 +182,27 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> 
 def _knn_and_probe(cfg: RunConfig, train: tuple, test: tuple, n_cls: int, probe: bool = True):
     """kNN top-1 and (when `probe`) linear-probe top-1 on cached features train = (X, y), test = (X, y)."""
     from kmim.eval.knn import top1, weighted_knn_predict
-    from kmim.eval.probe import linear_probe
+    from kmim.eval.probe import linear_probe, probe_recipe
 
     e = cfg.eval
     knn = top1(weighted_knn_predict(*train, test[0], n_cls, e.knn_k, e.knn_temperature), test[1])
     if not probe:
         return knn, None
-    res = linear_probe(*train, *test, n_cls, list(e.probe_lrs), e.probe_epochs, e.probe_batch_size,
-                       e.probe_weight_decay, cfg.train.seed)  # fmt: skip
+    res = linear_probe(*train, *test, n_cls, list(e.probe_lrs), **probe_recipe(e, cfg.train.seed))
     return knn, res["top1"]
 
 
 def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
-    if cfg.train.target != "tokens":
+    """TCAS and NMI of the run's tokenizer over the training split (for online targets: the learned one)."""
+    if cfg.train.target not in ("tokens", "online-clusters"):
         return {"tcas": None, "nmi": None}
+    from kmim.eval.tokens import token_counts
     from kmim.fit import load_tokenizer, training_split
     from kmim.metrics import nmi, tcas_from_counts
-    from kmim.studies.tcas import score
 
     data = training_split(cfg)
     tok = load_tokenizer(run_dir / "tokenizer.pt")
-    counts = score(tok, data.ds, len(data.info.classes), _device(cfg), progress=False)
+    counts = token_counts(tok, data.ds, len(data.info.classes), _device(cfg), progress=False)
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
 
 
@@ -199,7 +225,7 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
     from kmim.eval import load_encoder, split_features
 
     knn_pts, probe_pts = [], []
-    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    ckpts = RunDir(run_dir).numbered_checkpoints()
     for ckpt in ckpts:
         epoch = int(ckpt.stem.split("-")[1])
         (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
@@ -216,12 +242,13 @@ def _finetune(run_dir: Path, progress: bool) -> float:
     is there, reused if finished); returns finetune_top1."""
     from kmim.launch import continue_run, start
 
-    ft_dir = run_dir.parent / f"{run_dir.name}-finetune"
-    if (ft_dir / "results.json").is_file():
-        return json.loads((ft_dir / "results.json").read_text())["finetune_top1"]
-    if any((ft_dir / "checkpoints").glob("*.pt")):
-        return continue_run(str(ft_dir), [], progress)[1]["finetune_top1"]
-    return start(str(run_dir), None, [], progress, overwrite=ft_dir.exists())[1]["finetune_top1"]
+    ft = RunDir(run_dir.parent / f"{run_dir.name}-finetune")
+    status = ft.status()
+    if status == "finished":
+        return ft.read_results()["finetune_top1"]
+    if status == "unfinished":
+        return continue_run(str(ft.path), [], progress)[1]["finetune_top1"]
+    return start(str(run_dir), None, [], progress, overwrite=ft.path.exists())[1]["finetune_top1"]
 
 
 def _device(cfg: RunConfig) -> str:
@@ -237,11 +264,11 @@ def run_recipe_arm(arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, 
     from kmim.runinfo import write_json
 
     t0 = time.perf_counter()
-    run_dir = Path(cfg.out_dir) / cfg.name
-    if any((run_dir / "checkpoints").glob("*.pt")) and not (run_dir / "results.json").is_file():
-        res = continue_run(str(run_dir), [], progress)[1]
+    run = RunDir(Path(cfg.out_dir) / cfg.name)
+    if run.status() == "unfinished":
+        res = continue_run(str(run.path), [], progress)[1]
     else:
-        res = start(None, config, ov, progress, overwrite=run_dir.exists())[1]
+        res = start(None, config, ov, progress, overwrite=run.path.exists())[1]
     rec = {"arm": arm.name, "group": arm.group, "seed": cfg.finetune.seed, "held_out_top1": res["finetune_top1"],
            "held_out_best_top1": res["finetune_best_top1"], "overrides": list(RECIPES[arm.name]),
            "finetune_s": round(time.perf_counter() - t0, 1), "config": config_to_dict(cfg)}  # fmt: skip
@@ -249,24 +276,51 @@ def run_recipe_arm(arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, 
     return rec
 
 
-def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool) -> dict:
+def _attentive(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """The attentive probe of the run's encoder (eval.attentive_*)."""
+    from kmim.eval import load_encoder
+    from kmim.eval.attentive import attentive_probe
+
+    res = attentive_probe(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
+    return {"attentive_top1": res["top1"], "attentive_held_out_top1": res["held_out_top1"],
+            "attentive_lr": res["lr"], "attentive_weight_decay": res["weight_decay"]}  # fmt: skip
+
+
+def _target_curves(run_dir: Path) -> dict[str, Any]:
+    """Per epoch (1-based) from metrics.jsonl: [epoch, TCAS, NMI, usage] of the targets' hard ids on the fixed
+    subset, and [epoch, fraction of ids used, perplexity] of the masked targets."""
+    from kmim.runinfo import read_jsonl
+
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "epoch_loss" in r]
+    tcas = [[r["epoch"] + 1, r["tok_tcas"], r["tok_nmi"], r["tok_usage"]] for r in rows if "tok_tcas" in r]
+    used = [[r["epoch"] + 1, r["targets_used"], r["targets_perplexity"]] for r in rows if "targets_used" in r]
+    return {"tcas_curve": tcas, "targets_curve": used}
+
+
+def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool,
+            study: str = "") -> dict:  # fmt: skip
     """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
 
     cfg = arm_config(arm, out, config, overrides)
     if arm.name in RECIPES:
-        return run_recipe_arm(arm, cfg, arm_overrides(arm, out, overrides), config, out, progress)
+        return run_recipe_arm(arm, cfg, arm_overrides(arm, out, overrides, config), config, out, progress)
     t0 = time.perf_counter()
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
-    tokens = cfg.train.target == "tokens"
-    rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed, "tokenizer": cfg.tokenizer.name,
-           "k": cfg.tokenizer.k if tokens else None, "target": cfg.train.target,
+    tokens, online = cfg.train.target == "tokens", cfg.train.target == "online-clusters"
+    rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed,
+           "tokenizer": "online-clusters" if online else cfg.tokenizer.name,
+           "k": cfg.tokenizer.k if tokens or online else None, "target": cfg.train.target,
            "tokenizer_seed": cfg.tokenizer.seed if tokens else None,
            "tokenizer_inertia": _inertia(run_dir) if tokens else None,
            **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    if study == "online-vs-offline":
+        t2 = time.perf_counter()
+        rec.update(_attentive(cfg, run_dir, progress), **_target_curves(run_dir))
+        rec["eval_s"] = round(rec["eval_s"] + time.perf_counter() - t2, 1)
     if curve and arm.seed in FINETUNE_SEEDS:  # vs-mae
         t2 = time.perf_counter()
         rec["finetune_top1"] = _finetune(run_dir, progress)
@@ -297,7 +351,7 @@ def run_study(study: str, out: Path, config: str | None, overrides: list[str], p
             continue
         if progress:
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
-        records.append(run_arm(arm, out, config, overrides, study == "vs-mae", progress))
+        records.append(run_arm(arm, out, config, overrides, study == "vs-mae", progress, study))
     write_report(study, out, records, config, overrides)
     return records
 
@@ -314,8 +368,8 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     from kmim.studies import study_rules
 
     cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tokenizer_seed", "tokenizer_inertia", "tcas", "nmi",
-            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "finetune_top1", "held_out_top1",
-            "train_s", "eval_s", "finetune_s"]  # fmt: skip
+            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "attentive_top1", "finetune_top1",
+            "held_out_top1", "train_s", "eval_s", "finetune_s"]  # fmt: skip
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -340,18 +394,3 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     total = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) + r.get("finetune_s", 0.0) for r in records)
     tail = ["", f"Wall time of the arms: {total / 60:.1f} min in all (pretraining + evaluation + fine-tuning).", ""]
     write_text(out / "report.md", "\n".join([*head, *body, *tail]))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=(*STUDIES, "all"), help="which study")
-    p.add_argument("--out", required=True, metavar="DIR", help="study folder (rerun the same command to continue)")
-    add_config_arguments(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    names = STUDIES if args.name == "all" else (args.name,)
-    for name in names:
-        out = Path(args.out) / name if args.name == "all" else Path(args.out)
-        run_study(name, out, args.config, list(args.overrides), not args.quiet)
-        print(f"wrote {out / 'report.md'}", file=sys.stdout)
-    return 0

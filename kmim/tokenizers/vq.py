@@ -11,7 +11,7 @@ are restarted at random encoder outputs of the current batch (Dhariwal et al. 20
 K random encoder outputs of the first batch. The default EMA decay is 0.9, not the usual 0.99: a fit has only
 hundreds of steps, and at 0.99 codes that fell out of use kept counts above the restart threshold for the whole run
 (fewer codes used on mnist5k). Training (codebook initialisation, EMA and restarts included) is
-`kmim.engine.vq_train.train_vqvae`; meta['fit'] reports codebook usage and perplexity on the training split.
+`kmim.fit.vq.train_vqvae`; meta['fit'] reports codebook usage and perplexity on the training split.
 """
 
 from __future__ import annotations

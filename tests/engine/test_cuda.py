@@ -12,7 +12,8 @@ from tests.conftest import TINY
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("extra", [["train.amp=auto"], ["train.amp=fp16"], ["train.compile=true"]])
+@pytest.mark.parametrize("extra", [["train.amp=auto"], ["train.amp=fp16"], ["train.compile=true"],
+                                   ["train.target=online-clusters", "train.health_images=12"]])  # fmt: skip
 def test_pretrain_on_cuda(extra, tmp_path):
     assert main(["pretrain", "-q", *TINY, f"out_dir={tmp_path}", "name=r", "train.device=cuda", *extra]) == 0
     res = json.loads((tmp_path / "r/results.json").read_text())
@@ -31,3 +32,9 @@ def test_tokenizer_ids_on_cuda_equal_cpu(tmp_path):
 def test_finetune_on_cuda(tmp_path):
     ft = ["finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8", "train.device=cuda"]
     assert main(["finetune", "--random-init", "-q", *TINY, f"out_dir={tmp_path}", *ft]) == 0
+
+
+def test_attentive_probe_on_cuda(tmp_path):
+    att = ["eval.probe=attentive", "eval.attentive_epochs=1", "eval.attentive_warmup_epochs=0",
+           "eval.attentive_batch_size=8", "train.device=cuda", "data.synthetic_per_class=16"]  # fmt: skip
+    assert main(["probe", "--random-init", "-q", *TINY, *att]) == 0

@@ -31,6 +31,10 @@ def _losses(run):
 def _same_weights(run_a, run_b):
     wa = torch.load(run_a / "encoder.pt", weights_only=True)["state_dict"]
     wb = torch.load(run_b / "encoder.pt", weights_only=True)["state_dict"]
+    _same_tensors(wa, wb)
+
+
+def _same_tensors(wa, wb):
     for k in wa:
         diff = (wa[k] - wb[k]).abs()
         if k.endswith("attn.qkv.bias"):  # the key bias gets an analytically zero gradient (softmax is invariant
@@ -70,6 +74,27 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert results["images_seen"] == json.loads((out / "one/results.json").read_text())["images_seen"]
 
 
+def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
+    """Online targets: Sinkhorn's column sums (and max shift) are all-reduced and the prototypes' gradients averaged,
+    so 2 processes with the same global batch give the 1-process losses, encoder and prototypes."""
+    out = tmp_path / "runs"
+    base = [*RUN, f"out_dir={out}", "train.device=cpu", "train.target=online-clusters", "train.batch_size=8",
+            "train.online.momentum=0.9"]  # fmt: skip
+    one = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one"], env=ENV,
+                         capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, "pretrain", "-q", *base, "name=two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(out / "one"), _losses(out / "two")
+    assert len(a) == len(b) == 2 * (3 * 16 // 8)
+    for (_, la), (_, lb) in zip(a, b, strict=True):
+        assert abs(la - lb) <= 1e-5 * abs(la), (la, lb)
+    _same_weights(out / "one", out / "two")
+    pa, pb = (torch.load(out / n / "tokenizer.pt", weights_only=False)["state"] for n in ("one", "two"))
+    _same_tensors(pa, pb)  # the teacher (its EMA of the student's key bias walks too) and the prototypes
+
+
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_two_processes_fit_the_same_tokenizer_file_as_one(tmp_path):
     """`torchrun -m kmim tokenize`: each rank decodes half the images (with a DataLoader worker), the patch sample is
     gathered and rank 0 writes a file whose centroids equal the 1-process file's, bit for bit."""
@@ -84,6 +109,7 @@ def test_two_processes_fit_the_same_tokenizer_file_as_one(tmp_path):
     assert a["meta"]["fit"] == b["meta"]["fit"]
 
 
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
     """Rank 1's tokenizer.path is missing (a node without the shared file): one line, exit 2, nothing written."""
     out = tmp_path / "runs"
@@ -106,6 +132,7 @@ def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_an_image_that_fails_to_decode_mid_run_stops_every_rank_with_one_line_each(tmp_path):
     """A JPEG whose header is fine but whose data is cut passes the header scan and fails when decoded in epoch 1 on
     one rank: that rank names the file, the other says it stopped because of it; no traceback from kmim."""

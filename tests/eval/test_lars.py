@@ -33,6 +33,7 @@ in_process_group(work)
 """
 
 
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_two_processes_train_the_head_of_one(tmp_path):
     script = tmp_path / "lars.py"
     script.write_text(SCRIPT)

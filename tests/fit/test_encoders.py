@@ -5,10 +5,10 @@ import torch
 from kmim.config import ModelConfig, load_config
 from kmim.data import build_dataset
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.supervised import train_supervised
 from kmim.errors import KmimError
 from kmim.fit import FitData, fit_tokenizer, load_tokenizer
 from kmim.fit.kmeans import fit_subset
+from kmim.fit.supervised import train_supervised
 from kmim.models import build_encoder, encoder_kwargs, resolve_spec
 from kmim.tokenizers import EncoderSource, KMeansTokenizer
 from kmim.tokenizers.codebook import assign

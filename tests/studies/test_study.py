@@ -12,12 +12,14 @@ from tests.conftest import TINY
 
 FAST = [*TINY, "data.synthetic_per_class=24", "data.synthetic_classes=4", "train.epochs=1", "train.warmup_epochs=0",
         "train.save_every=1", "tokenizer.batch_size=16", "tokenizer.vq.epochs=1", "tokenizer.supervised.epochs=1",
-        "eval.probe_epochs=3", "finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8"]  # fmt: skip
+        "eval.probe_epochs=3", "finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8",
+        "eval.attentive_epochs=1", "eval.attentive_warmup_epochs=0", "eval.attentive_batch_size=8",
+        "eval.attentive_lrs=[1e-3]", "eval.attentive_weight_decays=[0.0]"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "study", [pytest.param("tcas-vs-probe", marks=pytest.mark.slow), pytest.param("k-ablation", marks=pytest.mark.slow),
-              "vs-mae"],
+              "vs-mae", pytest.param("online-vs-offline", marks=pytest.mark.slow)],
 )  # fmt: skip  # ~15 s each on 2 cores: vs-mae (curves included) stays in the default suite
 def test_study_writes_every_file(study, tmp_path, capsys):
     out = tmp_path / study
@@ -36,8 +38,14 @@ def test_study_writes_every_file(study, tmp_path, capsys):
         assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
         assert "Fine-tuning (3 seeds)" in report and "## Linear probe vs epochs" in report
         assert (out / "runs" / "kmim-pixels-k200-s0-finetune" / "results.json").is_file()
+    if study == "online-vs-offline":  # attentive probe and TCAS curves for every arm; MAE has no tokens
+        recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+        assert all(r["attentive_top1"] is not None for r in recs)
+        assert all(bool(r["tcas_curve"]) == (r["target"] != "pixels") for r in recs)
+        assert "online − kmim-pixels-k200" in verdicts and (out / "targets-over-epochs.png").is_file()
 
 
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_interrupted_study_resumes_without_redoing_finished_arms(tmp_path, monkeypatch):
     out = tmp_path / "k"
     real, calls = S.run_arm, []
@@ -75,6 +83,7 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
 
 
+@pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders(tmp_path, capsys):
     out = tmp_path / "recipe"
     assert main(["study", "finetune-recipe", "--out", str(out), "-q", *FAST]) == 0
@@ -87,3 +96,22 @@ def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders
     best = max(recs, key=lambda r: r["held_out_top1"])
     report = (out / "report.md").read_text()
     assert f"Chosen recipe: **{best['arm']}**" in report
+
+
+def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8)):
+    return {"group": group, "seed": seed, "knn_top1": knn, "linear_probe_top1": knn, "attentive_top1": knn,
+            "lowshot_top1": knn, "n_test": 1000, "tcas_curve": [[1, tcas[0], 0.1, 1.0], [2, tcas[1], 0.2, 1.0]],
+            "targets_curve": [[1, 1.0, 50.0], [2, used, 20.0]]}  # fmt: skip
+
+
+def test_online_rules_name_the_leader_and_collapse():
+    from kmim.studies.study_rules import online_rules
+
+    recs = [_online_record("online-k200", s, 80.0 + s, used=0.05) for s in (0, 1)]
+    recs += [_online_record("kmim-pixels-k200", s, 70.0 + s) for s in (0, 1)]
+    recs += [_online_record("mae-normpix", s, 80.5 + s) for s in (0, 1)]
+    lines = online_rules(recs)
+    assert "online − kmim-pixels-k200 = +10.0 (SE 0.7): **online ahead**" in lines[0]
+    assert "online − mae-normpix = -0.5 (SE 0.7): **not resolved**" in lines[0]
+    assert any("**collapsed**" in line for line in lines)
+    assert any("epoch 1 0.9000 → last 0.8000" in line for line in lines)

@@ -324,7 +324,7 @@ def test_build_empirical__class_wise_is_pure_and_background_is_shared():
 
 
 def test_command__writes_json_and_plots(tmp_path, capsys):
-    from kmim.theory import command
+    from kmim.commands import theory as command
 
     p = argparse.ArgumentParser()
     command.add_arguments(p)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kmim.engine.vq_train import init_codebook
 from kmim.errors import KmimError
+from kmim.fit.vq import init_codebook
 from kmim.tokenizers.vq import VQVAE, VQTokenizer
 
 

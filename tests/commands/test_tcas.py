@@ -5,11 +5,11 @@ import csv
 
 import pytest
 
+from kmim.commands import show_tokens, tcas
 from kmim.config import load_config
 from kmim.data import build_dataset
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS, FitData, fit_tokenizer
-from kmim.studies import show_tokens, tcas
 
 DATA = [
     "data.img_size=16",

@@ -4,8 +4,8 @@ import torch
 
 from kmim.config import load_config
 from kmim.data import build_dataset
-from kmim.engine.vq_train import codebook_stats, ema_update, init_codebook, train_vqvae, usage_stats
 from kmim.errors import KmimError
+from kmim.fit.vq import codebook_stats, ema_update, init_codebook, train_vqvae, usage_stats
 from kmim.tokenizers.vq import VQVAE
 
 

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kmim.commands.tcas import Entry, add_data_arguments, base_config, build_tokenizer
 from kmim.errors import KmimError
 from kmim.paths import check_writable
-from kmim.studies.tcas import Entry, add_data_arguments, base_config, build_tokenizer
 
 GOLDEN = 0.6180339887498949
 

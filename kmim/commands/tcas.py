@@ -22,7 +22,6 @@ from typing import Any
 from kmim.argtypes import int_list
 from kmim.errors import KmimError
 from kmim.paths import check_writable
-from kmim.progress import progress_bar
 
 GRID_K = (10, 25, 50, 100, 200)
 COLUMNS = (
@@ -146,26 +145,6 @@ def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool):
     if cfg.data.img_size % tok.patch_size:
         raise KmimError(f"{entry.label}: patch size {tok.patch_size} does not divide data.img_size={cfg.data.img_size}")
     return tok
-
-
-def score(tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 256, progress: bool = True):
-    """Co-occurrence matrix (K, L) of the tokens of every patch of `ds` with its image's label."""
-    import numpy as np
-    import torch
-
-    from kmim.data import make_loader
-    from kmim.metrics import cooccurrence
-
-    tok = tok.to(device).eval()
-    counts = np.zeros((tok.k, num_classes), dtype=np.int64)
-    with torch.no_grad():
-        for imgs, labels in progress_bar(
-            make_loader(ds, batch_size, shuffle=False), desc="encoding", disable=not progress
-        ):
-            y = labels.to(device)
-            t = tok.encode(imgs.to(device), y if tok.needs_labels else None)  # (B, P)
-            counts += cooccurrence(t.cpu().numpy(), labels.numpy(), tok.k, num_classes)
-    return counts
 
 
 def _row(entry: Entry, tok: Any, counts: Any, fit_s: float) -> dict[str, Any]:
@@ -300,6 +279,7 @@ def _registered(entry: Entry) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from kmim.engine.dist import resolve_device
+    from kmim.eval.tokens import token_counts
     from kmim.fit import TOKENIZERS
     from kmim.models import resolve_spec
 
@@ -323,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         tok = build_tokenizer(entry, cfg, data, progress)
         fit_s = time.perf_counter() - t0 if entry.file is None else 0.0
-        rows.append(_row(entry, tok, score(tok, ds, len(info.classes), device, progress=progress), fit_s))
+        rows.append(_row(entry, tok, token_counts(tok, ds, len(info.classes), device, progress=progress), fit_s))
         if progress:
             print(f"{entry.label}: TCAS {rows[-1]['tcas']:.4f}  NMI {rows[-1]['nmi']:.4f}")
     if not rows:

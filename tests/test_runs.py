@@ -1,0 +1,57 @@
+"""The run lifecycle (kmim.runs.RunDir): status, what start and reopen write and forget, the refusals."""
+
+import json
+
+import pytest
+
+from kmim.config import load_config
+from kmim.errors import KmimError
+from kmim.runs import RunDir, check_resume
+
+
+def test_lifecycle_new_start_unfinished_reopen_finished(tmp_path):
+    cfg = load_config(None, [])
+    run = RunDir(tmp_path / "r")
+    assert run.status() == "new"
+    run.check_new(cfg)
+    written = []
+    run.start(cfg, inputs=lambda: written.append("inputs"), scan={"files": 3})
+    assert written == ["inputs"] and (run.path / "config.yaml").is_file() and (run.path / "image_scan.json").is_file()
+    for epoch in range(3):
+        run.log({"step": epoch, "epoch": epoch, "loss": 1.0})
+        run.log({"epoch": epoch, "epoch_loss": 3.0 - epoch})
+    run.checkpoints.mkdir()
+    run.last.write_bytes(b"x")
+    (run.checkpoints / ".last.pt.a1b2.tmp").write_bytes(b"")  # a kill mid-write (atomic_write's temp name)
+    assert run.status() == "unfinished" and run.last_epoch_loss() == 1.0
+    with pytest.raises(KmimError, match="already holds a run: pass --resume"):
+        run.check_new(cfg)
+    run.reopen(load_config(None, ["train.epochs=50"]), epoch=2)
+    rows = [json.loads(x) for x in run.metrics.read_text().splitlines()]
+    assert {r["epoch"] for r in rows} == {0, 1}  # epoch 2 is about to be redone
+    assert "epochs: 50" in (run.path / "config.yaml").read_text()
+    assert not (run.checkpoints / ".last.pt.a1b2.tmp").exists()
+    run.write_results({"epochs": 50})
+    assert run.status() == "finished" and run.read_results() == {"epochs": 50}
+
+
+def test_a_folder_with_another_config_or_results_is_refused(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start(load_config(None, []))
+    run.check_new(load_config(None, []))  # the same config, killed before its first checkpoint: fine
+    with pytest.raises(KmimError, match="was started with another config"):
+        run.check_new(load_config(None, ["train.epochs=3"]))
+    run.write_results({})
+    with pytest.raises(KmimError, match=r"holds results \(results.json\) but no checkpoint"):
+        run.check_new(load_config(None, []))
+    run.check_new(load_config(None, ["train.epochs=3"]), overwrite=True)
+
+
+def test_check_resume_names_what_a_resume_cannot_change():
+    saved = load_config(None, [])
+    from kmim.config import config_to_dict
+
+    with pytest.raises(KmimError, match=r"--resume cannot change train.online"):
+        check_resume(config_to_dict(saved), load_config(None, ["train.online.target_temp=0.1"]), 1)
+    with pytest.raises(KmimError, match="train.epochs=1 is below the 2 epochs"):
+        check_resume(config_to_dict(saved), load_config(None, ["train.epochs=1", "train.warmup_epochs=0"]), 2)
