@@ -313,7 +313,7 @@ def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve
     rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed,
            "tokenizer": "online-clusters" if online else cfg.tokenizer.name,
            "k": cfg.tokenizer.k if tokens or online else None, "target": cfg.train.target,
-           "tokenizer_seed": cfg.tokenizer.seed if tokens else None,
+           "tokenizer_seed": cfg.tokenizer.seed if tokens or online else None,
            "tokenizer_inertia": _inertia(run_dir) if tokens else None,
            **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
