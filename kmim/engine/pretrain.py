@@ -180,8 +180,8 @@ class Pretrainer(Trainer):
     def _on_step(self, step: int) -> None:
         """The teacher's EMA update after optimizer step `step` (1-based), with CAPI's momentum schedule."""
         if self.online is not None:
-            h, spe = self.hp, self.steps_per_epoch
-            m = ema_momentum(step - 1, h.epochs * spe, h.warmup_epochs * spe, h.online.momentum)
+            t, spe = self.cfg.train, self.steps_per_epoch
+            m = ema_momentum(step - 1, t.epochs * spe, t.warmup_epochs * spe, t.online.momentum)
             self.online.ema_update(self.model.encoder, m)
 
     def _epoch_metrics(self) -> dict[str, float]:

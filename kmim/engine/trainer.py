@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import RunConfig, config_to_dict, plan_batch
+from kmim.config import FinetuneConfig, RunConfig, TrainConfig, config_to_dict, plan_batch
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import (
@@ -74,7 +74,7 @@ class Trainer:
     loader: Any
     lr: float
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, hp: Any, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, hp: TrainConfig | FinetuneConfig, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
         self.device = local_device(resolve_device(cfg.train.device))
         self.state = TrainState()
