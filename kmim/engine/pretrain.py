@@ -87,6 +87,7 @@ class Pretrainer(Trainer):
             group = {"params": protos, "betas": (0.9, 0.95), "weight_decay": o.proto_weight_decay}
             self.opt.add_param_group({**group, "lr_scale": o.proto_lr / self.lr})
         self._health_cache: dict[str, float] | None = None
+        self._health_subset: tuple[Subset, int] | None = None  # the fixed labelled images and the class count
         self.scaler = torch.amp.GradScaler("cuda") if cuda and t.amp == "fp16" else None
         self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
         self._reset_health()
@@ -217,13 +218,15 @@ class Pretrainer(Trainer):
             return self._health_cache
         tok = self.online if self.online is not None else self.tok
         assert tok is not None
-        ds, info = build_dataset(self.cfg.data, "train", min_side=self.model.patch_size)
-        n = min(self.cfg.train.health_images, len(ds))  # type: ignore[arg-type]
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.cfg.train.seed))[:n]  # type: ignore[arg-type]
+        if self._health_subset is None:  # built once: an ImageFolder is not rescanned every epoch
+            ds, info = build_dataset(self.cfg.data, "train", min_side=self.model.patch_size)
+            n = min(self.cfg.train.health_images, len(ds))  # type: ignore[arg-type]
+            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.cfg.train.seed))[:n]  # type: ignore[arg-type]
+            self._health_subset = (Subset(ds, sorted(idx.tolist())), len(info.classes))
+        subset, num_classes = self._health_subset
         tokens, labels = [], []
         with torch.random.fork_rng(devices=[]):
-            loader = make_loader(Subset(ds, sorted(idx.tolist())), self.cfg.eval.batch_size, shuffle=False,
-                                 num_workers=self.cfg.data.num_workers)  # fmt: skip
+            loader = make_loader(subset, self.cfg.eval.batch_size, shuffle=False, num_workers=self.cfg.data.num_workers)
             for imgs, y in loader:
                 x = imgs.to(self.device)
                 amp = self.cfg.train.amp if self.online is not None else "off"  # as each computes its training targets
@@ -231,7 +234,7 @@ class Pretrainer(Trainer):
                     ids = tok.encode(x, y.to(self.device) if tok.needs_labels else None)  # (B, L)
                 tokens.append(ids.cpu())
                 labels.append(y)
-        m = token_metrics(torch.cat(tokens).numpy(), torch.cat(labels).numpy(), self.k, len(info.classes))
+        m = token_metrics(torch.cat(tokens).numpy(), torch.cat(labels).numpy(), self.k, num_classes)
         self._health_cache = {f"tok_{key}": float(m[key]) for key in ("tcas", "nmi", "usage", "perplexity")}
         return self._health_cache
 
