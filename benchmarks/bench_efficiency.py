@@ -106,8 +106,11 @@ def main() -> None:
         med = sorted(times)[len(times) // 2]
         n_par = sum(p.numel() for p in model.parameters()) / 1e6
         rate = flops / med / 1e9
-        print(f"| {name} | {n_par:.2f} | {flops / 1e9:.2f} | {1000 * med:.0f} | {a.batch / med:.0f} | {rate:.1f} | "
-              f"{rate / peak:.2f} |", flush=True)  # fmt: skip
+        print(
+            f"| {name} | {n_par:.2f} | {flops / 1e9:.2f} | {1000 * med:.0f} | {a.batch / med:.0f} | {rate:.1f} | "
+            f"{rate / peak:.2f} |",
+            flush=True,
+        )
         if a.profile:
             profiles[name] = profile_step(step)
     for name, shares in profiles.items():

@@ -41,8 +41,10 @@ def main() -> None:
     _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, e.probe_lrs[0], **probe_recipe(e, 0)))
     probe, t_probe = timed(lambda: linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), **probe_recipe(e, 0)))
     _, t_all = timed(lambda: evaluate_encoder(enc, cfg, progress=False))
-    print(f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.probe_lrs)} lrs x "
-          f"{e.probe_epochs} epochs + a final fit")  # fmt: skip
+    print(
+        f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.probe_lrs)} lrs x "
+        f"{e.probe_epochs} epochs + a final fit"
+    )
     print("| part | s |")
     print("|---|---:|")
     print(f"| features, train + test (both pools, one pass) | {t_feat:.2f} |")

@@ -86,8 +86,10 @@ def main() -> None:
     for t, (_, flops) in steps.items():
         med = sorted(times[t])[len(times[t]) // 2]
         tflops = flops / med / 1e12
-        print(f"| {t} | {1000 * med:.1f} | {a.batch / med:.0f} | {flops / 1e12:.3f} | {tflops:.1f} | "
-              f"{tflops / a.peak_tflops:.3f} |")  # fmt: skip
+        print(
+            f"| {t} | {1000 * med:.1f} | {a.batch / med:.0f} | {flops / 1e12:.3f} | {tflops:.1f} | "
+            f"{tflops / a.peak_tflops:.3f} |"
+        )
     if a.profile and cuda:
         print_profile(steps["tokens"][0])
 

@@ -46,15 +46,37 @@ class DeviceBatches:
 
 def config(args: argparse.Namespace, target: str, root: str | None):
     n_img = args.batch * args.steps
-    data = ([f"data.root={root}", f"data.num_workers={os.cpu_count()}"] if root else
-            ["data.name=synthetic", "data.img_size=224", "data.synthetic_classes=2", "data.num_workers=0",
-             f"data.synthetic_per_class={n_img // 2 + 1}", "data.aug=none", "data.hflip=false"])  # fmt: skip
+    data = (
+        [f"data.root={root}", f"data.num_workers={os.cpu_count()}"]
+        if root
+        else [
+            "data.name=synthetic",
+            "data.img_size=224",
+            "data.synthetic_classes=2",
+            "data.num_workers=0",
+            f"data.synthetic_per_class={n_img // 2 + 1}",
+            "data.aug=none",
+            "data.hflip=false",
+        ]
+    )
     sync = args.sync_every
-    over = [*data, f"model.preset={args.preset}", "train.epochs=2", "train.warmup_epochs=0",
-            f"train.batch_size={args.batch}", "train.micro_batch_size=0", f"train.target={target}",
-            f"train.compile={str(args.compile).lower()}", f"train.sync_every={sync}",
-            f"train.log_every={max(sync, 20 // sync * sync)}", "train.save_every=100", "tokenizer.fit_images=256",
-            "tokenizer.niter=5", "train.tensorboard=false", f"train.device={args.device}"]  # fmt: skip
+    over = [
+        *data,
+        f"model.preset={args.preset}",
+        "train.epochs=2",
+        "train.warmup_epochs=0",
+        f"train.batch_size={args.batch}",
+        "train.micro_batch_size=0",
+        f"train.target={target}",
+        f"train.compile={str(args.compile).lower()}",
+        f"train.sync_every={sync}",
+        f"train.log_every={max(sync, 20 // sync * sync)}",
+        "train.save_every=100",
+        "tokenizer.fit_images=256",
+        "tokenizer.niter=5",
+        "train.tensorboard=false",
+        f"train.device={args.device}",
+    ]
     return load_config(PRESETS[args.preset], over)
 
 
@@ -87,8 +109,7 @@ def measure(args: argparse.Namespace, target: str, root: str | None) -> dict[str
         trainer.run()
         wall = time.perf_counter() - t0
         mem = torch.cuda.max_memory_allocated() / 2**30 if trainer.device.type == "cuda" else float("nan")
-    return {"img_s": rows[1]["img_per_s"], "flops": flops, "loader_img_s": loader_img_s, "mem_gib": mem,
-            "wall_s": wall}  # fmt: skip
+    return {"img_s": rows[1]["img_per_s"], "flops": flops, "loader_img_s": loader_img_s, "mem_gib": mem, "wall_s": wall}
 
 
 def loader_rate(trainer: Pretrainer, batches: int = 20) -> float:
@@ -125,8 +146,13 @@ def profile_busy(args: argparse.Namespace) -> None:
             wall_us = (time.perf_counter() - t0) * 1e6
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events) / wall_us
-    attn = sorted({e.key[:60] for e in events if any(s in e.key.lower() for s in ("flash", "fmha", "efficient",
-                   "attention", "sdpa"))})  # fmt: skip
+    attn = sorted(
+        {
+            e.key[:60]
+            for e in events
+            if any(s in e.key.lower() for s in ("flash", "fmha", "efficient", "attention", "sdpa"))
+        }
+    )
     print(f"GPU busy fraction over 10 K-MIM steps: {busy:.2f} (idle {1 - busy:.2f}); attention kernels: {attn}")
 
 
@@ -145,8 +171,10 @@ def main() -> None:
     args = ap.parse_args()
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     data = f"folder {args.folder}" if args.folder else "device batches"
-    print(f"{name}; {args.preset} 224 px, batch {args.batch}, {args.steps} steps/epoch, compile={args.compile}, "
-          f"sync_every={args.sync_every}, data={data}")  # fmt: skip
+    print(
+        f"{name}; {args.preset} 224 px, batch {args.batch}, {args.steps} steps/epoch, compile={args.compile}, "
+        f"sync_every={args.sync_every}, data={data}"
+    )
     res: dict[str, list[dict]] = {"tokens": [], "pixels": []}
     for _ in range(args.repeats):
         for target in res:
@@ -155,8 +183,10 @@ def main() -> None:
     for target, runs in res.items():
         img_s = statistics.median(r["img_s"] for r in runs)
         tflops = img_s * runs[0]["flops"] / 1e12
-        print(f"| {target} | {img_s:.0f} | {tflops:.1f} | {tflops / args.peak_tflops:.3f} | "
-              f"{runs[0]['loader_img_s']:.0f} | {runs[0]['mem_gib']:.1f} |")  # fmt: skip
+        print(
+            f"| {target} | {img_s:.0f} | {tflops:.1f} | {tflops / args.peak_tflops:.3f} | "
+            f"{runs[0]['loader_img_s']:.0f} | {runs[0]['mem_gib']:.1f} |"
+        )
     ratio = statistics.median(r["img_s"] for r in res["pixels"]) / statistics.median(r["img_s"] for r in res["tokens"])
     print(f"K-MIM step / MAE step = {ratio:.3f} (time per image ratio)")
     if args.profile and torch.cuda.is_available():

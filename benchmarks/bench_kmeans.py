@@ -94,8 +94,10 @@ def recipe(x: np.ndarray, k: int, per_img: int, passes: int) -> tuple[float, flo
 
 def bench(name: str, x: np.ndarray, per_img: int, ks: list[int], passes: int) -> None:
     print(f"\n{name}: {x.shape[0]:,} patches of dim {x.shape[1]}; inertia over all of them", flush=True)
-    print("| K | kmim fit (s) | fit points | inertia | all-patch fit (s) | inertia | recipe 100 passes (s) | "
-          "inertia (passes run) | recipe / kmim time | kmim / recipe inertia |")  # fmt: skip
+    print(
+        "| K | kmim fit (s) | fit points | inertia | all-patch fit (s) | inertia | recipe 100 passes (s) | "
+        "inertia (passes run) | recipe / kmim time | kmim / recipe inertia |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in ks:
         t_k, c_k, n_fit = kmim_fit(x, k, TokenizerConfig().max_points_per_centroid)
@@ -108,9 +110,12 @@ def bench(name: str, x: np.ndarray, per_img: int, ks: list[int], passes: int) ->
         first, later, c_r = recipe(x, k, per_img, passes)
         t_r = first + (RECIPE_PASSES - 1) * later
         i_r = inertia(x, c_r)
-        print(f"| {k} | {t_k:.2f} | {n_fit:,} | {i_k:.4f} | {all_cells} | {t_r:.0f}"
-              f"{'' if passes == RECIPE_PASSES else ' (extrapolated)'} | {i_r:.4f} ({passes}) | {t_r / t_k:.0f}x | "
-              f"{i_k / i_r:.4f} |", flush=True)  # fmt: skip
+        print(
+            f"| {k} | {t_k:.2f} | {n_fit:,} | {i_k:.4f} | {all_cells} | {t_r:.0f}"
+            f"{'' if passes == RECIPE_PASSES else ' (extrapolated)'} | {i_r:.4f} ({passes}) | {t_r / t_k:.0f}x | "
+            f"{i_k / i_r:.4f} |",
+            flush=True,
+        )
 
 
 SWEEP_PPC = (64, 256, 1024, 0)  # points per centroid of the fit sample; 0 = every patch
@@ -120,8 +125,11 @@ SWEEP_SEEDS = (0, 1, 2)
 def sweep(name: str, x: np.ndarray, ks: list[int]) -> None:
     """Inertia over all patches vs the fit sample's size, over seeds: what subsampling costs, beside seed noise."""
     d = TokenizerConfig()
-    print(f"\n{name}: {x.shape[0]:,} x {x.shape[1]}; inertia over all patches, mean ± sd over seeds "
-          f"{SWEEP_SEEDS} (the seed draws the sample and the k-means++ start)", flush=True)  # fmt: skip
+    print(
+        f"\n{name}: {x.shape[0]:,} x {x.shape[1]}; inertia over all patches, mean ± sd over seeds "
+        f"{SWEEP_SEEDS} (the seed draws the sample and the k-means++ start)",
+        flush=True,
+    )
     print("| K | points per centroid | fit points | fit s (mean) | inertia | vs every-patch fit |")
     print("|---:|---:|---:|---:|---:|---:|")
     for k in ks:
@@ -137,9 +145,11 @@ def sweep(name: str, x: np.ndarray, ks: list[int]) -> None:
         ref = float(np.mean([i for _, i, _ in rows[-1][1]]))
         for ppc, res in rows:
             ins = [i for _, i, _ in res]
-            print(f"| {k} | {ppc or 'all'} | {res[0][2]:,} | {np.mean([t for t, _, _ in res]):.2f} | "
-                  f"{np.mean(ins):.4f} ± {np.std(ins, ddof=1):.4f} | {100 * (np.mean(ins) / ref - 1):+.1f} % |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {k} | {ppc or 'all'} | {res[0][2]:,} | {np.mean([t for t, _, _ in res]):.2f} | "
+                f"{np.mean(ins):.4f} ± {np.std(ins, ddof=1):.4f} | {100 * (np.mean(ins) / ref - 1):+.1f} % |",
+                flush=True,
+            )
 
 
 def main() -> None:

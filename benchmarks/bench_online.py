@@ -27,12 +27,29 @@ VARIANTS = {"kmim-pixels": "tokens", "online-clusters": "online-clusters", "mae-
 
 
 def config(args: argparse.Namespace, target: str):
-    data = (["data.name=mnist5k"] if args.preset == "mnist-tiny" else
-            ["data.name=synthetic", "data.img_size=224", "data.synthetic_classes=2", "data.aug=none",
-             f"data.synthetic_per_class={args.batch}"])  # fmt: skip
-    over = [*data, f"model.preset={args.preset}", f"tokenizer.k={args.k}", "tokenizer.niter=5",
-            "tokenizer.fit_images=256", f"train.target={target}", f"train.batch_size={args.batch}",
-            "train.warmup_epochs=0", "train.tensorboard=false", f"train.device={args.device}"]  # fmt: skip
+    data = (
+        ["data.name=mnist5k"]
+        if args.preset == "mnist-tiny"
+        else [
+            "data.name=synthetic",
+            "data.img_size=224",
+            "data.synthetic_classes=2",
+            "data.aug=none",
+            f"data.synthetic_per_class={args.batch}",
+        ]
+    )
+    over = [
+        *data,
+        f"model.preset={args.preset}",
+        f"tokenizer.k={args.k}",
+        "tokenizer.niter=5",
+        "tokenizer.fit_images=256",
+        f"train.target={target}",
+        f"train.batch_size={args.batch}",
+        "train.warmup_epochs=0",
+        "train.tensorboard=false",
+        f"train.device={args.device}",
+    ]
     return load_config(None, over)
 
 
@@ -90,8 +107,10 @@ def main() -> None:
             sync(online.device)
             teacher.append(time.perf_counter() - t0)
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    print(f"{dev}, {torch.get_num_threads()} threads; {args.preset}, batch {args.batch}, K = {args.k}, "
-          f"{args.steps} steps per variant (medians)")  # fmt: skip
+    print(
+        f"{dev}, {torch.get_num_threads()} threads; {args.preset}, batch {args.batch}, K = {args.k}, "
+        f"{args.steps} steps per variant (medians)"
+    )
     base = statistics.median(times["kmim-pixels"])
     print("| variant | step ms | / K-MIM PIXEL |\n|---|---:|---:|")
     for name, ts in times.items():

@@ -108,8 +108,10 @@ def main() -> None:
         base_flops = flops[("MAE norm-pix", masked_only)]
         where = "masked patches" if masked_only else "every patch"
         f_ratio = flops[(name, masked_only)] / base_flops
-        print(f"| {name} | {where} | {1000 * step:.1f} | {a.batch / step:.0f} | {1000 * enc:.2f} | "
-              f"{step / base:.3f} | {(step - enc) / base:.3f} | {f_ratio:.3f} |")  # fmt: skip
+        print(
+            f"| {name} | {where} | {1000 * step:.1f} | {a.batch / step:.0f} | {1000 * enc:.2f} | "
+            f"{step / base:.3f} | {(step - enc) / base:.3f} | {f_ratio:.3f} |"
+        )
     for name in toks:
         before, after = med[(name, False)][1], med[(name, True)][1]
         print(f"{name}: masked-only head / every-patch head step time = {after / before:.3f}")

@@ -126,9 +126,21 @@ def view_rates(root: Path, n: int) -> dict[str, float]:
 
 
 def kmim(*args: str, nproc: int = 1, port: int = 29560) -> tuple[float, subprocess.CompletedProcess]:
-    launch = [sys.executable, "-m", "kmim"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port),
-        "-m", "kmim"]  # fmt: skip
+    launch = (
+        [sys.executable, "-m", "kmim"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(port),
+            "-m",
+            "kmim",
+        ]
+    )
     t0 = time.perf_counter()
     proc = subprocess.run([*launch, *args], env=ENV, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -148,23 +160,56 @@ def stages(
     if nproc >= 2:
         w2, _ = kmim("tokenize", "-q", "-c", PRESET, *fit, "--out", str(out / "tok2.pt"), nproc=nproc)
         a, b = (torch.load(out / f"tok{i}.pt", weights_only=False)["state"]["centroids"] for i in (1, 2))
-        rows.append({"stage": "tokenize (fit_images)", "procs": nproc, "images": fit_images, "wall_s": w2,
-                     "note": f"centroids equal to 1 process: {torch.equal(a, b)}"})  # fmt: skip
+        rows.append(
+            {
+                "stage": "tokenize (fit_images)",
+                "procs": nproc,
+                "images": fit_images,
+                "wall_s": w2,
+                "note": f"centroids equal to 1 process: {torch.equal(a, b)}",
+            }
+        )
     batch = min(batch, n_train // 2)
-    run = [*data, f"out_dir={out}", "name=pre", f"tokenizer.path={out / 'tok1.pt'}", "train.epochs=1",
-           "train.warmup_epochs=0", f"train.batch_size={batch}", f"train.micro_batch_size={batch // 4}"]  # fmt: skip
+    run = [
+        *data,
+        f"out_dir={out}",
+        "name=pre",
+        f"tokenizer.path={out / 'tok1.pt'}",
+        "train.epochs=1",
+        "train.warmup_epochs=0",
+        f"train.batch_size={batch}",
+        f"train.micro_batch_size={batch // 4}",
+    ]
     w, _ = kmim("pretrain", "-q", "-c", PRESET, *run, nproc=nproc)
     rows.append({"stage": "pretrain (1 epoch)", "procs": nproc, "images": n_train // batch * batch, "wall_s": w})
     w, _ = kmim("knn", "-q", str(out / "pre"))
     rows.append({"stage": "knn (train + val features)", "procs": 1, "images": n_train + n_val, "wall_s": w})
-    lars = ["eval.lars_epochs=1", "eval.lars_warmup_epochs=0", f"eval.lars_batch_size={batch}",
-            f"eval.lars_micro_batch_size={batch // 2}"]  # fmt: skip
+    lars = [
+        "eval.lars_epochs=1",
+        "eval.lars_warmup_epochs=0",
+        f"eval.lars_batch_size={batch}",
+        f"eval.lars_micro_batch_size={batch // 2}",
+    ]
     w, proc = kmim("probe", "-q", str(out / "pre"), *lars, nproc=nproc)
     top1 = json.loads(proc.stdout)["linear_probe_top1"]
-    rows.append({"stage": "LARS probe (1 epoch)", "procs": nproc, "images": n_train // batch * batch + n_val,
-                 "wall_s": w, "note": f"top-1 {top1:.1f} (1 epoch)"})  # fmt: skip
-    ft = [*data, f"out_dir={out}", "name=ft", "finetune.epochs=1", "finetune.warmup_epochs=0",
-          f"finetune.batch_size={batch}", f"finetune.micro_batch_size={batch // 2}"]  # fmt: skip
+    rows.append(
+        {
+            "stage": "LARS probe (1 epoch)",
+            "procs": nproc,
+            "images": n_train // batch * batch + n_val,
+            "wall_s": w,
+            "note": f"top-1 {top1:.1f} (1 epoch)",
+        }
+    )
+    ft = [
+        *data,
+        f"out_dir={out}",
+        "name=ft",
+        "finetune.epochs=1",
+        "finetune.warmup_epochs=0",
+        f"finetune.batch_size={batch}",
+        f"finetune.micro_batch_size={batch // 2}",
+    ]
     w, _ = kmim("finetune", "-q", str(out / "pre"), "-c", FT_PRESET, *ft, nproc=nproc)
     rows.append(
         {"stage": "finetune (1 epoch)", "procs": nproc, "images": n_train // batch * batch + n_val, "wall_s": w}
@@ -228,13 +273,17 @@ def projections(rates: dict[str, float], flops: dict[str, float], km_s: float, c
                 cpu_s = images / (rates[view] * cpu)
                 return max(cpu_s, images / (gpu_rate(flops, model, kind) * gpus))
 
-            rows.append({"data": name, "gpus": gpus,
-                         "tokenize": fit_images / (rates["eval"] * cpu) + km_s,
-                         "pretrain": epochs * stage(n_train, "pretrain", "step"),
-                         "knn": stage(n_train + n_val, "eval", "forward"),
-                         "lars": LARS_EPOCHS * stage(n_train, "lars", "forward") + stage(n_val, "eval", "forward"),
-                         "finetune": FT_EPOCHS * (stage(n_train, "finetune", "finetune")
-                                                  + stage(n_val, "eval", "forward"))})  # fmt: skip
+            rows.append(
+                {
+                    "data": name,
+                    "gpus": gpus,
+                    "tokenize": fit_images / (rates["eval"] * cpu) + km_s,
+                    "pretrain": epochs * stage(n_train, "pretrain", "step"),
+                    "knn": stage(n_train + n_val, "eval", "forward"),
+                    "lars": LARS_EPOCHS * stage(n_train, "lars", "forward") + stage(n_val, "eval", "forward"),
+                    "finetune": FT_EPOCHS * (stage(n_train, "finetune", "finetune") + stage(n_val, "eval", "forward")),
+                }
+            )
     return rows
 
 
@@ -253,8 +302,12 @@ def inertia_vs_fit_images(root: Path, counts: list[int]) -> list[dict]:
     torch.set_num_threads(2)
     cfg = load_config(PRESET, [f"data.root={root}"])
     data = training_split(cfg)
-    toks = {n: fit_tokenizer(load_config(PRESET, [f"data.root={root}", f"tokenizer.fit_images={n}"]).tokenizer, data,
-                             progress=False) for n in counts}  # fmt: skip
+    toks = {
+        n: fit_tokenizer(
+            load_config(PRESET, [f"data.root={root}", f"tokenizer.fit_images={n}"]).tokenizer, data, progress=False
+        )
+        for n in counts
+    }
     rng, chunks = np.random.default_rng(1), []
     source = next(iter(toks.values())).source
     for i in range(len(data.ds)):
@@ -265,8 +318,13 @@ def inertia_vs_fit_images(root: Path, counts: list[int]) -> list[dict]:
     for n, tok in toks.items():
         index = faiss.IndexFlatL2(pts.shape[1])
         index.add(np.ascontiguousarray(tok.centroids.numpy(), dtype=np.float32))
-        out.append({"fit_images": n, "patches_fitted": tok.meta["fit"]["n_fit"], "inertia": float(
-            index.search(pts, 1)[0].mean())})  # fmt: skip
+        out.append(
+            {
+                "fit_images": n,
+                "patches_fitted": tok.meta["fit"]["n_fit"],
+                "inertia": float(index.search(pts, 1)[0].mean()),
+            }
+        )
     full = out[-1]["inertia"]
     for row in out:
         row["excess_pct"] = 100 * (row["inertia"] / full - 1)
@@ -316,19 +374,25 @@ def main() -> None:
     rows = stages(root, out, n_train, n_val, fit_images, args.workers, args.nproc, args.batch)
     print("\n| stage | processes | images | wall s here | img/s per process | note |\n|---|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['stage']} | {r['procs']} | {r['images']} | {r['wall_s']:.1f} | "
-              f"{r['images'] / r['wall_s'] / r['procs']:.1f} | {r.get('note', '')} |")  # fmt: skip
+        print(
+            f"| {r['stage']} | {r['procs']} | {r['images']} | {r['wall_s']:.1f} | "
+            f"{r['images'] / r['wall_s'] / r['procs']:.1f} | {r.get('note', '')} |"
+        )
     flops, km = flops_per_image(), kmeans_seconds()
     print(f"\nK-means at the presets' sample (100,000 x 768 -> K = 50, 20 iterations): {km:.1f} s here")
     print("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items()))
     for label, r in (("original JPEGs", rates), ("kmim prepare copy", rates_prep)):
-        print(f"\nprojected wall time, {label}, {args.cores_per_gpu} decode cores per GPU, GPU rate from the H100 "
-              f"ViT-B/16 measurement scaled by FLOPs (same MFU):")  # fmt: skip
+        print(
+            f"\nprojected wall time, {label}, {args.cores_per_gpu} decode cores per GPU, GPU rate from the H100 "
+            f"ViT-B/16 measurement scaled by FLOPs (same MFU):"
+        )
         print("| data | GPUs | tokenizer fit | pretrain | kNN | LARS probe (90 ep) | finetune (100 ep) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for p in projections(r, flops, km, args.cores_per_gpu):
-            print(f"| {p['data']} | {p['gpus']} | {hours(p['tokenize'])} | {hours(p['pretrain'])} | {hours(p['knn'])}"
-                  f" | {hours(p['lars'])} | {hours(p['finetune'])} |")  # fmt: skip
+            print(
+                f"| {p['data']} | {p['gpus']} | {hours(p['tokenize'])} | {hours(p['pretrain'])} | {hours(p['knn'])}"
+                f" | {hours(p['lars'])} | {hours(p['finetune'])} |"
+            )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         if not _peer_gone(e):
             raise
-        print(f"kmim {args.command}: error: rank {rank} stopped because another process did (its error is above)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"kmim {args.command}: error: rank {rank} stopped because another process did (its error is above)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("kmim: interrupted", file=sys.stderr)

@@ -423,16 +423,20 @@ def validate(cfg: RunConfig) -> RunConfig:
     for section in ("train", "finetune"):
         hp = getattr(cfg, section)
         if hp.log_every % hp.sync_every:
-            raise KmimError(f"{section}.log_every={hp.log_every} is not a multiple of {section}.sync_every="
-                            f"{hp.sync_every}: the loss is only read every sync_every steps")  # fmt: skip
+            raise KmimError(
+                f"{section}.log_every={hp.log_every} is not a multiple of {section}.sync_every="
+                f"{hp.sync_every}: the loss is only read every sync_every steps"
+            )
         if hp.warmup_epochs > hp.epochs:
             raise KmimError(
                 f"{section}.warmup_epochs={hp.warmup_epochs} is longer than {section}.epochs={hp.epochs}: lower it"
             )
     for probe in ("lars", "attentive"):
         if getattr(cfg.eval, f"{probe}_warmup_epochs") > getattr(cfg.eval, f"{probe}_epochs"):
-            raise KmimError(f"eval.{probe}_warmup_epochs={getattr(cfg.eval, f'{probe}_warmup_epochs')} is longer "
-                            f"than eval.{probe}_epochs")  # fmt: skip
+            raise KmimError(
+                f"eval.{probe}_warmup_epochs={getattr(cfg.eval, f'{probe}_warmup_epochs')} is longer "
+                f"than eval.{probe}_epochs"
+            )
     return cfg
 
 

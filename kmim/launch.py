@@ -27,11 +27,17 @@ def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], 
     total = ((info["config"] or {}).get("train") or {}).get("epochs")
     done = info["epochs_done"]
     if not allow_unfinished and done is not None and total is not None and done < total:
-        raise KmimError(f"{path} is an unfinished pretraining run (epoch {done} of {total}): finish it with `kmim "
-                        f"pretrain --resume {path}`, or pass --allow-unfinished to fine-tune it as it is")  # fmt: skip
+        raise KmimError(
+            f"{path} is an unfinished pretraining run (epoch {done} of {total}): finish it with `kmim "
+            f"pretrain --resume {path}`, or pass --allow-unfinished to fine-tune it as it is"
+        )
     spec = info["encoder"]
-    source = {"timm_name": spec["timm_name"], "timm_kwargs": dict(spec["timm_kwargs"]),
-              "state_dict": enc.state_dict(), "path": str(info["checkpoint"])}  # fmt: skip
+    source = {
+        "timm_name": spec["timm_name"],
+        "timm_kwargs": dict(spec["timm_kwargs"]),
+        "state_dict": enc.state_dict(),
+        "path": str(info["checkpoint"]),
+    }
     return source, info["config"]
 
 
@@ -58,9 +64,13 @@ def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, 
 
 
 def start(
-    path: str | None, config: str | None, overrides: list[str], progress: bool, overwrite: bool,
+    path: str | None,
+    config: str | None,
+    overrides: list[str],
+    progress: bool,
+    overwrite: bool,
     allow_unfinished: bool = False,
-):  # fmt: skip
+):
     if path is None:  # --random-init
         source, cfg = agree(lambda: _random_source(config, overrides))
     else:

@@ -61,8 +61,10 @@ def check_randaug(value: str) -> None:
         (make or auto_augment_transform)(value, hparams)
     except Exception as e:  # timm asserts, or fails to parse a number
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise KmimError(f"finetune.randaug={value!r} is not valid: timm cannot parse it ({reason}); use e.g. "
-                        "rand-m9-mstd0.5-inc1 or none") from None  # fmt: skip
+        raise KmimError(
+            f"finetune.randaug={value!r} is not valid: timm cannot parse it ({reason}); use e.g. "
+            "rand-m9-mstd0.5-inc1 or none"
+        ) from None
 
 
 def check_tokenizer_path(cfg: RunConfig) -> None:
@@ -91,8 +93,15 @@ def check_images(
 
     paths = [path for split in splits for path, _ in build_dataset(cfg.data, split)[0].samples]  # type: ignore[attr-defined]
     side = resolve_spec(cfg.model).patch_size if min_side is None else min_side
-    problem, key = scan_headers(paths, side, rank=get_rank(), world=get_world_size(), workers=cfg.data.num_workers,
-                                progress=progress, cache=run_dir / SCAN_FILE)  # fmt: skip
+    problem, key = scan_headers(
+        paths,
+        side,
+        rank=get_rank(),
+        world=get_world_size(),
+        workers=cfg.data.num_workers,
+        progress=progress,
+        cache=run_dir / SCAN_FILE,
+    )
     if problem:
         raise KmimError(problem)
     return key
@@ -129,6 +138,8 @@ def check_tokenizer_options(cfg: RunConfig) -> None:
         value, default = getattr(cfg.tokenizer, group), getattr(defaults, group)
         for f in fields(value):
             if getattr(value, f.name) != getattr(default, f.name):
-                raise KmimError(f"tokenizer.{group}.{f.name}={getattr(value, f.name)!r} is set, but "
-                                f"tokenizer.name={cfg.tokenizer.name} does not read tokenizer.{group}.*: remove it "
-                                "or choose the tokenizer that reads it")  # fmt: skip
+                raise KmimError(
+                    f"tokenizer.{group}.{f.name}={getattr(value, f.name)!r} is set, but "
+                    f"tokenizer.name={cfg.tokenizer.name} does not read tokenizer.{group}.*: remove it "
+                    "or choose the tokenizer that reads it"
+                )

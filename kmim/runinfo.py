@@ -88,8 +88,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if _disk_full(e):
             free = shutil.disk_usage(path.parent).free / 2**20
             kept = "keeps its previous content" if path.exists() else "was not written"
-            raise KmimError(f"no space left on the device writing {path} ({free:.0f} MiB free): {path.name} {kept}; "
-                            "free some space and run the command again (--resume for a run)") from None  # fmt: skip
+            raise KmimError(
+                f"no space left on the device writing {path} ({free:.0f} MiB free): {path.name} {kept}; "
+                "free some space and run the command again (--resume for a run)"
+            ) from None
         raise
     _fsync_dir(path.parent)
 

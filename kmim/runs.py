@@ -26,8 +26,15 @@ from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl
 SCAN_FILE = "image_scan.json"  # the clean header scan of the run's image files (kmim.resolve.check_images)
 RESULT_FILES = ("results.json", "encoder.pt", "checkpoints")
 # what a resume may not change: the architecture, the data the weights were trained on, the objective
-FROZEN_ON_RESUME = ("model", "data.name", "data.img_size", "train.target", "train.norm_pix", "tokenizer",
-                    "train.online")  # fmt: skip
+FROZEN_ON_RESUME = (
+    "model",
+    "data.name",
+    "data.img_size",
+    "train.target",
+    "train.norm_pix",
+    "tokenizer",
+    "train.online",
+)
 
 
 class RunDir:
@@ -69,16 +76,22 @@ class RunDir:
         if overwrite or not run_dir.exists():
             return
         if self.last.exists():
-            raise KmimError(f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another "
-                            "name= or pass --overwrite to replace it")  # fmt: skip
+            raise KmimError(
+                f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another "
+                "name= or pass --overwrite to replace it"
+            )
         found = [f for f in RESULT_FILES if (run_dir / f).exists()]
         if found:
-            raise KmimError(f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to "
-                            "resume: choose another name= or pass --overwrite to replace it")  # fmt: skip
+            raise KmimError(
+                f"run directory {run_dir} holds results ({', '.join(found)}) but no checkpoint to "
+                "resume: choose another name= or pass --overwrite to replace it"
+            )
         saved = run_dir / "config.yaml"
         if saved.is_file() and saved.read_text() != config_to_yaml(cfg):
-            raise KmimError(f"run directory {run_dir} was started with another config ({saved}): choose another "
-                            "name= or pass --overwrite to replace it")  # fmt: skip
+            raise KmimError(
+                f"run directory {run_dir} was started with another config ({saved}): choose another "
+                "name= or pass --overwrite to replace it"
+            )
 
     def start(
         self,
@@ -136,12 +149,16 @@ def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, sectio
     for path in FROZEN_ON_RESUME:
         old_v, new_v = _at(saved, path), _at(new, path)
         if old_v != new_v:
-            raise KmimError(f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
-                            "with another name= instead")  # fmt: skip
+            raise KmimError(
+                f"--resume cannot change {path} (checkpoint: {old_v}, now: {new_v}): start a new run "
+                "with another name= instead"
+            )
     epochs = getattr(cfg, section).epochs
     if epochs < done_epochs:
-        raise KmimError(f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
-                        f"trained: a resume can keep or extend the run, not shorten it")  # fmt: skip
+        raise KmimError(
+            f"{section}.epochs={epochs} is below the {done_epochs} epochs the checkpoint already "
+            f"trained: a resume can keep or extend the run, not shorten it"
+        )
 
 
 def _at(d: dict[str, Any], path: str) -> Any:

@@ -71,8 +71,10 @@ def _summary_writer(folder: Path, purge_step: int | None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        print("note: tensorboard is not installed, so no event files are written (pip install 'kmim[tracking]')",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "note: tensorboard is not installed, so no event files are written (pip install 'kmim[tracking]')",
+            file=sys.stderr,
+        )
         return None
     return SummaryWriter(str(folder), purge_step=purge_step)
 
@@ -85,5 +87,12 @@ def _wandb_run(run_dir: Path, cfg: RunConfig, run_id: str | None) -> Any:
     except ImportError:
         raise KmimError("train.wandb=true but wandb is not installed: pip install 'kmim[tracking]'") from None
     t = cfg.train
-    return wandb.init(project=t.wandb_project, name=cfg.name, id=run_id, resume="allow", mode=t.wandb_mode,
-                      dir=str(run_dir), config=config_to_dict(cfg))  # fmt: skip
+    return wandb.init(
+        project=t.wandb_project,
+        name=cfg.name,
+        id=run_id,
+        resume="allow",
+        mode=t.wandb_mode,
+        dir=str(run_dir),
+        config=config_to_dict(cfg),
+    )

@@ -19,8 +19,11 @@ from tests.conftest import TINY
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file under folder with the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _refused(argv: list[str], where: Path, message: str, capsys) -> str:
@@ -38,8 +41,10 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("finished")
     tok = root / "tok.pt"
     assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
-    assert main(["pretrain", "-q", *TINY, f"out_dir={root}", "name=run", f"tokenizer.path={tok}",
-                 "train.save_every=1"]) == 0  # fmt: skip
+    assert (
+        main(["pretrain", "-q", *TINY, f"out_dir={root}", "name=run", f"tokenizer.path={tok}", "train.save_every=1"])
+        == 0
+    )
     return root
 
 
@@ -97,8 +102,17 @@ def test_bad_image(case, tmp_path, capsys):
     root = _imagefolder(tmp_path / "data", name, data)
     out = tmp_path / "runs"
     out.mkdir()
-    argv = ["pretrain", "-q", *TINY, "data.name=imagefolder", f"data.root={root}", "data.img_size=16",
-            f"out_dir={out}", "train.epochs=1", "train.warmup_epochs=0"]  # fmt: skip
+    argv = [
+        "pretrain",
+        "-q",
+        *TINY,
+        "data.name=imagefolder",
+        f"data.root={root}",
+        "data.img_size=16",
+        f"out_dir={out}",
+        "train.epochs=1",
+        "train.warmup_epochs=0",
+    ]
     err = _refused(argv, tmp_path, message, capsys)
     assert name in err  # names the file
 
@@ -142,13 +156,22 @@ def test_non_finite_centroids(value, finished_run, tmp_path, capsys):
 def test_encoder_weights_that_match_nothing(tmp_path, capsys):
     import timm
 
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16,
-                              depth=1, num_heads=2)  # fmt: skip
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2
+    )
     torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pth")
     kw = "{patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}"
-    argv = ["tokenize", "-q", *TINY, "tokenizer.name=kmeans-features", "tokenizer.encoder=vit_tiny_patch16_224",
-            f"tokenizer.encoder_weights={tmp_path / 'w.pth'}", f"tokenizer.encoder_kwargs={kw}",
-            "--out", str(tmp_path / "t.pt")]  # fmt: skip
+    argv = [
+        "tokenize",
+        "-q",
+        *TINY,
+        "tokenizer.name=kmeans-features",
+        "tokenizer.encoder=vit_tiny_patch16_224",
+        f"tokenizer.encoder_weights={tmp_path / 'w.pth'}",
+        f"tokenizer.encoder_kwargs={kw}",
+        "--out",
+        str(tmp_path / "t.pt"),
+    ]
     _refused(argv, tmp_path, "matches only 0 of the", capsys)
 
 
@@ -222,12 +245,15 @@ def test_started_run_with_another_config_is_not_overwritten(finished_run, tmp_pa
 # ---- resume -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.depth=3"], "--resume cannot change model"),
-    (["data.img_size=32"], "--resume cannot change data.img_size"),
-    (["train.target=pixels"], "--resume cannot change train.target"),
-    (["train.epochs=1"], "train.epochs=1 is below the 2 epochs the checkpoint already trained"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.depth=3"], "--resume cannot change model"),
+        (["data.img_size=32"], "--resume cannot change data.img_size"),
+        (["train.target=pixels"], "--resume cannot change train.target"),
+        (["train.epochs=1"], "train.epochs=1 is below the 2 epochs the checkpoint already trained"),
+    ],
+)
 def test_resume_mismatch(overrides, message, finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     for p in (finished_run / "run").rglob("*"):
@@ -254,8 +280,10 @@ def test_a_per_kind_tokenizer_option_the_tokenizer_does_not_read_is_refused(tmp_
 
     code = main(["pretrain", "-q", "tokenizer.vq.epochs=3", f"out_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
-    want = ("kmim pretrain: error: tokenizer.vq.epochs=3 is set, but tokenizer.name=kmeans-pixels does not read "
-            "tokenizer.vq.*: remove it or choose the tokenizer that reads it")  # fmt: skip
+    want = (
+        "kmim pretrain: error: tokenizer.vq.epochs=3 is set, but tokenizer.name=kmeans-pixels does not read "
+        "tokenizer.vq.*: remove it or choose the tokenizer that reads it"
+    )
     assert code == 2 and err == [want]
     assert list(tmp_path.iterdir()) == []
     assert main(["tokenize", "-q", "tokenizer.name=vq", "tokenizer.vq.epochs=0", "--out", str(tmp_path / "t.pt")]) == 2

@@ -182,9 +182,21 @@ BAD_COMBINATIONS = [
 def test_every_numeric_or_choice_field_is_checked():
     from kmim.config import CHECKS, field_paths
 
-    free = {"out_dir", "data.root", "data.hflip", "tokenizer.path", "tokenizer.patch_norm", "tokenizer.encoder",
-            "tokenizer.encoder_weights", "tokenizer.encoder_kwargs", "train.norm_pix", "train.compile",
-            "train.tensorboard", "train.wandb", "finetune.ema"}  # fmt: skip
+    free = {
+        "out_dir",
+        "data.root",
+        "data.hflip",
+        "tokenizer.path",
+        "tokenizer.patch_norm",
+        "tokenizer.encoder",
+        "tokenizer.encoder_weights",
+        "tokenizer.encoder_kwargs",
+        "train.norm_pix",
+        "train.compile",
+        "train.tensorboard",
+        "train.wandb",
+        "finetune.ema",
+    }
     registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 
@@ -193,10 +205,13 @@ def _snapshot(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    *[([f"{k}={v}"], f"{k}=") for k, v in BAD_VALUES.items()],
-    *BAD_COMBINATIONS,
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        *[([f"{k}={v}"], f"{k}=") for k, v in BAD_VALUES.items()],
+        *BAD_COMBINATIONS,
+    ],
+)
 def test_bad_value_is_one_line_exit_2_and_nothing_written(overrides, message, tmp_path, capsys):
     from kmim.cli import main
     from tests.conftest import TINY
@@ -236,8 +251,15 @@ def test_presets_resolve_to_the_same_recipe_on_one_and_two_processes():
     process), and each global batch splits over 1 and 2 processes."""
     from kmim.config import BATCH_FIELDS, config_to_dict, plan_batch
 
-    for preset in ("in100_vits16_kmim", "in100_vits16_mae", "in1k_vitb16_kmim", "in100_vits16_finetune",
-                   "in1k_vitb16_finetune", "in100_vits16_online", "in1k_vitb16_online"):  # fmt: skip
+    for preset in (
+        "in100_vits16_kmim",
+        "in100_vits16_mae",
+        "in1k_vitb16_kmim",
+        "in100_vits16_finetune",
+        "in1k_vitb16_finetune",
+        "in100_vits16_online",
+        "in1k_vitb16_online",
+    ):
         cfg = load_config(f"configs/{preset}.yaml", ["data.root=/x"])
         for name, (section, field, _cap) in BATCH_FIELDS.items():
             one, two = plan_batch(cfg, name, 1), plan_batch(cfg, name, 2)

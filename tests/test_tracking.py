@@ -39,8 +39,16 @@ def test_tensorboard_scalars_equal_metrics_jsonl_and_target_health_is_logged(tin
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/img_s", "train/grad_norm", "epoch/epoch_loss", "epoch/targets_used",
-            "epoch/targets_perplexity", "epoch/masked_top1"} <= tags  # fmt: skip
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/img_s",
+        "train/grad_norm",
+        "epoch/epoch_loss",
+        "epoch/targets_used",
+        "epoch/targets_perplexity",
+        "epoch/masked_top1",
+    } <= tags
     loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows if "step" in r]
     epochs = [r for r in rows if "epoch_loss" in r]
@@ -55,8 +63,9 @@ def test_a_resume_drops_the_events_of_the_redone_epoch(tiny_overrides):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=re", "train.log_every=1", "train.epochs=3",
-                                                 "train.save_every=2"]))  # fmt: skip
+    run_dir, _ = pretrain_run(
+        load_config(None, [*tiny_overrides, "name=re", "train.log_every=1", "train.epochs=3", "train.save_every=2"])
+    )
     shutil.copy(run_dir / "checkpoints/checkpoint-0002.pt", run_dir / "checkpoints/last.pt")
     resume_run(run_dir)
     events = EventAccumulator(str(run_dir / "tensorboard"))

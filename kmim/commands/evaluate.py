@@ -28,8 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-def evaluate(path: str | None, random_init: bool, config: str | None, overrides: list[str], methods: tuple[str, ...],
-             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    path: str | None,
+    random_init: bool,
+    config: str | None,
+    overrides: list[str],
+    methods: tuple[str, ...],
+    progress: bool = True,
+) -> dict[str, Any]:
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
     or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
     encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides))

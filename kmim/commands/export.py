@@ -56,8 +56,9 @@ def evaluation_numbers(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def model_card(spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any], env: dict[str, Any],
-               license_id: str) -> str:  # fmt: skip
+def model_card(
+    spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any], env: dict[str, Any], license_id: str
+) -> str:
     """README.md with hub front matter; every number comes from the run directory's files."""
     data, train = cfg.get("data", {}), cfg.get("train", {})
     target = train.get("target")
@@ -67,8 +68,19 @@ def model_card(spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any
     tok = cfg.get("tokenizer", {}) if target == "tokens" else {}
     kind = f", targets: {cfg.get('tokenizer', {}).get('k')} online prototypes." if target == "online-clusters" else ""
     dataset = data.get("root") or data.get("name")
-    front = ["---", "library_name: timm", f"license: {license_id}", "tags:", "- image-feature-extraction", "- timm",
-             "- masked-image-modeling", "- kmim", "datasets:", f"- {data.get('name')}", "---"]  # fmt: skip
+    front = [
+        "---",
+        "library_name: timm",
+        f"license: {license_id}",
+        "tags:",
+        "- image-feature-extraction",
+        "- timm",
+        "- masked-image-modeling",
+        "- kmim",
+        "datasets:",
+        f"- {data.get('name')}",
+        "---",
+    ]
     lines = [
         f"# {spec['timm_name']} pretrained with {method} (kmim)",
         "",
@@ -86,8 +98,11 @@ def model_card(spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any
         "",
     ]
     if numbers:
-        lines += ["| metric | top-1 % |", "|---|---:|", *(f"| {k} | {v} |" for k, v in numbers.items() if k !=
-                  "linear_probe_recipe")]  # fmt: skip
+        lines += [
+            "| metric | top-1 % |",
+            "|---|---:|",
+            *(f"| {k} | {v} |" for k, v in numbers.items() if k != "linear_probe_recipe"),
+        ]
         if "linear_probe_recipe" in numbers:
             lines += ["", f"Linear probe recipe: {numbers['linear_probe_recipe']}."]
     else:
@@ -122,12 +137,22 @@ def export(path: str, out: str, license_id: str = "mit") -> Path:
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
     data = cfg.get("data", {})
     mean, std = _stats(run_dir, cfg)
-    data_config = {"input_size": (spec["timm_kwargs"].get("in_chans", 3), data.get("img_size"), data.get("img_size")),
-                   "interpolation": "bicubic", "crop_pct": CROP_PCT, "mean": mean, "std": std}  # fmt: skip
+    data_config = {
+        "input_size": (spec["timm_kwargs"].get("in_chans", 3), data.get("img_size"), data.get("img_size")),
+        "interpolation": "bicubic",
+        "crop_pct": CROP_PCT,
+        "mean": mean,
+        "std": std,
+    }
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
         folder = Path(tmp) / "export"
-        save_for_hf(enc, str(folder), model_config={"pretrained_cfg": data_config}, model_args=spec["timm_kwargs"],
-                    safe_serialization=True)  # fmt: skip
+        save_for_hf(
+            enc,
+            str(folder),
+            model_config={"pretrained_cfg": data_config},
+            model_args=spec["timm_kwargs"],
+            safe_serialization=True,
+        )
         env = _json(run_dir / "env.json")
         card = model_card(spec, cfg, evaluation_numbers(run_dir), env, license_id)
         (folder / "README.md").write_text(card)

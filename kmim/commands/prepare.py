@@ -65,14 +65,20 @@ def run(args: argparse.Namespace) -> int:
         raise KmimError(f"{src} holds no image files: give the ImageFolder root")
     dst.mkdir(parents=True, exist_ok=True)
     write_json(dst / "prepare.json", {**record, "files": len(files), "complete": False})
-    loader = DataLoader(PrepareJobs(src, dst, files, spec), batch_size=None, num_workers=args.workers,
-                        prefetch_factor=4 if args.workers else None)  # fmt: skip
+    loader = DataLoader(
+        PrepareJobs(src, dst, files, spec),
+        batch_size=None,
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+    )
     written = 0
     for size, problem in progress_bar(loader, total=len(files), desc="prepare", unit="img", disable=args.quiet):
         if problem is not None:
             raise KmimError(f"{problem}; the files written so far are kept, rerun to continue")
         written += size
     write_json(dst / "prepare.json", {**record, "files": len(files), "complete": True})
-    print(f"prepared {len(files):,} images under {dst} (short side {spec.short_side}, {written / 2**20:.1f} MiB "
-          f"written this run): use data.root={dst}")  # fmt: skip
+    print(
+        f"prepared {len(files):,} images under {dst} (short side {spec.short_side}, {written / 2**20:.1f} MiB "
+        f"written this run): use data.root={dst}"
+    )
     return 0

@@ -59,9 +59,15 @@ def scan_key(paths: list[str], min_side: int) -> dict:
 
 
 def scan_headers(
-    paths: list[str], min_side: int, *, rank: int = 0, world: int = 1, workers: int = 0, progress: bool = True,
+    paths: list[str],
+    min_side: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    progress: bool = True,
     cache: Path | None = None,
-) -> tuple[str | None, dict]:  # fmt: skip
+) -> tuple[str | None, dict]:
     """(the first problem among this process's share of `paths` or None, the scan's key). A clean scan recorded in
     `cache` for the same key is trusted without reading the files again."""
     key = scan_key(paths, min_side)

@@ -50,10 +50,18 @@ def finetune_transform(
     if native is not None and native < cfg.img_size:
         head.append(v2.CenterCrop(cfg.img_size))
     tail = create_transform(
-        cfg.img_size, is_training=True, scale=(ft.crop_scale_min, 1.0), hflip=ft.hflip,
-        auto_augment=None if ft.randaug == "none" else ft.randaug, interpolation="bicubic", mean=tuple(mean),
-        std=tuple(std), re_prob=ft.reprob, re_mode="pixel", re_count=1,
-    )  # fmt: skip
+        cfg.img_size,
+        is_training=True,
+        scale=(ft.crop_scale_min, 1.0),
+        hflip=ft.hflip,
+        auto_augment=None if ft.randaug == "none" else ft.randaug,
+        interpolation="bicubic",
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=ft.reprob,
+        re_mode="pixel",
+        re_count=1,
+    )
     for t in tail.transforms:
         for op in getattr(t, "ops", ()):  # RandAugment's ops
             if op.aug_fn is timm_posterize:

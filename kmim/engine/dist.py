@@ -100,8 +100,10 @@ def setup_distributed() -> None:
     if torch.cuda.is_available():
         local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local >= gpus:
-            raise KmimError(f"torchrun started local rank {local} but this node has {gpus} GPU(s): use "
-                            f"--nproc-per-node {gpus}, or CUDA_VISIBLE_DEVICES= for CPU processes")  # fmt: skip
+            raise KmimError(
+                f"torchrun started local rank {local} but this node has {gpus} GPU(s): use "
+                f"--nproc-per-node {gpus}, or CUDA_VISIBLE_DEVICES= for CPU processes"
+            )
         torch.cuda.set_device(local)
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:

@@ -43,8 +43,10 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], where
         raise KmimError(f"{where} does not fit the classifier: {str(e).strip().splitlines()[1].strip()}") from None
     missing = [k for k in res.missing_keys if not k.startswith(HEAD_KEYS)]
     if missing:
-        raise KmimError(f"{where} is not an encoder of this architecture: {len(missing)} weights missing "
-                        f"(e.g. {', '.join(missing[:3])})")  # fmt: skip
+        raise KmimError(
+            f"{where} is not an encoder of this architecture: {len(missing)} weights missing "
+            f"(e.g. {', '.join(missing[:3])})"
+        )
 
 
 @torch.no_grad()
@@ -77,8 +79,10 @@ def holdout_split(train: Dataset, train_eval: Dataset, fraction: float, seed: in
         fit, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as e:
         reason = str(e).splitlines()[0]
-        raise KmimError(f"finetune.holdout={fraction}: the training split cannot give a stratified held-out part "
-                        f"({reason}): use a larger fraction or finetune.holdout=0") from None  # fmt: skip
+        raise KmimError(
+            f"finetune.holdout={fraction}: the training split cannot give a stratified held-out part "
+            f"({reason}): use a larger fraction or finetune.holdout=0"
+        ) from None
     return Subset(train, sorted(fit.tolist())), Subset(train_eval, sorted(held.tolist()))
 
 
@@ -110,17 +114,21 @@ class Finetuner(Trainer):
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
         self.sampler = GlobalBatchSampler(len(ds), self.plan.micro, ft.seed, get_rank(), get_world_size())
-        self.spec = {"timm_name": source["timm_name"], "timm_kwargs": {**source["timm_kwargs"],
-                     "num_classes": self.num_classes, "global_pool": ft.pool}}  # fmt: skip
-        self.model = build_classifier(source["timm_name"], source["timm_kwargs"], self.num_classes, ft.pool,
-                                      ft.drop_path)  # fmt: skip
+        self.spec = {
+            "timm_name": source["timm_name"],
+            "timm_kwargs": {**source["timm_kwargs"], "num_classes": self.num_classes, "global_pool": ft.pool},
+        }
+        self.model = build_classifier(
+            source["timm_name"], source["timm_kwargs"], self.num_classes, ft.pool, ft.drop_path
+        )
         if source["state_dict"] is not None:  # None on a resume: the checkpoint's weights are loaded below
             load_encoder_weights(self.model, source["state_dict"], source["path"])
         self.model.to(self.device)
         self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
         self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
-        groups = param_groups_layer_decay(self.model, ft.weight_decay, self.model.no_weight_decay(),
-                                          layer_decay=ft.layer_decay)  # fmt: skip
+        groups = param_groups_layer_decay(
+            self.model, ft.weight_decay, self.model.no_weight_decay(), layer_decay=ft.layer_decay
+        )
         cuda = self.device.type == "cuda"
         self.opt = build_optimizer(self.model, self.lr, groups=groups, fused=cuda)
         self.scaler = torch.amp.GradScaler("cuda") if cuda and ft.amp == "fp16" else None
@@ -135,22 +143,33 @@ class Finetuner(Trainer):
     def _check_source(self, source: dict[str, Any], channels: int) -> None:
         kw = source["timm_kwargs"]
         if kw.get("img_size") != self.cfg.data.img_size:
-            raise KmimError(f"data.img_size={self.cfg.data.img_size} but {source['path']} was pretrained at "
-                            f"{kw.get('img_size')} px: set data.img_size={kw.get('img_size')}")  # fmt: skip
+            raise KmimError(
+                f"data.img_size={self.cfg.data.img_size} but {source['path']} was pretrained at "
+                f"{kw.get('img_size')} px: set data.img_size={kw.get('img_size')}"
+            )
         if kw.get("in_chans", 3) != channels:
-            raise KmimError(f"{source['path']} takes {kw.get('in_chans')}-channel images, data.name="
-                            f"{self.cfg.data.name} has {channels}")  # fmt: skip
+            raise KmimError(
+                f"{source['path']} takes {kw.get('in_chans')}-channel images, data.name="
+                f"{self.cfg.data.name} has {channels}"
+            )
 
     def _mixup(self) -> Mixup | None:
         ft = self.cfg.finetune
         if ft.mixup <= 0 and ft.cutmix <= 0:
             return None
         if self.plan.micro % 2:
-            raise KmimError(f"finetune: Mixup/CutMix pairs images, so the {self.plan.micro} images per process and "
-                            f"micro-step ({self.plan.describe()}) must be even: change finetune.batch_size or "
-                            "finetune.micro_batch_size")  # fmt: skip
-        return Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob, label_smoothing=ft.smoothing,
-                     num_classes=self.num_classes)  # fmt: skip
+            raise KmimError(
+                f"finetune: Mixup/CutMix pairs images, so the {self.plan.micro} images per process and "
+                f"micro-step ({self.plan.describe()}) must be even: change finetune.batch_size or "
+                "finetune.micro_batch_size"
+            )
+        return Mixup(
+            mixup_alpha=ft.mixup,
+            cutmix_alpha=ft.cutmix,
+            prob=ft.mixup_prob,
+            label_smoothing=ft.smoothing,
+            num_classes=self.num_classes,
+        )
 
     def _criterion(self) -> nn.Module:
         if self.mixup is not None:
@@ -199,8 +218,14 @@ class Finetuner(Trainer):
 
     def checkpoint_state(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else None
-        return {**super().checkpoint_state(), "classifier": self.spec, "num_classes": self.num_classes,
-                "source": self.source_path, "ema": ema, "best": self.best}  # fmt: skip
+        return {
+            **super().checkpoint_state(),
+            "classifier": self.spec,
+            "num_classes": self.num_classes,
+            "source": self.source_path,
+            "ema": ema,
+            "best": self.best,
+        }
 
     def _finish(self) -> dict[str, Any]:
         if not self.top1:  # resumed after the last epoch's evaluation

@@ -103,9 +103,19 @@ class Pretrainer(Trainer):
     def _online_target(self, patch_size: int) -> OnlineClusters:
         """Teacher = a copy of the fresh student's encoder; prototypes N(0, 1) seeded by tokenizer.seed."""
         t, enc = self.cfg.train, self.model.encoder
-        meta = base_meta(self.k, patch_size, self.info, self.cfg.data.name, "online-teacher", int(enc.embed_dim),
-                         encoder=self.encoder_spec, target_temp=t.online.target_temp, pred_temp=t.online.pred_temp,
-                         sinkhorn_iters=t.online.sinkhorn_iters, **provenance())  # fmt: skip
+        meta = base_meta(
+            self.k,
+            patch_size,
+            self.info,
+            self.cfg.data.name,
+            "online-teacher",
+            int(enc.embed_dim),
+            encoder=self.encoder_spec,
+            target_temp=t.online.target_temp,
+            pred_temp=t.online.pred_temp,
+            sinkhorn_iters=t.online.sinkhorn_iters,
+            **provenance(),
+        )
         with torch.random.fork_rng(devices=[]):  # building the teacher draws weights it then overwrites
             target = OnlineClusters.create(meta, self.cfg.tokenizer.seed)
         target.copy_from(enc)
@@ -166,8 +176,13 @@ class Pretrainer(Trainer):
             hard = q_masked.argmax(dim=-1)  # (B, M)
             self._target_counts += torch.bincount(hard.flatten(), minlength=self.k)
             self._target_hits += (pred.argmax(dim=-1) == hard).sum()
-            self._online_sums += torch.stack([assignment_entropy(q_masked).double(), clustering.detach().double(),
-                                              torch.ones((), dtype=torch.float64, device=self.device)])  # fmt: skip
+            self._online_sums += torch.stack(
+                [
+                    assignment_entropy(q_masked).double(),
+                    clustering.detach().double(),
+                    torch.ones((), dtype=torch.float64, device=self.device),
+                ]
+            )
         self.state.images += imgs.shape[0] * get_world_size()
         return loss
 
@@ -199,9 +214,11 @@ class Pretrainer(Trainer):
         self._reset_health()
         total = float(counts.sum())
         p = counts[counts > 0] / max(total, 1.0)
-        out = {"targets_used": float((counts > 0).double().mean()),
-               "targets_perplexity": float(torch.exp(-(p * p.log()).sum())),
-               "masked_top1": 100.0 * hits / max(total, 1.0)}  # fmt: skip
+        out = {
+            "targets_used": float((counts > 0).double().mean()),
+            "targets_perplexity": float(torch.exp(-(p * p.log()).sum())),
+            "masked_top1": 100.0 * hits / max(total, 1.0),
+        }
         if self.online is not None:
             n = max(float(sums[2]), 1.0)
             out.update(assignment_entropy=float(sums[0]) / n, clustering_loss=float(sums[1]) / n)

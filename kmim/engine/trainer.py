@@ -149,21 +149,35 @@ class Trainer:
                 self._log({**row, **grad})
                 if lines:  # a log file: MAE's MetricLogger-style line instead of a bar
                     left = (time.perf_counter() - t0) / (step - step0) * (hp.epochs * spe - step)
-                    tqdm.write(f"epoch {epoch + 1}/{hp.epochs} step {step - step0}/{spe} loss {extras['loss']:.4f} "
-                               f"lr {row['lr']:.3g} {row['img_s']:.0f} img/s eta {left / 60:.1f} min",
-                               file=sys.stderr)  # fmt: skip
+                    tqdm.write(
+                        f"epoch {epoch + 1}/{hp.epochs} step {step - step0}/{spe} loss {extras['loss']:.4f} "
+                        f"lr {row['lr']:.3g} {row['img_s']:.0f} img/s eta {left / 60:.1f} min",
+                        file=sys.stderr,
+                    )
 
         def postfix(loss: float, _extras: dict[str, Any]) -> dict[str, str]:
             return {"loss": f"{loss:.4f}", "img_s": f"{img_s():.0f}"}
 
         try:
             res = run_epoch(
-                self.loader, self._micro_step, self.opt, schedule, st.step, spe * self.plan.accum,
-                accum=self.plan.accum, scaler=self.scaler, on_step=on_step, desc=f"epoch {epoch + 1}/{hp.epochs}",
-                progress=self.progress and is_main() and not lines, postfix=postfix, reduce=mean_over_processes,
-                grad_norm_every=hp.log_every, sync_every=hp.sync_every, reduce_tensor=all_reduce_mean,
+                self.loader,
+                self._micro_step,
+                self.opt,
+                schedule,
+                st.step,
+                spe * self.plan.accum,
+                accum=self.plan.accum,
+                scaler=self.scaler,
+                on_step=on_step,
+                desc=f"epoch {epoch + 1}/{hp.epochs}",
+                progress=self.progress and is_main() and not lines,
+                postfix=postfix,
+                reduce=mean_over_processes,
+                grad_norm_every=hp.log_every,
+                sync_every=hp.sync_every,
+                reduce_tensor=all_reduce_mean,
                 before_step=self._before_step,
-            )  # fmt: skip
+            )
         except NonFiniteLoss as e:
             raise KmimError(
                 f"{e} (epoch {epoch}): {self._last_good()}; lower the learning rate or use amp=off"
@@ -172,15 +186,22 @@ class Trainer:
         dt = time.perf_counter() - t0
         st.wall_s += dt
         mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
-        row = {"epoch": epoch, "epoch_loss": mean_loss, "epoch_s": dt, "img_per_s": (st.images - images0) / dt,
-               **self._epoch_metrics()}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "epoch_loss": mean_loss,
+            "epoch_s": dt,
+            "img_per_s": (st.images - images0) / dt,
+            **self._epoch_metrics(),
+        }
         self._log(row)
         for hook in self.epoch_hooks:
             hook(row)
         if self.progress and is_main():
             left = (hp.epochs - epoch - 1) * dt / 60
-            tqdm.write(f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s  "
-                       f"(about {left:.0f} min left at this pace)")  # fmt: skip
+            tqdm.write(
+                f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s  "
+                f"(about {left:.0f} min left at this pace)"
+            )
 
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError

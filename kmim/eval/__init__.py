@@ -64,16 +64,25 @@ def evaluate_encoder(
         out.update(_cached_feature_methods(encoder, cfg, methods, device, progress))
     if attentive:
         ap = attentive_probe(encoder, cfg, device, progress)
-        out.update(attentive_top1=ap["top1"], attentive_held_out_top1=ap["held_out_top1"], attentive_lr=ap["lr"],
-                   attentive_weight_decay=ap["weight_decay"], attentive_grid=ap["grid"],
-                   attentive_global_batch=ap["global_batch"], attentive_probe=ATTENTIVE_RECIPE)  # fmt: skip
+        out.update(
+            attentive_top1=ap["top1"],
+            attentive_held_out_top1=ap["held_out_top1"],
+            attentive_lr=ap["lr"],
+            attentive_weight_decay=ap["weight_decay"],
+            attentive_grid=ap["grid"],
+            attentive_global_batch=ap["global_batch"],
+            attentive_probe=ATTENTIVE_RECIPE,
+        )
     if lars:
         lp = lars_probe(encoder, cfg, device, progress)
         out.setdefault(e.pool, {}).update(
-            linear_probe_top1=lp["top1"], linear_probe_best_top1=lp["best_top1"],
-            linear_probe_best_epoch=lp["best_epoch"], linear_probe_lr=lp["lr"],
-            linear_probe_global_batch=lp["global_batch"], linear_probe=RECIPE,
-        )  # fmt: skip
+            linear_probe_top1=lp["top1"],
+            linear_probe_best_top1=lp["best_top1"],
+            linear_probe_best_epoch=lp["best_epoch"],
+            linear_probe_lr=lp["lr"],
+            linear_probe_global_batch=lp["global_batch"],
+            linear_probe=RECIPE,
+        )
     out.update(out.get(e.pool, {}))
     return out
 

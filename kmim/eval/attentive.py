@@ -81,8 +81,10 @@ def _optimizer(heads: nn.ModuleList, grid: list[tuple[float, float]], global_bat
         scale = lr * global_batch / 256
         decay = [p for n, p in head.named_parameters() if not n.endswith("bias")]
         rest = [p for n, p in head.named_parameters() if n.endswith("bias")]
-        groups += [{"params": decay, "weight_decay": wd, "lr_scale": scale},
-                   {"params": rest, "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+        groups += [
+            {"params": decay, "weight_decay": wd, "lr_scale": scale},
+            {"params": rest, "weight_decay": 0.0, "lr_scale": scale},
+        ]
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
 
 
@@ -100,8 +102,10 @@ def attentive_probe(
     sampler = GlobalBatchSampler(len(fit), plan.micro, cfg.train.seed, get_rank(), get_world_size())
     spe = len(sampler) // plan.accum
     if spe == 0:
-        raise KmimError(f"eval.attentive_batch_size={e.attentive_batch_size} exceeds the {len(fit)} training images "
-                        "left after the held-out part: lower eval.attentive_batch_size")  # fmt: skip
+        raise KmimError(
+            f"eval.attentive_batch_size={e.attentive_batch_size} exceeds the {len(fit)} training images "
+            "left after the held-out part: lower eval.attentive_batch_size"
+        )
     encoder.eval().to(dev)
     grid = _grid(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -110,28 +114,38 @@ def attentive_probe(
     schedule = Schedule(1.0, e.attentive_epochs * spe, e.attentive_warmup_epochs * spe)
     loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, dev)
     if progress:
-        tqdm.write(f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
-                   f"{e.attentive_epochs} epochs")  # fmt: skip
+        tqdm.write(
+            f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
+            f"{e.attentive_epochs} epochs"
+        )
     t0 = time.perf_counter()
     for epoch in range(e.attentive_epochs):
         sampler.set_epoch(epoch)
         batches = iter(loader)
-        bar = progress_bar(range(spe), desc=f"attentive probe {epoch + 1}/{e.attentive_epochs}",
-                           disable=not progress, leave=False)  # fmt: skip
+        bar = progress_bar(
+            range(spe), desc=f"attentive probe {epoch + 1}/{e.attentive_epochs}", disable=not progress, leave=False
+        )
         for s in bar:
             loss = _step(encoder, heads, opt, schedule(epoch * spe + s), batches, plan.accum, dev, epoch * spe + s)
             bar.set_postfix(loss=f"{loss:.4f}")
         if progress:
             left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
-            tqdm.write(f"attentive probe epoch {epoch + 1}/{e.attentive_epochs}  loss {loss:.4f}  "
-                       f"(about {left:.0f} min left)")  # fmt: skip
+            tqdm.write(
+                f"attentive probe epoch {epoch + 1}/{e.attentive_epochs}  loss {loss:.4f}  (about {left:.0f} min left)"
+            )
     held_top1 = _top1(encoder, heads, held, cfg, dev, progress, "held-out")
     best = max(range(len(grid)), key=held_top1.__getitem__)
     test, _ = build_dataset(cfg.data, "test")
     test_top1 = _top1(encoder, heads[best : best + 1], test, cfg, dev, progress, "test")[0]
-    return {"top1": test_top1, "held_out_top1": held_top1[best], "lr": grid[best][0], "weight_decay": grid[best][1],
-            "grid": [[lr, wd, acc] for (lr, wd), acc in zip(grid, held_top1, strict=True)],
-            "epochs": e.attentive_epochs, "global_batch": plan.global_batch}  # fmt: skip
+    return {
+        "top1": test_top1,
+        "held_out_top1": held_top1[best],
+        "lr": grid[best][0],
+        "weight_decay": grid[best][1],
+        "grid": [[lr, wd, acc] for (lr, wd), acc in zip(grid, held_top1, strict=True)],
+        "epochs": e.attentive_epochs,
+        "global_batch": plan.global_batch,
+    }
 
 
 def _split(train: Dataset, train_eval: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -141,8 +155,16 @@ def _split(train: Dataset, train_eval: Dataset, fraction: float, seed: int) -> t
         raise KmimError(str(err).replace("finetune.holdout", "eval.attentive_holdout")) from None
 
 
-def _step(encoder: nn.Module, heads: nn.ModuleList, opt: torch.optim.AdamW, lr: float, batches: Any, accum: int,
-          device: torch.device, step: int) -> float:  # fmt: skip
+def _step(
+    encoder: nn.Module,
+    heads: nn.ModuleList,
+    opt: torch.optim.AdamW,
+    lr: float,
+    batches: Any,
+    accum: int,
+    device: torch.device,
+    step: int,
+) -> float:
     """One step of every head on this process's `accum` micro-batches of the global batch; gradients averaged
     over the processes (each process's micro-batches are equal in size, so this is the global mean)."""
     set_lr(opt, lr)
@@ -167,8 +189,15 @@ def _step(encoder: nn.Module, heads: nn.ModuleList, opt: torch.optim.AdamW, lr: 
 
 
 @torch.no_grad()
-def _top1(encoder: nn.Module, heads: nn.ModuleList, ds: Dataset, cfg: RunConfig, device: torch.device,
-          progress: bool, name: str) -> list[float]:  # fmt: skip
+def _top1(
+    encoder: nn.Module,
+    heads: nn.ModuleList,
+    ds: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    progress: bool,
+    name: str,
+) -> list[float]:
     """Top-1 (%) of each head on `ds` (eval view), each process scoring every world-th image."""
     rank, world = get_rank(), get_world_size()
     part = ds if world == 1 else Subset(ds, list(range(rank, len(ds), world)))  # type: ignore[arg-type]

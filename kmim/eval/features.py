@@ -69,8 +69,10 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as e:  # shapes differ
         bad = [str(e).strip().splitlines()[-1].strip()]
     if bad:
-        raise KmimError(f"{p}: the weights do not match the recorded architecture {spec['timm_name']} "
-                        f"({len(bad)} keys differ, e.g. {', '.join(bad[:3])})")  # fmt: skip
+        raise KmimError(
+            f"{p}: the weights do not match the recorded architecture {spec['timm_name']} "
+            f"({len(bad)} keys differ, e.g. {', '.join(bad[:3])})"
+        )
     config = ckpt.get("config")
     if config is None:
         run_cfg = p.parent / "checkpoints" / "last.pt"

@@ -86,8 +86,10 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
     sampler = GlobalBatchSampler(len(train), plan.micro, cfg.train.seed, get_rank(), get_world_size())
     spe = len(sampler) // plan.accum
     if spe == 0:
-        raise KmimError(f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(train)} training images: the "
-                        "probe would take no step; lower eval.lars_batch_size")  # fmt: skip
+        raise KmimError(
+            f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(train)} training images: the "
+            "probe would take no step; lower eval.lars_batch_size"
+        )
     encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
     te_x, te_y = test_features(encoder, test, cfg, dev, progress)
@@ -117,12 +119,21 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
         head.train()
         if progress:
             left = (e.lars_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
-            tqdm.write(f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
-                       f"  (about {left:.0f} min left)")  # fmt: skip
+            tqdm.write(
+                f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
+                f"  (about {left:.0f} min left)"
+            )
     best = max(range(len(history)), key=history.__getitem__)
-    return {"top1": history[-1], "best_top1": history[best], "best_epoch": best + 1, "lr": lr,
-            "epochs": e.lars_epochs, "global_batch": plan.global_batch, "history": history,
-            "head": {k: v.cpu() for k, v in head.state_dict().items()}}  # fmt: skip
+    return {
+        "top1": history[-1],
+        "best_top1": history[best],
+        "best_epoch": best + 1,
+        "lr": lr,
+        "epochs": e.lars_epochs,
+        "global_batch": plan.global_batch,
+        "history": history,
+        "head": {k: v.cpu() for k, v in head.state_dict().items()},
+    }
 
 
 def _global_batch(encoder: nn.Module, batches: Any, accum: int, pool: str, device: torch.device):

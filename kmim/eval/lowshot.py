@@ -9,9 +9,14 @@ from sklearn.preprocessing import StandardScaler
 
 
 def low_shot_probe(
-    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
-    shots: int = 10, draws: int = 5, seed: int = 0,
-) -> dict[str, float | list[float]]:  # fmt: skip
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    shots: int = 10,
+    draws: int = 5,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
     """Test top-1 (%) of an L2 logistic regression (scikit-learn, C = 1) fitted on `shots` training images per class
     (drawn with a seeded generator, standardized with their own mean / std), for each of `draws` draws: mean, std
     (ddof 1) and the per-draw values."""

@@ -19,8 +19,12 @@ def _accuracy(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) 
 
 def probe_recipe(e: Any, seed: int) -> dict[str, Any]:
     """The keyword arguments of `linear_probe` from an EvalConfig `e` (eval.probe_*) and a seed."""
-    return {"epochs": e.probe_epochs, "batch_size": e.probe_batch_size, "weight_decay": e.probe_weight_decay,
-            "seed": seed}  # fmt: skip
+    return {
+        "epochs": e.probe_epochs,
+        "batch_size": e.probe_batch_size,
+        "weight_decay": e.probe_weight_decay,
+        "seed": seed,
+    }
 
 
 def check_held_out_split(labels: torch.Tensor, num_classes: int) -> None:

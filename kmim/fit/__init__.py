@@ -47,27 +47,51 @@ class TokenizerEntry:
 TOKENIZERS: dict[str, TokenizerEntry] = {
     e.name: e
     for e in (
-        TokenizerEntry("kmeans-pixels", None, fitters.fit_pixels,
-                       partial(KMeansTokenizer.from_state, source_cls=PixelSource),
-                       "K-means over pixel patches (K-MIM PIXEL; tokenizer.patch_norm for normalized patches)"),
-        TokenizerEntry("kmeans-hog", HOGConfig, fitters.fit_hog,
-                       partial(KMeansTokenizer.from_state, source_cls=HOGSource),
-                       "K-means over per-patch HOG descriptors (discretized MaskFeat targets)"),
-        TokenizerEntry("kmeans-features", SupervisedConfig, fitters.fit_features,
-                       partial(KMeansTokenizer.from_state, source_cls=EncoderSource),
-                       "K-means over a frozen encoder's patch features (timm, a kmim run, or supervised)"),
+        TokenizerEntry(
+            "kmeans-pixels",
+            None,
+            fitters.fit_pixels,
+            partial(KMeansTokenizer.from_state, source_cls=PixelSource),
+            "K-means over pixel patches (K-MIM PIXEL; tokenizer.patch_norm for normalized patches)",
+        ),
+        TokenizerEntry(
+            "kmeans-hog",
+            HOGConfig,
+            fitters.fit_hog,
+            partial(KMeansTokenizer.from_state, source_cls=HOGSource),
+            "K-means over per-patch HOG descriptors (discretized MaskFeat targets)",
+        ),
+        TokenizerEntry(
+            "kmeans-features",
+            SupervisedConfig,
+            fitters.fit_features,
+            partial(KMeansTokenizer.from_state, source_cls=EncoderSource),
+            "K-means over a frozen encoder's patch features (timm, a kmim run, or supervised)",
+        ),
         TokenizerEntry("vq", VQConfig, fitters.fit_vq, VQTokenizer.from_state, "a small VQ-VAE"),
-        TokenizerEntry("class-wise", None, oracle.fit_class_wise,
-                       lambda meta, state: ClassWiseTokenizer(meta, state["centroids"]),
-                       "oracle: per-class K-means, tokens never shared by classes (reads labels)"),
-        TokenizerEntry("cross-class", None, oracle.fit_cross_class,
-                       lambda meta, state: CrossClassTokenizer(meta, state["centroids"], state["ranks"]),
-                       "adversarial oracle: token = size rank within the class (reads labels)"),
-        TokenizerEntry("random", None, oracle.fit_random,
-                       lambda meta, state: RandomTokenizer(meta, state["hash_a"], state["hash_b"]),
-                       "a seeded hash of the patch values"),
+        TokenizerEntry(
+            "class-wise",
+            None,
+            oracle.fit_class_wise,
+            lambda meta, state: ClassWiseTokenizer(meta, state["centroids"]),
+            "oracle: per-class K-means, tokens never shared by classes (reads labels)",
+        ),
+        TokenizerEntry(
+            "cross-class",
+            None,
+            oracle.fit_cross_class,
+            lambda meta, state: CrossClassTokenizer(meta, state["centroids"], state["ranks"]),
+            "adversarial oracle: token = size rank within the class (reads labels)",
+        ),
+        TokenizerEntry(
+            "random",
+            None,
+            oracle.fit_random,
+            lambda meta, state: RandomTokenizer(meta, state["hash_a"], state["hash_b"]),
+            "a seeded hash of the patch values",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def entry(name: str) -> TokenizerEntry:

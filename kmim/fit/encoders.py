@@ -220,11 +220,24 @@ def supervised_encoder(
     with isolated_rng(cfg.seed, device):
         enc = build_encoder(spec, h, info.channels)
         stats = train_supervised(
-            enc, len(info.classes), ds, sup.epochs, sup.lr, cfg.batch_size, device,
-            seed=cfg.seed, patch_drop=sup.patch_drop, progress=progress,
-        )  # fmt: skip
-    train_cfg = {"preset": sup.preset, "epochs": sup.epochs, "lr": sup.lr, "patch_drop": sup.patch_drop,
-                 "batch_size": cfg.batch_size}  # fmt: skip
+            enc,
+            len(info.classes),
+            ds,
+            sup.epochs,
+            sup.lr,
+            cfg.batch_size,
+            device,
+            seed=cfg.seed,
+            patch_drop=sup.patch_drop,
+            progress=progress,
+        )
+    train_cfg = {
+        "preset": sup.preset,
+        "epochs": sup.epochs,
+        "lr": sup.lr,
+        "patch_drop": sup.patch_drop,
+        "batch_size": cfg.batch_size,
+    }
     meta = {
         "timm_name": spec.timm_name,
         "timm_kwargs": encoder_kwargs(spec, h, info.channels),

@@ -31,15 +31,24 @@ from kmim.tokenizers.vq import VQVAE
 
 
 def fit_kmeans_tokenizer(
-    cfg: TokenizerConfig, data: FitData, source: FeatureSource, meta: dict[str, Any], device: torch.device,
+    cfg: TokenizerConfig,
+    data: FitData,
+    source: FeatureSource,
+    meta: dict[str, Any],
+    device: torch.device,
     progress: bool,
-) -> KMeansTokenizer:  # fmt: skip
+) -> KMeansTokenizer:
     """K-means over `source`'s patch features (computed on `device`); `meta` gets the fit statistics."""
     source = source.to(device)
     centroids, fit = fit_patch_kmeans(
-        cfg, data.ds, lambda imgs: source(imgs.to(device)).float().cpu(), progress, rank=data.rank, world=data.world,
+        cfg,
+        data.ds,
+        lambda imgs: source(imgs.to(device)).float().cpu(),
+        progress,
+        rank=data.rank,
+        world=data.world,
         num_workers=data.num_workers,
-    )  # fmt: skip
+    )
     meta.update(fit=fit, **provenance())
     return KMeansTokenizer(meta, source.cpu(), centroids)
 
@@ -82,8 +91,15 @@ def fit_vq(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> VQToke
     """Train a VQ-VAE with K codes (kmim.fit.vq)."""
     device = resolve_device(cfg.device, "tokenizer.device")
     v = cfg.vq
-    hparams = {"vq_hidden": v.hidden, "vq_epochs": v.epochs, "vq_lr": v.lr, "vq_beta": v.beta, "vq_decay": v.decay,
-               "batch_size": cfg.batch_size, "seed": cfg.seed}  # fmt: skip
+    hparams = {
+        "vq_hidden": v.hidden,
+        "vq_epochs": v.epochs,
+        "vq_lr": v.lr,
+        "vq_beta": v.beta,
+        "vq_decay": v.decay,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
     with isolated_rng(cfg.seed, device):
         vae = VQVAE(data.info.channels, data.patch_size, cfg.k, v.dim, v.hidden).to(device)
         fit = train_vqvae(vae, data.ds, v.epochs, v.lr, cfg.batch_size, v.beta, v.decay, device, cfg.seed, progress)

@@ -114,9 +114,17 @@ class _WithPosition(Dataset):
 
 
 def sample_patches(
-    ds: Dataset, feature_fn: Callable[[torch.Tensor], torch.Tensor], cap: int, seed: int, batch_size: int = 256,
-    progress: bool = True, *, rank: int = 0, world: int = 1, num_workers: int = 0,
-) -> np.ndarray:  # fmt: skip
+    ds: Dataset,
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    cap: int,
+    seed: int,
+    batch_size: int = 256,
+    progress: bool = True,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+) -> np.ndarray:
     """A seeded sample of about 2 * cap patch vectors, drawn evenly over all images of `ds` (N, D) float32.
 
     feature_fn maps a batch of images (B, C, H, W) to per-patch vectors (B, L, D). Each image keeps the patches
@@ -161,17 +169,24 @@ def kmeans_fit_meta(cfg: TokenizerConfig, res: KMeansResult) -> dict[str, Any]:
 
 
 def fit_patch_kmeans(
-    cfg: TokenizerConfig, ds: Dataset, feature_fn: Callable[[torch.Tensor], torch.Tensor], progress: bool, *,
-    rank: int = 0, world: int = 1, num_workers: int = 0,
-) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    cfg: TokenizerConfig,
+    ds: Dataset,
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    progress: bool,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """K-means centroids (K, D) over a seeded sample of patch features of a seeded subset of `tokenizer.fit_images`
     images of ds, and the fit statistics for meta['fit']. With world > 1 every process reads its share of the
     images (`sample_patches`), rank 0 runs K-means and sends the result, so all processes return the same."""
     sub = fit_subset(ds, cfg.fit_images, cfg.seed)
     cap = cfg.k * cfg.max_points_per_centroid
     with torch.no_grad():
-        x = sample_patches(sub, feature_fn, cap, cfg.seed, cfg.batch_size, progress, rank=rank, world=world,
-                           num_workers=num_workers)  # fmt: skip
+        x = sample_patches(
+            sub, feature_fn, cap, cfg.seed, cfg.batch_size, progress, rank=rank, world=world, num_workers=num_workers
+        )
     check_enough(len(x), cfg.k)  # on every process (each holds the whole sample) before rank 0 alone goes on
     fitted = None
     if rank == 0:

@@ -80,9 +80,14 @@ def _fit_oracle(
     num_classes = len(data.info.classes)
     source = PixelSource(data.patch_size, data.info.channels, cfg.patch_norm)
     meta = data.meta(
-        k, "pixels", source.dim, patch_norm=cfg.patch_norm, num_classes=num_classes, clusters_per_class=clusters,
+        k,
+        "pixels",
+        source.dim,
+        patch_norm=cfg.patch_norm,
+        num_classes=num_classes,
+        clusters_per_class=clusters,
         uses_labels=True,
-    )  # fmt: skip
+    )
     cap = clusters * cfg.max_points_per_centroid
     x, y = sample_class_patches(data.ds, source, cap, num_classes, cfg.seed, progress)
     cents, results = _fit_per_class(cfg, x, y, num_classes, clusters, progress)

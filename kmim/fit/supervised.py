@@ -77,11 +77,23 @@ def train_supervised(
         tally.update(loss=0.0, correct=0, seen=0)
         loader = make_loader(ds, batch_size, shuffle=True, seed=seed + epoch)
         step = run_epoch(
-            loader, loss_fn, opt, schedule, step, steps_per_epoch, desc=f"supervised {epoch + 1}/{epochs}",
-            progress=progress, postfix=postfix,
-        ).step  # fmt: skip
+            loader,
+            loss_fn,
+            opt,
+            schedule,
+            step,
+            steps_per_epoch,
+            desc=f"supervised {epoch + 1}/{epochs}",
+            progress=progress,
+            postfix=postfix,
+        ).step
     encoder.patch_drop = nn.Identity()
     encoder.requires_grad_(False).eval()
     wall = time.perf_counter() - t0
-    return {"epochs": epochs, "steps": step, "final_loss": tally["loss"] / tally["seen"],
-            "train_top1": 100 * tally["correct"] / tally["seen"], "wall_s": round(wall, 2)}  # fmt: skip
+    return {
+        "epochs": epochs,
+        "steps": step,
+        "final_loss": tally["loss"] / tally["seen"],
+        "train_top1": 100 * tally["correct"] / tally["seen"],
+        "wall_s": round(wall, 2),
+    }

@@ -118,9 +118,17 @@ def train_vqvae(
     for epoch in range(epochs):
         loader = make_loader(ds, batch_size, shuffle=True, seed=seed + epoch)
         step = run_epoch(
-            loader, loss_fn, opt, schedule, step, steps_per_epoch, on_step=on_step,
-            desc=f"vq-vae {epoch + 1}/{epochs}", progress=progress, postfix=postfix,
-        ).step  # fmt: skip
+            loader,
+            loss_fn,
+            opt,
+            schedule,
+            step,
+            steps_per_epoch,
+            on_step=on_step,
+            desc=f"vq-vae {epoch + 1}/{epochs}",
+            progress=progress,
+            postfix=postfix,
+        ).step
     wall = time.perf_counter() - t0
     stats = codebook_stats(vae, ds, batch_size, device, progress)
     return {**stats, "epochs": epochs, "steps": step, "restarts": restarts, "wall_s": round(wall, 2)}

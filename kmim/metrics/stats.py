@@ -27,9 +27,13 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def bootstrap_ci(
-    x: Sequence[float], y: Sequence[float], stat: Callable[[np.ndarray, np.ndarray], float], n: int = 2000,
-    level: float = 0.95, seed: int = 0,
-) -> tuple[float, float]:  # fmt: skip
+    x: Sequence[float],
+    y: Sequence[float],
+    stat: Callable[[np.ndarray, np.ndarray], float],
+    n: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of stat(x, y): resample the (x_i, y_i) pairs with replacement n times and take
     the (1 - level) / 2 and (1 + level) / 2 quantiles of the finite values."""
     x, y = np.asarray(x, float), np.asarray(y, float)

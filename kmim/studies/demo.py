@@ -40,8 +40,10 @@ def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
     """An earlier demo's tokenizer is reused only when it was fitted with this config's tokenizer settings."""
     recorded = load_tokenizer(path).meta.get("config")
     if recorded != config_to_dict(base.tokenizer):
-        raise KmimError(f"{path} was fitted with other tokenizer settings than this demo's (tokenizer.k="
-                        f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}")  # fmt: skip
+        raise KmimError(
+            f"{path} was fitted with other tokenizer settings than this demo's (tokenizer.k="
+            f"{base.tokenizer.k}): pass a new --out, or delete {path.parent}"
+        )
 
 
 def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None = None) -> Path:
@@ -78,9 +80,11 @@ class _DemoEta:
         self.said = True
         rest = row["epoch_s"] * (self.epochs_left - 1) * (1 + EVAL_SHARE)
         total = time.perf_counter() - self.t0 + rest
-        print(f"[demo] expected duration: about {total / 60:.0f} min in all, {rest / 60:.0f} min from now "
-              f"({self.epochs_left - 1} more epochs at {row['epoch_s']:.1f} s each, then the evaluations)",
-              flush=True)  # fmt: skip
+        print(
+            f"[demo] expected duration: about {total / 60:.0f} min in all, {rest / 60:.0f} min from now "
+            f"({self.epochs_left - 1} more epochs at {row['epoch_s']:.1f} s each, then the evaluations)",
+            flush=True,
+        )
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
@@ -113,8 +117,13 @@ def run_demo(
         train_s = time.perf_counter() - ts
         _say(progress, f"[demo] evaluating {name}")
         ev = evaluate_encoder(load_encoder(run_dir)[0], base, progress=progress)
-        methods[name] = {**_headline(ev), "wall_s": round(time.perf_counter() - ts, 1), "train_s": round(train_s, 1),
-                         "run_dir": str(run_dir), "by_pool": {p: ev[p] for p in ("cls", "mean")}}  # fmt: skip
+        methods[name] = {
+            **_headline(ev),
+            "wall_s": round(time.perf_counter() - ts, 1),
+            "train_s": round(train_s, 1),
+            "run_dir": str(run_dir),
+            "by_pool": {p: ev[p] for p in ("cls", "mean")},
+        }
     methods["random_init"] = _random_rows(base, progress)
     health = target_health(Path(methods["kmim"]["run_dir"]), out_dir / "target_health.png")
     results = {
@@ -188,8 +197,10 @@ def _say(progress: bool, msg: str) -> None:
 def render_report(res: dict[str, Any], fast: bool = False) -> str:
     m = res["methods"]
     n = res["n_test"] or 1000
-    se = {k: 100 * math.sqrt(max(v["linear_probe_top1"], 1e-9) / 100 * (1 - v["linear_probe_top1"] / 100) / n)
-          for k, v in m.items()}  # fmt: skip
+    se = {
+        k: 100 * math.sqrt(max(v["linear_probe_top1"], 1e-9) / 100 * (1 - v["linear_probe_top1"] / 100) / n)
+        for k, v in m.items()
+    }
     rows = [
         "| method | kNN top-1 % | linear probe top-1 % | wall s |",
         "|---|---|---|---|",
@@ -238,6 +249,9 @@ def _health_lines(res: dict[str, Any]) -> list[str]:
     if not h:
         return []
     used = round(h["targets_used"] * res["tokenizer_k"])
-    return [f"K-MIM's targets in its last epoch: {used} of the K = {res['tokenizer_k']} ids used, perplexity "
-            f"{h['targets_perplexity']:.1f}, masked-token top-1 {h['masked_top1']:.1f} % (per epoch: "
-            "target_health.png).", ""]  # fmt: skip
+    return [
+        f"K-MIM's targets in its last epoch: {used} of the K = {res['tokenizer_k']} ids used, perplexity "
+        f"{h['targets_perplexity']:.1f}, masked-token top-1 {h['masked_top1']:.1f} % (per epoch: "
+        "target_health.png).",
+        "",
+    ]

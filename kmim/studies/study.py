@@ -47,9 +47,13 @@ RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset
     "lr2e-3-ld0.75": ("finetune.base_lr=2e-3", "finetune.layer_decay=0.75"),
     "lr1e-3-ld0.65": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.65"),
     "lr1e-3-ld0.9": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.9"),
-    "lr1e-3-ld0.75-mixup": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.75", "finetune.mixup=0.8",
-                            "finetune.cutmix=1.0"),
-}  # fmt: skip
+    "lr1e-3-ld0.75-mixup": (
+        "finetune.base_lr=1e-3",
+        "finetune.layer_decay=0.75",
+        "finetune.mixup=0.8",
+        "finetune.cutmix=1.0",
+    ),
+}
 HOLDOUT = 0.1
 ONLINE_ARMS = ("train.health_images=1000",)  # online-vs-offline: every arm logs its targets' TCAS per epoch
 ONLINE_MOMENTUM = "train.online.momentum=0.99"  # declared before the study ran: CAPI's 0.999 is an EMA horizon of
@@ -133,8 +137,14 @@ def arm_overrides(arm: Arm, out: Path, overrides: list[str], config: str | None 
     from kmim.config import load_config
     from kmim.resolve import check_run_config, unused_option_groups
 
-    ov = [*overrides, *arm.overrides, f"train.seed={arm.seed}", f"tokenizer.seed={arm.seed}",
-          f"out_dir={out / 'runs'}", f"name={arm.name}"]  # fmt: skip
+    ov = [
+        *overrides,
+        *arm.overrides,
+        f"train.seed={arm.seed}",
+        f"tokenizer.seed={arm.seed}",
+        f"out_dir={out / 'runs'}",
+        f"name={arm.name}",
+    ]
     unused = tuple(f"tokenizer.{g}." for g in unused_option_groups(check_run_config(load_config(config, ov))))
     return [o for o in ov if not (o in overrides and o.startswith(unused))]
 
@@ -147,9 +157,11 @@ def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], out: Pat
     new = _flat(config_to_dict(cfg))
     for key in new:
         if old.get(key) != new[key]:
-            raise KmimError(f"{out} holds arm {arm.name} run with {key}={old.get(key)!r}, this command gives "
-                            f"{new[key]!r}: a study continues only under the preset and overrides it started with "
-                            "(see its report's command), or choose another --out")  # fmt: skip
+            raise KmimError(
+                f"{out} holds arm {arm.name} run with {key}={old.get(key)!r}, this command gives "
+                f"{new[key]!r}: a study continues only under the preset and overrides it started with "
+                "(see its report's command), or choose another --out"
+            )
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -172,8 +184,14 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> 
     tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
     knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls)
     low = low_shot_probe(tr, try_, te, tey, SHOTS, DRAWS, cfg.train.seed)
-    rec = {"knn_top1": knn, "linear_probe_top1": probe, "lowshot_top1": low["mean"],
-           "lowshot_std": low["std"], "n_test": len(tey), **_token_scores(cfg, run_dir, progress)}  # fmt: skip
+    rec = {
+        "knn_top1": knn,
+        "linear_probe_top1": probe,
+        "lowshot_top1": low["mean"],
+        "lowshot_std": low["std"],
+        "n_test": len(tey),
+        **_token_scores(cfg, run_dir, progress),
+    }
     if curve:
         rec.update(_curves(cfg, run_dir))
     return rec
@@ -269,9 +287,16 @@ def run_recipe_arm(arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, 
         res = continue_run(str(run.path), [], progress)[1]
     else:
         res = start(None, config, ov, progress, overwrite=run.path.exists())[1]
-    rec = {"arm": arm.name, "group": arm.group, "seed": cfg.finetune.seed, "held_out_top1": res["finetune_top1"],
-           "held_out_best_top1": res["finetune_best_top1"], "overrides": list(RECIPES[arm.name]),
-           "finetune_s": round(time.perf_counter() - t0, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    rec = {
+        "arm": arm.name,
+        "group": arm.group,
+        "seed": cfg.finetune.seed,
+        "held_out_top1": res["finetune_top1"],
+        "held_out_best_top1": res["finetune_best_top1"],
+        "overrides": list(RECIPES[arm.name]),
+        "finetune_s": round(time.perf_counter() - t0, 1),
+        "config": config_to_dict(cfg),
+    }
     write_json(out / "records" / f"{arm.name}.json", rec)
     return rec
 
@@ -282,8 +307,12 @@ def _attentive(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
     from kmim.eval.attentive import attentive_probe
 
     res = attentive_probe(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
-    return {"attentive_top1": res["top1"], "attentive_held_out_top1": res["held_out_top1"],
-            "attentive_lr": res["lr"], "attentive_weight_decay": res["weight_decay"]}  # fmt: skip
+    return {
+        "attentive_top1": res["top1"],
+        "attentive_held_out_top1": res["held_out_top1"],
+        "attentive_lr": res["lr"],
+        "attentive_weight_decay": res["weight_decay"],
+    }
 
 
 def _target_curves(run_dir: Path) -> dict[str, Any]:
@@ -297,8 +326,9 @@ def _target_curves(run_dir: Path) -> dict[str, Any]:
     return {"tcas_curve": tcas, "targets_curve": used}
 
 
-def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool,
-            study: str = "") -> dict:  # fmt: skip
+def run_arm(
+    arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool, study: str = ""
+) -> dict:
     """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
@@ -310,13 +340,20 @@ def run_arm(arm: Arm, out: Path, config: str | None, overrides: list[str], curve
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
     tokens, online = cfg.train.target == "tokens", cfg.train.target == "online-clusters"
-    rec = {"arm": arm.name, "group": arm.group, "seed": arm.seed,
-           "tokenizer": "online-clusters" if online else cfg.tokenizer.name,
-           "k": cfg.tokenizer.k if tokens or online else None, "target": cfg.train.target,
-           "tokenizer_seed": cfg.tokenizer.seed if tokens or online else None,
-           "tokenizer_inertia": _inertia(run_dir) if tokens else None,
-           **evaluate_arm(cfg, run_dir, curve, progress), "train_s": round(t1 - t0, 1),
-           "eval_s": round(time.perf_counter() - t1, 1), "config": config_to_dict(cfg)}  # fmt: skip
+    rec = {
+        "arm": arm.name,
+        "group": arm.group,
+        "seed": arm.seed,
+        "tokenizer": "online-clusters" if online else cfg.tokenizer.name,
+        "k": cfg.tokenizer.k if tokens or online else None,
+        "target": cfg.train.target,
+        "tokenizer_seed": cfg.tokenizer.seed if tokens or online else None,
+        "tokenizer_inertia": _inertia(run_dir) if tokens else None,
+        **evaluate_arm(cfg, run_dir, curve, progress),
+        "train_s": round(t1 - t0, 1),
+        "eval_s": round(time.perf_counter() - t1, 1),
+        "config": config_to_dict(cfg),
+    }
     if study == "online-vs-offline":
         t2 = time.perf_counter()
         rec.update(_attentive(cfg, run_dir, progress), **_target_curves(run_dir))
@@ -367,9 +404,28 @@ def write_report(study: str, out: Path, records: list[dict], config: str | None,
     from kmim.runinfo import environment, write_text
     from kmim.studies import study_rules
 
-    cols = ["arm", "group", "seed", "target", "tokenizer", "k", "tokenizer_seed", "tokenizer_inertia", "tcas", "nmi",
-            "knn_top1", "linear_probe_top1", "lowshot_top1", "lowshot_std", "attentive_top1", "finetune_top1",
-            "held_out_top1", "train_s", "eval_s", "finetune_s"]  # fmt: skip
+    cols = [
+        "arm",
+        "group",
+        "seed",
+        "target",
+        "tokenizer",
+        "k",
+        "tokenizer_seed",
+        "tokenizer_inertia",
+        "tcas",
+        "nmi",
+        "knn_top1",
+        "linear_probe_top1",
+        "lowshot_top1",
+        "lowshot_std",
+        "attentive_top1",
+        "finetune_top1",
+        "held_out_top1",
+        "train_s",
+        "eval_s",
+        "finetune_s",
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

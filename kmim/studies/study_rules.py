@@ -64,9 +64,11 @@ def tcas_rules(records: list[dict]) -> list[str]:
         word = "agree" if hi < 0 else "disagree" if lo > 0 else "not resolved"
         rho_nmi = spearman(n, acc)
         better = "better" if abs(rho) > abs(rho_nmi) else "not better"
-        out.append(f"{label}: Spearman(TCAS, top-1) = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], Pearson "
-                   f"{pearson(t, acc):+.2f} over {len(rows)} tokenizers: **{word}** with the paper; TCAS predicts "
-                   f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f}).")  # fmt: skip
+        out.append(
+            f"{label}: Spearman(TCAS, top-1) = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], Pearson "
+            f"{pearson(t, acc):+.2f} over {len(rows)} tokenizers: **{word}** with the paper; TCAS predicts "
+            f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f})."
+        )
     return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
 
 
@@ -80,8 +82,10 @@ def tcas_tables(records: list[dict], out: Path) -> list[str]:
     for r in sorted(records, key=lambda r: (r["tcas"] is None, r["tcas"] or 0)):
         t = "–" if r["tcas"] is None else f"{r['tcas']:.4f}"
         nm = "–" if r["nmi"] is None else f"{r['nmi']:.4f}"
-        lines.append(f"| {r['arm']} | {t} | {nm} | {r['knn_top1']:.1f} | {r['linear_probe_top1']:.1f} | "
-                     f"{r['lowshot_top1']:.1f} ± {r['lowshot_std']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['arm']} | {t} | {nm} | {r['knn_top1']:.1f} | {r['linear_probe_top1']:.1f} | "
+            f"{r['lowshot_top1']:.1f} ± {r['lowshot_std']:.1f} |"
+        )
     _scatter(_tcas_rows(records), out / "tcas-vs-accuracy.png")
     return [*lines, "", "![TCAS vs accuracy](tcas-vs-accuracy.png)"]
 
@@ -118,14 +122,20 @@ def k_rules(records: list[dict]) -> list[str]:
         else:
             margin = max(s[best][1], s[50][1])
             word = "disagree" if s[best][0] - s[50][0] > margin else "not resolved"
-        out.append(f"{label}: best K = {best} ({s[best][0]:.1f}; K=50: {s[50][0]:.1f} ± {s[50][1]:.1f}): **{word}** "
-                   "with the paper's best K = 50.")  # fmt: skip
+        out.append(
+            f"{label}: best K = {best} ({s[best][0]:.1f}; K=50: {s[50][0]:.1f} ± {s[50][1]:.1f}): **{word}** "
+            "with the paper's best K = 50."
+        )
     return [*out, f"Noise: {_noise(records)}; 2 seeds per K (± is their sd)."]
 
 
 def k_tables(records: list[dict], out: Path) -> list[str]:
-    lines = ["## K ablation (mean ± sd over seeds)", "", "| K | TCAS | kNN | linear probe | low-shot |",
-             "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "## K ablation (mean ± sd over seeds)",
+        "",
+        "| K | TCAS | kNN | linear probe | low-shot |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     sums = {key: _k_summary(records, key) for key in ("tcas", *(m for m, _ in METRICS))}
     for k in sorted(sums["knn_top1"]):
         cells = [f"{sums[m][k][0]:.1f} ± {sums[m][k][1]:.1f}" for m, _ in METRICS]
@@ -194,12 +204,16 @@ def _finetune_rule(records: list[dict]) -> list[str]:
     gap = float(np.mean(a) - np.mean(b))
     binom = float(np.hypot(binomial_se(float(np.mean(a)), n), binomial_se(float(np.mean(b)), n)))  # one test set
     if len(a) == 1 or len(b) == 1:
-        return [f"Fine-tuning (seed 0): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (binomial SE of the difference "
-                f"{binom:.1f}; one seed, so seed noise is not in it): **{_gap_word(gap, binom)}**."]  # fmt: skip
+        return [
+            f"Fine-tuning (seed 0): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (binomial SE of the difference "
+            f"{binom:.1f}; one seed, so seed noise is not in it): **{_gap_word(gap, binom)}**."
+        ]
     seeds = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
     se = max(seeds, binom)
-    return [f"Fine-tuning ({len(a)} seeds): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}: over seeds "
-            f"{seeds:.1f}, binomial {binom:.1f}): **{_gap_word(gap, se)}**."]  # fmt: skip
+    return [
+        f"Fine-tuning ({len(a)} seeds): K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}: over seeds "
+        f"{seeds:.1f}, binomial {binom:.1f}): **{_gap_word(gap, se)}**."
+    ]
 
 
 def _mean_curves(records: list[dict], key: str = "curve") -> dict[str, list[tuple[int, float]]]:
@@ -226,15 +240,22 @@ def vs_mae_tables(records: list[dict], out: Path) -> list[str]:
     ft = _finetune_values(records)
     for g in dict.fromkeys(r["group"] for r in records):
         cells = [_mean_sd(_by_group(records, m)[g]) for m, _ in METRICS]
-        ft_cell = "–" if g not in ft else (f"{ft[g][0]:.1f} (seed 0)" if len(ft[g]) == 1 else
-                                            "{:.1f} ± {:.1f}".format(*_mean_sd(ft[g])))  # fmt: skip
+        ft_cell = (
+            "–"
+            if g not in ft
+            else (f"{ft[g][0]:.1f} (seed 0)" if len(ft[g]) == 1 else "{:.1f} ± {:.1f}".format(*_mean_sd(ft[g])))
+        )
         lines.append(f"| {g} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in cells) + f" | {ft_cell} |")
     probe = _mean_curves(records, "probe_curve")
     if probe:
         epochs = sorted({e for pts in probe.values() for e, _ in pts})
-        lines += ["", "## Linear probe vs epochs (mean over seeds)", "",
-                  "| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
-                  "|---|" + "---:|" * len(epochs)]  # fmt: skip
+        lines += [
+            "",
+            "## Linear probe vs epochs (mean over seeds)",
+            "",
+            "| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+            "|---|" + "---:|" * len(epochs),
+        ]
         for g, pts in probe.items():
             d = dict(pts)
             lines.append(f"| {g} | " + " | ".join(f"{d[e]:.1f}" if e in d else "–" for e in epochs) + " |")
@@ -279,8 +300,10 @@ def online_rules(records: list[dict]) -> list[str]:
     last = [r["targets_curve"][-1][1] for r in records if r["group"] == ONLINE and r.get("targets_curve")]
     if last:
         word = "**collapsed**" if min(last) < 0.1 else "not collapsed"
-        out.append(f"Online targets in the last epoch use {100 * min(last):.0f}–{100 * max(last):.0f} % of the "
-                   f"K ids (hard argmax): {word} (rule: under 10 %).")  # fmt: skip
+        out.append(
+            f"Online targets in the last epoch use {100 * min(last):.0f}–{100 * max(last):.0f} % of the "
+            f"K ids (hard argmax): {word} (rule: under 10 %)."
+        )
     tc = _tcas_ends(records)
     if ONLINE in tc:
         first, final = tc[ONLINE]
@@ -307,9 +330,12 @@ def _mean_tcas_curves(records: list[dict], col: int) -> dict[str, list[tuple[int
 
 
 def online_tables(records: list[dict], out: Path) -> list[str]:
-    lines = ["## Methods (mean ± sd over seeds)", "",
-             "| method | TCAS (last epoch) | NMI | kNN | linear probe | attentive probe | low-shot |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "## Methods (mean ± sd over seeds)",
+        "",
+        "| method | TCAS (last epoch) | NMI | kNN | linear probe | attentive probe | low-shot |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     tc = _tcas_ends(records)
     for g in dict.fromkeys(r["group"] for r in records):
         rows = [r for r in records if r["group"] == g]
@@ -360,23 +386,38 @@ def _save(fig: Any, path: Path) -> None:
 def recipe_rules(records: list[dict]) -> list[str]:
     """The candidate with the best held-out top-1 wins (ties: the first listed); the test split is never read."""
     best = max(records, key=lambda r: r["held_out_top1"])  # max keeps the first of equal values
-    return [f"Chosen recipe: **{best['arm']}** (held-out top-1 {best['held_out_top1']:.1f} on a random-init "
-            f"encoder): {' '.join(best['overrides'])}. Put these in the preset's finetune section before vs-mae "
-            "fine-tunes any pretrained encoder."]  # fmt: skip
+    return [
+        f"Chosen recipe: **{best['arm']}** (held-out top-1 {best['held_out_top1']:.1f} on a random-init "
+        f"encoder): {' '.join(best['overrides'])}. Put these in the preset's finetune section before vs-mae "
+        "fine-tunes any pretrained encoder."
+    ]
 
 
 def recipe_tables(records: list[dict], out: Path) -> list[str]:
-    lines = ["## Candidates (random-init encoder, 90 % of train; top-1 on the held-out 10 %)", "",
-             "| candidate | overrides | held-out top-1 (last) | best epoch's |", "|---|---|---:|---:|"]  # fmt: skip
+    lines = [
+        "## Candidates (random-init encoder, 90 % of train; top-1 on the held-out 10 %)",
+        "",
+        "| candidate | overrides | held-out top-1 (last) | best epoch's |",
+        "|---|---|---:|---:|",
+    ]
     for r in records:
-        lines.append(f"| {r['arm']} | `{' '.join(r['overrides'])}` | {r['held_out_top1']:.1f} | "
-                     f"{r['held_out_best_top1']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['arm']} | `{' '.join(r['overrides'])}` | {r['held_out_top1']:.1f} | {r['held_out_best_top1']:.1f} |"
+        )
     return lines
 
 
 RULES: dict[str, Callable[[list[dict]], list[str]]] = {
-    "tcas-vs-probe": tcas_rules, "k-ablation": k_rules, "vs-mae": vs_mae_rules,
-    "finetune-recipe": recipe_rules, "online-vs-offline": online_rules}  # fmt: skip
+    "tcas-vs-probe": tcas_rules,
+    "k-ablation": k_rules,
+    "vs-mae": vs_mae_rules,
+    "finetune-recipe": recipe_rules,
+    "online-vs-offline": online_rules,
+}
 TABLES: dict[str, Callable[[list[dict], Path], list[str]]] = {
-    "tcas-vs-probe": tcas_tables, "k-ablation": k_tables, "vs-mae": vs_mae_tables,
-    "finetune-recipe": recipe_tables, "online-vs-offline": online_tables}  # fmt: skip
+    "tcas-vs-probe": tcas_tables,
+    "k-ablation": k_tables,
+    "vs-mae": vs_mae_tables,
+    "finetune-recipe": recipe_tables,
+    "online-vs-offline": online_tables,
+}

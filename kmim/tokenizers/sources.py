@@ -77,8 +77,14 @@ class HOGSource(FeatureSource):
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> HOGSource:
         norm = meta["normalization"]
-        return cls(int(meta["patch_size"]), int(meta["in_chans"]), int(meta["hog_cells"]), int(meta["hog_bins"]),
-                   norm["mean"], norm["std"])  # fmt: skip
+        return cls(
+            int(meta["patch_size"]),
+            int(meta["in_chans"]),
+            int(meta["hog_cells"]),
+            int(meta["hog_bins"]),
+            norm["mean"],
+            norm["std"],
+        )
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         pixels = imgs.float() * self.std + self.mean  # undo the dataset normalization

@@ -90,8 +90,13 @@ class VQTokenizer(Tokenizer):
     @classmethod
     def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> VQTokenizer:
         """Rebuild from a file's meta (architecture) and state (weights, codebook)."""
-        vae = VQVAE(int(meta["in_chans"]), int(meta["patch_size"]), int(meta["k"]), int(meta["feature_dim"]),
-                    int(meta["vq_hidden"]))  # fmt: skip
+        vae = VQVAE(
+            int(meta["in_chans"]),
+            int(meta["patch_size"]),
+            int(meta["k"]),
+            int(meta["feature_dim"]),
+            int(meta["vq_hidden"]),
+        )
         tok = cls(meta, vae)
         try:
             tok.load_state_dict(state)

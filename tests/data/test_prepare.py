@@ -57,9 +57,18 @@ def test_a_corrupt_image_stops_pretraining_before_anything_is_written(tmp_path, 
 
     src = _folder(tmp_path / "src")
     (src / "train/b/bad.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
-    run = [*(o for o in TINY if not o.startswith("data.")), "data.name=imagefolder", f"data.root={src}",
-           "data.img_size=16", "train.target=pixels", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=4",
-           f"out_dir={tmp_path / 'runs'}", "name=mae"]  # fmt: skip
+    run = [
+        *(o for o in TINY if not o.startswith("data.")),
+        "data.name=imagefolder",
+        f"data.root={src}",
+        "data.img_size=16",
+        "train.target=pixels",
+        "train.epochs=1",
+        "train.warmup_epochs=0",
+        "train.batch_size=4",
+        f"out_dir={tmp_path / 'runs'}",
+        "name=mae",
+    ]
     assert main(["pretrain", "-q", *run]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train/b/bad.JPEG: unreadable or corrupt image" in err[0]

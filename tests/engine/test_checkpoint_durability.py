@@ -212,7 +212,10 @@ def test_a_full_disk_is_named_in_one_line_and_the_old_file_kept(tmp_path):
     def full(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(KmimError, match=r"no space left on the device writing .*last.pt \(\d+ MiB free\): last.pt "
-                                        r"keeps its previous content"):  # fmt: skip
+    with pytest.raises(
+        KmimError,
+        match=r"no space left on the device writing .*last.pt \(\d+ MiB free\): last.pt "
+        r"keeps its previous content",
+    ):
         atomic_write(target, full)
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -12,14 +12,16 @@ import torch
 
 from tests.conftest import TINY
 
-RUN = [*TINY, "data.synthetic_per_class=32", "model.embed_dim=64", "train.epochs=4", "train.log_every=1",
-       "train.save_every=1", "tokenizer.k=8"]  # fmt: skip  # 16 steps an epoch
+# 16 steps an epoch
+RUN = [*TINY, "data.synthetic_per_class=32", "model.embed_dim=64", "train.epochs=4", "train.log_every=1"]
+RUN += ["train.save_every=1", "tokenizer.k=8"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _kmim(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kmim", *args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "kmim", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
@@ -38,8 +40,11 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 def _mid_epoch(run: Path, epoch: int):
     def ready() -> bool:
         m = run / "metrics.jsonl"
-        return m.is_file() and f'"epoch": {epoch}, "loss"' in m.read_text() and f'"epoch": {epoch}, "epoch_loss"' \
-            not in m.read_text()  # fmt: skip
+        return (
+            m.is_file()
+            and f'"epoch": {epoch}, "loss"' in m.read_text()
+            and f'"epoch": {epoch}, "epoch_loss"' not in m.read_text()
+        )
 
     return ready
 

@@ -12,8 +12,15 @@ from tests.conftest import TINY
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("extra", [["train.amp=auto"], ["train.amp=fp16"], ["train.compile=true"],
-                                   ["train.target=online-clusters", "train.health_images=12"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["train.amp=auto"],
+        ["train.amp=fp16"],
+        ["train.compile=true"],
+        ["train.target=online-clusters", "train.health_images=12"],
+    ],
+)
 def test_pretrain_on_cuda(extra, tmp_path):
     assert main(["pretrain", "-q", *TINY, f"out_dir={tmp_path}", "name=r", "train.device=cuda", *extra]) == 0
     res = json.loads((tmp_path / "r/results.json").read_text())
@@ -35,6 +42,12 @@ def test_finetune_on_cuda(tmp_path):
 
 
 def test_attentive_probe_on_cuda(tmp_path):
-    att = ["eval.probe=attentive", "eval.attentive_epochs=1", "eval.attentive_warmup_epochs=0",
-           "eval.attentive_batch_size=8", "train.device=cuda", "data.synthetic_per_class=16"]  # fmt: skip
+    att = [
+        "eval.probe=attentive",
+        "eval.attentive_epochs=1",
+        "eval.attentive_warmup_epochs=0",
+        "eval.attentive_batch_size=8",
+        "train.device=cuda",
+        "data.synthetic_per_class=16",
+    ]
     assert main(["probe", "--random-init", "-q", *TINY, *att]) == 0

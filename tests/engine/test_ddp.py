@@ -18,8 +18,18 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517",
-           "-m", "kmim", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        "29517",
+        "-m",
+        "kmim",
+        *args,
+    ]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -48,15 +58,37 @@ def _same_tensors(wa, wb):
 def test_two_gloo_processes_match_one(tmp_path):
     out, tok = tmp_path / "runs", tmp_path / "tok.pt"
     base = [*RUN, f"out_dir={out}", f"tokenizer.path={tok}", "train.device=cpu"]
-    assert subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV,
-                          capture_output=True).returncode == 0  # fmt: skip
-    one = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one", "train.batch_size=8"],
-                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV, capture_output=True
+        ).returncode
+        == 0
+    )
+    one = subprocess.run(
+        [sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one", "train.batch_size=8"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, "pretrain", "-q", *base, "name=two", "train.batch_size=8")  # the same global batch
     assert two.returncode == 0, two.stderr[-3000:]
-    acc = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=acc", "train.batch_size=8",
-                          "train.micro_batch_size=4"], env=ENV, capture_output=True, text=True)  # fmt: skip
+    acc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kmim",
+            "pretrain",
+            "-q",
+            *base,
+            "name=acc",
+            "train.batch_size=8",
+            "train.micro_batch_size=4",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert acc.returncode == 0, acc.stderr
     a, b, c = _losses(out / "one"), _losses(out / "two"), _losses(out / "acc")
     assert len(a) == len(b) == len(c) == 2 * (3 * 16 // 8) and [s for s, _ in a] == [s for s, _ in b]
@@ -65,8 +97,9 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert json.loads((out / "acc/results.json").read_text())["accum_steps"] == 2  # its rows log the last micro-batch
     _same_weights(out / "one", out / "acc")
     _same_weights(out / "one", out / "two")
-    knn1 = subprocess.run([sys.executable, "-m", "kmim", "knn", "-q", str(out / "one")], env=ENV, capture_output=True,
-                          text=True)  # fmt: skip
+    knn1 = subprocess.run(
+        [sys.executable, "-m", "kmim", "knn", "-q", str(out / "one")], env=ENV, capture_output=True, text=True
+    )
     knn2 = _torchrun(2, "knn", "-q", str(out / "one"))  # features extracted in 2 shards and gathered in order
     assert knn2.returncode == 0, knn2.stderr[-2000:]
     assert json.loads(knn2.stdout)["knn_top1"] == json.loads(knn1.stdout)["knn_top1"]
@@ -78,10 +111,17 @@ def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
     """Online targets: Sinkhorn's column sums (and max shift) are all-reduced and the prototypes' gradients averaged,
     so 2 processes with the same global batch give the 1-process losses, encoder and prototypes."""
     out = tmp_path / "runs"
-    base = [*RUN, f"out_dir={out}", "train.device=cpu", "train.target=online-clusters", "train.batch_size=8",
-            "train.online.momentum=0.9"]  # fmt: skip
-    one = subprocess.run([sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one"], env=ENV,
-                         capture_output=True, text=True)  # fmt: skip
+    base = [
+        *RUN,
+        f"out_dir={out}",
+        "train.device=cpu",
+        "train.target=online-clusters",
+        "train.batch_size=8",
+        "train.online.momentum=0.9",
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one"], env=ENV, capture_output=True, text=True
+    )
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, "pretrain", "-q", *base, "name=two")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -99,8 +139,12 @@ def test_two_processes_fit_the_same_tokenizer_file_as_one(tmp_path):
     """`torchrun -m kmim tokenize`: each rank decodes half the images (with a DataLoader worker), the patch sample is
     gathered and rank 0 writes a file whose centroids equal the 1-process file's, bit for bit."""
     fit = [*RUN, "tokenizer.fit_images=40", "tokenizer.batch_size=5"]
-    one = subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *fit, "--out", str(tmp_path / "one.pt")],
-                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", "kmim", "tokenize", "-q", *fit, "--out", str(tmp_path / "one.pt")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, "tokenize", "-q", *fit, "data.num_workers=1", "--out", str(tmp_path / "two.pt"))
     assert two.returncode == 0, two.stderr[-2000:]
@@ -114,21 +158,41 @@ def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
     """Rank 1's tokenizer.path is missing (a node without the shared file): one line, exit 2, nothing written."""
     out = tmp_path / "runs"
     out.mkdir()
-    code = ("import os, sys; from kmim.cli import main; "
-            "sys.exit(main(['pretrain', '-q', *sys.argv[1:-1], "
-            "'tokenizer.path=' + (sys.argv[-1] if os.environ['RANK'] == '0' else '/nowhere/tok.pt')]))")  # fmt: skip
+    code = (
+        "import os, sys; from kmim.cli import main; "
+        "sys.exit(main(['pretrain', '-q', *sys.argv[1:-1], "
+        "'tokenizer.path=' + (sys.argv[-1] if os.environ['RANK'] == '0' else '/nowhere/tok.pt')]))"
+    )
     tok = tmp_path / "tok.pt"
-    assert subprocess.run([sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV,
-                          capture_output=True).returncode == 0  # fmt: skip
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV, capture_output=True
+        ).returncode
+        == 0
+    )
     script = tmp_path / "entry.py"
     script.write_text(code)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
-           str(script), *RUN, f"out_dir={out}", "train.device=cpu", str(tok)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29518",
+        str(script),
+        *RUN,
+        f"out_dir={out}",
+        "train.device=cpu",
+        str(tok),
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("kmim pretrain: error:")]
-    assert lines == ["kmim pretrain: error: rank 1: tokenizer.path=/nowhere/tok.pt does not exist: fit one with "
-                     "`kmim tokenize` or unset tokenizer.path"], proc.stderr[-2000:]  # fmt: skip
+    assert lines == [
+        "kmim pretrain: error: rank 1: tokenizer.path=/nowhere/tok.pt does not exist: fit one with "
+        "`kmim tokenize` or unset tokenizer.path"
+    ], proc.stderr[-2000:]
     assert list(out.iterdir()) == []
 
 
@@ -149,9 +213,21 @@ def test_an_image_that_fails_to_decode_mid_run_stops_every_rank_with_one_line_ea
     bad = tmp_path / "data/train/b/3.JPEG"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
     model = [o for o in RUN if o.startswith("model.")]
-    proc = _torchrun(2, "pretrain", "-q", *model, "data.name=imagefolder", f"data.root={tmp_path / 'data'}",
-                     "data.img_size=16", "train.target=pixels", "train.epochs=1", "train.warmup_epochs=0",
-                     "train.batch_size=4", f"out_dir={tmp_path / 'runs'}", "train.device=cpu")  # fmt: skip
+    proc = _torchrun(
+        2,
+        "pretrain",
+        "-q",
+        *model,
+        "data.name=imagefolder",
+        f"data.root={tmp_path / 'data'}",
+        "data.img_size=16",
+        "train.target=pixels",
+        "train.epochs=1",
+        "train.warmup_epochs=0",
+        "train.batch_size=4",
+        f"out_dir={tmp_path / 'runs'}",
+        "train.device=cpu",
+    )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("kmim pretrain: error:")]
     assert len(lines) == 2, proc.stderr[-3000:]

@@ -10,8 +10,14 @@ from kmim.engine.optim import Schedule, build_optimizer, set_lr
 from kmim.models import build_classifier
 from tests.conftest import TINY
 
-FT = ["finetune.epochs=2", "finetune.warmup_epochs=1", "finetune.batch_size=8", "finetune.hflip=0",
-      "finetune.eval_every=1", "finetune.log_every=1"]  # fmt: skip
+FT = [
+    "finetune.epochs=2",
+    "finetune.warmup_epochs=1",
+    "finetune.batch_size=8",
+    "finetune.hflip=0",
+    "finetune.eval_every=1",
+    "finetune.log_every=1",
+]
 KW = {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0}
 
 
@@ -78,14 +84,17 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pretrained, tmp_path, caps
     assert "the checkpoint's head has 3 classes, data.name=synthetic has 4" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["finetune", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
-    (["finetune", "{pretrained}", "model.depth=3"], "drop the model.* overrides"),
-    (["finetune", "{pretrained}", "data.img_size=32"], "was pretrained at 16 px: set data.img_size=16"),
-    (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even: change finetune"),
-    (["finetune", "--resume", "{pretrained}"], "is not a kmim finetune run"),
-    (["finetune", "{pretrained}", "finetune.randaug=rand-zz9"], "finetune.randaug='rand-zz9' is not valid: timm"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["finetune", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+        (["finetune", "{pretrained}", "model.depth=3"], "drop the model.* overrides"),
+        (["finetune", "{pretrained}", "data.img_size=32"], "was pretrained at 16 px: set data.img_size=16"),
+        (["finetune", "{pretrained}", "finetune.batch_size=7", "finetune.mixup=0.8"], "must be even: change finetune"),
+        (["finetune", "--resume", "{pretrained}"], "is not a kmim finetune run"),
+        (["finetune", "{pretrained}", "finetune.randaug=rand-zz9"], "finetune.randaug='rand-zz9' is not valid: timm"),
+    ],
+)
 def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):
     argv = [a.replace("{pretrained}", str(pretrained)) for a in argv]
     assert main([*argv, "-q", *([f"out_dir={tmp_path}"] if "--resume" not in argv else [])]) == 2
@@ -139,8 +148,10 @@ def test_finetune_of_an_unfinished_pretraining_run_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["finetune", str(out / "u"), "-q", f"out_dir={tmp_path / 'ft'}", *FT]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("is an unfinished pretraining run (epoch 1 of 2): finish it with `kmim pretrain --resume "
-                        f"{out / 'u'}`, or pass --allow-unfinished to fine-tune it as it is")  # fmt: skip
+    assert err.endswith(
+        "is an unfinished pretraining run (epoch 1 of 2): finish it with `kmim pretrain --resume "
+        f"{out / 'u'}`, or pass --allow-unfinished to fine-tune it as it is"
+    )
     assert not (tmp_path / "ft").exists()
     assert main(["finetune", str(out / "u"), "--allow-unfinished", "-q", f"out_dir={tmp_path / 'ft'}", *FT]) == 0
 

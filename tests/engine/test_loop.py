@@ -68,8 +68,16 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
     batches = [torch.arange(i % 2 * 4, i % 2 * 4 + 4) for i in range(7)]
     seen = []
     ra = run_epoch(batches, _loss(ma, x, y), oa, Schedule(0.1, 7, 1), 0, 7)
-    rb = run_epoch(batches, _loss(mb, x, y), ob, Schedule(0.1, 7, 1), 0, 7, sync_every=3,
-                   on_step=lambda s, e: seen.append((s, "loss" in e)))  # fmt: skip
+    rb = run_epoch(
+        batches,
+        _loss(mb, x, y),
+        ob,
+        Schedule(0.1, 7, 1),
+        0,
+        7,
+        sync_every=3,
+        on_step=lambda s, e: seen.append((s, "loss" in e)),
+    )
     assert ra.losses == pytest.approx(rb.losses, rel=0, abs=0) and len(rb.losses) == 7  # the tail read at the end
     assert all(torch.equal(a, b) for a, b in zip(ma.parameters(), mb.parameters(), strict=True))
     assert [s for s, has in seen if has] == [3, 6]
@@ -101,8 +109,7 @@ def test_a_deferred_nan_never_reaches_a_checkpoint(tiny_overrides, monkeypatch):
         return (loss * float("nan") if self.state.images > 4 * 8 else loss), extras  # 8 per step, counted
 
     monkeypatch.setattr(Pretrainer, "_micro_step", nan_from_step_4)
-    cfg = load_config(None, [*tiny_overrides, "name=nan", "train.epochs=3", "train.sync_every=2",
-                             "train.log_every=2"])  # fmt: skip
+    cfg = load_config(None, [*tiny_overrides, "name=nan", "train.epochs=3", "train.sync_every=2", "train.log_every=2"])
     with pytest.raises(KmimError, match=r"loss became nan at optimizer step 4 \(epoch 1\)"):
         pretrain_run(cfg)
     last = load_checkpoint(f"{cfg.out_dir}/nan/checkpoints/last.pt")

@@ -12,9 +12,16 @@ from kmim.eval import random_encoder
 from kmim.eval.attentive import AttentiveHead, attentive_probe
 from tests.conftest import TINY
 
-ATT = [*TINY, "data.synthetic_per_class=16", "eval.probe=attentive", "eval.attentive_epochs=8",
-       "eval.attentive_warmup_epochs=1", "eval.attentive_batch_size=8", "eval.attentive_lrs=[3e-2,3e-1]",
-       "eval.attentive_weight_decays=[0.0]"]  # fmt: skip
+ATT = [
+    *TINY,
+    "data.synthetic_per_class=16",
+    "eval.probe=attentive",
+    "eval.attentive_epochs=8",
+    "eval.attentive_warmup_epochs=1",
+    "eval.attentive_batch_size=8",
+    "eval.attentive_lrs=[3e-2,3e-1]",
+    "eval.attentive_weight_decays=[0.0]",
+]
 
 
 def test_the_head_pools_with_one_query_over_the_patch_tokens():

@@ -14,8 +14,14 @@ from kmim.eval import random_encoder
 from kmim.eval.lars import lars_probe
 from tests.conftest import TINY
 
-LARS = [*TINY, "data.synthetic_per_class=16", "eval.probe=lars", "eval.lars_epochs=3", "eval.lars_warmup_epochs=1",
-        "eval.lars_batch_size=8"]  # fmt: skip
+LARS = [
+    *TINY,
+    "data.synthetic_per_class=16",
+    "eval.probe=lars",
+    "eval.lars_epochs=3",
+    "eval.lars_warmup_epochs=1",
+    "eval.lars_batch_size=8",
+]
 SCRIPT = """
 import sys, torch
 from kmim.config import load_config
@@ -38,8 +44,13 @@ def test_two_processes_train_the_head_of_one(tmp_path):
     script = tmp_path / "lars.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), *LARS], env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.pt"), *LARS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     cmd = [
         sys.executable,

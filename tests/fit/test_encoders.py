@@ -29,8 +29,12 @@ def vit_file(tmp_path):
 
 def _timm_overrides(path, **extra):
     kw = ", ".join(f"{k}: {v}" for k, v in {**TINY_VIT, **extra}.items())
-    return ["tokenizer.name=kmeans-features", f"tokenizer.encoder={TIMM}", f"tokenizer.encoder_weights={path}",
-            f"tokenizer.encoder_kwargs={{{kw}}}"]  # fmt: skip
+    return [
+        "tokenizer.name=kmeans-features",
+        f"tokenizer.encoder={TIMM}",
+        f"tokenizer.encoder_weights={path}",
+        f"tokenizer.encoder_kwargs={{{kw}}}",
+    ]
 
 
 def _kmim_encoder_file(path, patch=4, img=16, chans=1):
@@ -59,8 +63,13 @@ def test_timm_encoder_from_a_local_file(tmp_path, tiny_overrides, vit_file):
     m = tok.meta
     # 16 px images, MIM patch 4 -> 4x4 grid; the /8 encoder sees them resized to 32 px, gray repeated to RGB
     assert m["grid"] == [4, 4] and m["feature_dim"] == 16 and m["source"] == "timm"
-    assert m["encoder_input"] == {"size": [32, 32], "in_chans": 3, "repeat_channels": True,
-                                  "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    assert m["encoder_input"] == {
+        "size": [32, 32],
+        "in_chans": 3,
+        "repeat_channels": True,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     assert m["timm_kwargs"]["img_size"] == 32 and m["weights"] == str(vit_file.resolve())
     saved = torch.load(vit_file)
     assert torch.equal(
@@ -116,8 +125,13 @@ def test_supervised_encoder(tmp_path, tiny_overrides):
     torch.manual_seed(5)
     expect = torch.rand(3)
     torch.manual_seed(5)
-    extra = ["tokenizer.name=kmeans-features", "tokenizer.encoder=supervised", "tokenizer.supervised.epochs=1",
-             "tokenizer.batch_size=8", "tokenizer.supervised.preset=mnist-tiny"]  # fmt: skip
+    extra = [
+        "tokenizer.name=kmeans-features",
+        "tokenizer.encoder=supervised",
+        "tokenizer.supervised.epochs=1",
+        "tokenizer.batch_size=8",
+        "tokenizer.supervised.preset=mnist-tiny",
+    ]
     tok, ds = _fit(tiny_overrides, extra)
     assert torch.equal(torch.rand(3), expect)  # fitting left the global RNG as it was
     sup = tok.meta["supervised"]

@@ -10,17 +10,33 @@ import kmim.studies.study as S
 from kmim.cli import main
 from tests.conftest import TINY
 
-FAST = [*TINY, "data.synthetic_per_class=24", "data.synthetic_classes=4", "train.epochs=1", "train.warmup_epochs=0",
-        "train.save_every=1", "tokenizer.batch_size=16", "tokenizer.vq.epochs=1", "tokenizer.supervised.epochs=1",
-        "eval.probe_epochs=3", "finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8",
-        "eval.attentive_epochs=1", "eval.attentive_warmup_epochs=0", "eval.attentive_batch_size=8",
-        "eval.attentive_lrs=[1e-3]", "eval.attentive_weight_decays=[0.0]"]  # fmt: skip
+FAST = [
+    *TINY,
+    "data.synthetic_per_class=24",
+    "data.synthetic_classes=4",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.save_every=1",
+    "tokenizer.batch_size=16",
+    "tokenizer.vq.epochs=1",
+    "tokenizer.supervised.epochs=1",
+    "eval.probe_epochs=3",
+    "finetune.epochs=1",
+    "finetune.warmup_epochs=0",
+    "finetune.batch_size=8",
+    "eval.attentive_epochs=1",
+    "eval.attentive_warmup_epochs=0",
+    "eval.attentive_batch_size=8",
+    "eval.attentive_lrs=[1e-3]",
+    "eval.attentive_weight_decays=[0.0]",
+]
 
 
-@pytest.mark.parametrize(
-    "study", [pytest.param("tcas-vs-probe", marks=pytest.mark.slow), pytest.param("k-ablation", marks=pytest.mark.slow),
-              "vs-mae", pytest.param("online-vs-offline", marks=pytest.mark.slow)],
-)  # fmt: skip  # ~15 s each on 2 cores: vs-mae (curves included) stays in the default suite
+# ~15 s each on 2 cores: vs-mae (curves included) stays in the default suite
+SLOW_STUDIES = [pytest.param(s, marks=pytest.mark.slow) for s in ("tcas-vs-probe", "k-ablation", "online-vs-offline")]
+
+
+@pytest.mark.parametrize("study", ["vs-mae", *SLOW_STUDIES])
 def test_study_writes_every_file(study, tmp_path, capsys):
     out = tmp_path / study
     assert main(["study", study, "--out", str(out), "-q", *FAST]) == 0
@@ -99,9 +115,17 @@ def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders
 
 
 def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8)):
-    return {"group": group, "seed": seed, "knn_top1": knn, "linear_probe_top1": knn, "attentive_top1": knn,
-            "lowshot_top1": knn, "n_test": 1000, "tcas_curve": [[1, tcas[0], 0.1, 1.0], [2, tcas[1], 0.2, 1.0]],
-            "targets_curve": [[1, 1.0, 50.0], [2, used, 20.0]]}  # fmt: skip
+    return {
+        "group": group,
+        "seed": seed,
+        "knn_top1": knn,
+        "linear_probe_top1": knn,
+        "attentive_top1": knn,
+        "lowshot_top1": knn,
+        "n_test": 1000,
+        "tcas_curve": [[1, tcas[0], 0.1, 1.0], [2, tcas[1], 0.2, 1.0]],
+        "targets_curve": [[1, 1.0, 50.0], [2, used, 20.0]],
+    }
 
 
 def test_online_rules_name_the_leader_and_collapse():

@@ -14,8 +14,9 @@ from kmim.tokenizers import KMeansTokenizer, PixelSource
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
-@pytest.mark.parametrize(("name", "kind", "k"), [("v1_kmeans_pixels.pt", "kmeans-pixels", 16),
-                                                  ("v1_kmeans_hog.pt", "kmeans-hog", 32)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "kind", "k"), [("v1_kmeans_pixels.pt", "kmeans-pixels", 16), ("v1_kmeans_hog.pt", "kmeans-hog", 32)]
+)
 def test_version_1_files_written_by_kmim_0_1_load(name, kind, k):
     assert torch.load(FIXTURES / name, weights_only=True)["version"] == 1
     tok = load_tokenizer(FIXTURES / name)
@@ -26,12 +27,25 @@ def test_version_1_files_written_by_kmim_0_1_load(name, kind, k):
 
 def test_version_1_feature_tokenizer_layout_is_upgraded(tmp_path, tiny_overrides):
     """v1 stored a frozen encoder's weights under `encoder.`; v2 under `source.encoder.`."""
-    cfg = load_config(None, [*tiny_overrides, "tokenizer.name=kmeans-features", "tokenizer.encoder=supervised",
-                             "tokenizer.supervised.epochs=1", "tokenizer.batch_size=8"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "tokenizer.name=kmeans-features",
+            "tokenizer.encoder=supervised",
+            "tokenizer.supervised.epochs=1",
+            "tokenizer.batch_size=8",
+        ],
+    )
     ds, info = build_dataset(cfg.data, "train")
     tok = fit_tokenizer(cfg.tokenizer, FitData(ds, info, 4, "synthetic"), progress=False)
-    v1 = {"format": "kmim-tokenizer", "version": 1, "kind": tok.kind, "meta": tok.meta,
-          "state": {k.removeprefix("source."): v for k, v in tok.state_dict().items()}}  # fmt: skip
+    v1 = {
+        "format": "kmim-tokenizer",
+        "version": 1,
+        "kind": tok.kind,
+        "meta": tok.meta,
+        "state": {k.removeprefix("source."): v for k, v in tok.state_dict().items()},
+    }
     assert any(k.startswith("encoder.") for k in v1["state"])
     torch.save(v1, tmp_path / "v1.pt")
     imgs = torch.stack([ds[i][0] for i in range(4)])

@@ -18,8 +18,13 @@ def test_assign_hand_codebook():
 
 
 def _meta(k=2, p=2, c=1, patch_norm=False):
-    return {"k": k, "patch_size": p, "in_chans": c, "patch_norm": patch_norm,
-            "normalization": {"mean": [0.5], "std": [0.25]}}  # fmt: skip
+    return {
+        "k": k,
+        "patch_size": p,
+        "in_chans": c,
+        "patch_norm": patch_norm,
+        "normalization": {"mean": [0.5], "std": [0.25]},
+    }
 
 
 def test_pixel_tokenizer_encodes_patches():

@@ -63,11 +63,27 @@ def test_soft_cross_entropy_and_entropy_by_hand():
 
 
 def _meta(k=5):
-    kwargs = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2,
-              "num_classes": 0, "global_pool": "token"}  # fmt: skip
-    return {"k": k, "patch_size": 4, "in_chans": 1, "feature_dim": 16, "normalization": {"mean": [0.0], "std": [1.0]},
-            "encoder": {"timm_name": "vit_tiny_patch16_224", "timm_kwargs": kwargs}, "target_temp": 0.06,
-            "pred_temp": 0.12, "sinkhorn_iters": 3}  # fmt: skip
+    kwargs = {
+        "img_size": 8,
+        "patch_size": 4,
+        "in_chans": 1,
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+        "num_classes": 0,
+        "global_pool": "token",
+    }
+    return {
+        "k": k,
+        "patch_size": 4,
+        "in_chans": 1,
+        "feature_dim": 16,
+        "normalization": {"mean": [0.0], "std": [1.0]},
+        "encoder": {"timm_name": "vit_tiny_patch16_224", "timm_kwargs": kwargs},
+        "target_temp": 0.06,
+        "pred_temp": 0.12,
+        "sinkhorn_iters": 3,
+    }
 
 
 def test_ema_update_equals_its_formula_on_a_tiny_model():
