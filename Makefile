@@ -19,10 +19,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check kmim tests benchmarks scripts
 	$(BIN)/ruff check kmim tests benchmarks scripts
 	$(BIN)/python scripts/typecheck.py
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist worksteal  # tests run one torch thread each: one worker per core
 
 test-all: $(STAMP)
-	$(BIN)/pytest -q -m ''
+	$(BIN)/pytest -q -n auto --dist worksteal -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff format kmim tests benchmarks scripts

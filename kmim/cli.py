@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import cast
 
 from kmim.errors import KmimError, one_line
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rank = os.environ.get("RANK", "0")
     try:
-        return importlib.import_module(COMMANDS[args.command][0]).run(args)
+        return cast(int, importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KmimError as e:
         if not getattr(e, "agreed", False):  # this process alone hit it (e.g. an image decoded mid-run)
             where = f"rank {rank}: " if rank != "0" else ""

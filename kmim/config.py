@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -491,7 +491,7 @@ LEGACY_KEYS = {
 }
 
 
-def _migrate_accum(raw: dict) -> dict:
+def _migrate_accum(raw: dict[str, Any]) -> dict[str, Any]:
     """Configs saved before the global batch (kmim <= 0.1, one process): batch_size was per process and
     accum_steps a setting; their global batch is batch_size * accum_steps and the old batch the per-process cap."""
     out = dict(raw)
@@ -516,7 +516,7 @@ def migrate_legacy(raw: Any) -> Any:
         return raw
     new_tok: dict[str, Any] = {}
     for key, value in tok.items():
-        group, _, sub = LEGACY_KEYS.get(key, key).partition(".")
+        group, _, sub = cast(str, LEGACY_KEYS.get(key, key)).partition(".")
         if sub:
             new_tok.setdefault(group, {})[sub] = value
         else:
@@ -529,7 +529,7 @@ def _merge(base: Any, update: Any, where: str) -> Any:
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise KmimError(f"{where}: bad config key or value at '{key}': {e.msg.splitlines()[0]}") from None
+        raise KmimError(f"{where}: bad config key or value at '{key}': {cast(str, e.msg).splitlines()[0]}") from None
 
 
 def _load_yaml(p: Path) -> Any:
@@ -559,7 +559,7 @@ def _override(item: str) -> Any:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
 ) -> RunConfig:
     """Defaults (or a saved config `base`), then the YAML file at `path`, then `overrides` like ["train.epochs=5"];
     every value is checked (`validate`)."""
@@ -573,8 +573,8 @@ def load_config(
     return validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
 def config_to_yaml(cfg: Any) -> str:
@@ -587,7 +587,7 @@ def field_paths(cls: type = RunConfig, prefix: str = "") -> list[str]:
     for f in fields(cls):
         factory = f.default_factory
         if factory is not MISSING and is_dataclass(factory):
-            out += field_paths(factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            out += field_paths(factory, f"{prefix}{f.name}.")
         else:
             out.append(f"{prefix}{f.name}")
     return out

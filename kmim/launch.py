@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
@@ -22,7 +22,7 @@ from kmim.runs import RunDir, check_resume
 __all__ = ["continue_run", "start"]
 
 
-def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], dict | None]:
+def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     enc, info = load_encoder(path)
     total = ((info["config"] or {}).get("train") or {}).get("epochs")
     done = info["epochs_done"]
@@ -41,7 +41,7 @@ def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], 
     return source, info["config"]
 
 
-def _config(path: str, config: str | None, overrides: list[str], saved: dict | None) -> RunConfig:
+def _config(path: str, config: str | None, overrides: list[str], saved: dict[str, Any] | None) -> RunConfig:
     if any(o.startswith("model.") for o in overrides):
         raise KmimError("kmim finetune uses the pretrained encoder's architecture: drop the model.* overrides")
     if saved is None and config is None and not any(o.startswith("data.") for o in overrides):
@@ -56,7 +56,7 @@ def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, 
     cfg = load_run_config(config, overrides)
     enc = random_encoder(cfg, cfg.finetune.seed)
     spec = resolve_spec(cfg.model)
-    kwargs = encoder_kwargs(spec, cfg.data.img_size, enc.patch_embed.proj.in_channels)
+    kwargs = encoder_kwargs(spec, cfg.data.img_size, cast(Any, enc.patch_embed).proj.in_channels)
     if not any(o.startswith("name=") for o in overrides):
         cfg.name = "random-init-finetune"
     path = f"random-init (seed {cfg.finetune.seed})"
@@ -70,7 +70,7 @@ def start(
     progress: bool,
     overwrite: bool,
     allow_unfinished: bool = False,
-):
+) -> tuple[Path, dict[str, Any]]:
     if path is None:  # --random-init
         source, cfg = agree(lambda: _random_source(config, overrides))
     else:
@@ -90,7 +90,7 @@ def start(
     return run_dir, trainer.run()
 
 
-def continue_run(run_dir: str, overrides: list[str], progress: bool):
+def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict[str, Any]]:
     path = Path(run_dir)
     ckpt, _, note = agree(lambda: latest_checkpoint(path))
     if ckpt.get("kind") != "finetune":

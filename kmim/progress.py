@@ -16,7 +16,7 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class LineBar(tqdm):
+class LineBar(tqdm):  # type: ignore[misc]  # tqdm ships no type information
     """tqdm that writes its status as a whole line (no carriage return) at most every `mininterval` seconds, and
     nothing before the first step or when it is cleared."""
 

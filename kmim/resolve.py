@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan_batch
 from kmim.data import DATASETS
@@ -81,7 +82,7 @@ def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
 
 def check_images(
     cfg: RunConfig, splits: tuple[str, ...], run_dir: Path, progress: bool = True, min_side: int | None = None
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Header scan of the ImageFolder splits a command will read, before any work (kmim.data.scan): split over the
     processes and data.num_workers workers; one line for the first bad file. Returns the scan's key, for the run
     directory's image_scan.json (a later scan of the same files is skipped); None for other datasets. `min_side`
@@ -108,7 +109,7 @@ def check_images(
 
 
 def load_run_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
 ) -> RunConfig:
     """`kmim.config.load_config` plus `check_run_config`; a new config (no saved `base`) also has its per-kind
     tokenizer options checked (`check_tokenizer_options`)."""

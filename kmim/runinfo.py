@@ -67,7 +67,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call write(tmp_path) on a temp file beside `path`, then rename it over `path` (never half-written).
 
     Durable: the temp file is fsynced before the rename and the folder after it, so after a crash or power loss

@@ -17,7 +17,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.errors import KmimError
@@ -98,7 +98,7 @@ class RunDir:
         cfg: RunConfig,
         overwrite: bool = False,
         inputs: Callable[[], None] | None = None,
-        scan: dict | None = None,
+        scan: dict[str, Any] | None = None,
     ) -> None:
         """Create the folder and write config.yaml, env.json, the run's `inputs()` and the clean image scan `scan`
         (after every input checked out); with `overwrite`, whatever the folder held is removed first."""
@@ -114,7 +114,7 @@ class RunDir:
         if scan is not None:
             write_json(self.path / SCAN_FILE, scan)
 
-    def reopen(self, cfg: RunConfig, epoch: int, scan: dict | None = None) -> None:
+    def reopen(self, cfg: RunConfig, epoch: int, scan: dict[str, Any] | None = None) -> None:
         """What every resume does before training: remove the temp files a kill left behind, save the config it
         continues under and its clean image scan, and forget the metrics rows of epochs >= `epoch` (about to be
         redone; a torn last line is dropped with a warning by read_jsonl)."""
@@ -134,7 +134,7 @@ class RunDir:
         write_json(self.results, results)
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results.read_text())
+        return cast(dict[str, Any], json.loads(self.results.read_text()))
 
     def last_epoch_loss(self) -> float | None:
         rows = read_jsonl(self.metrics) if self.metrics.is_file() else []

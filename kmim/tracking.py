@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from kmim.config import RunConfig, config_to_dict
 
@@ -92,7 +92,7 @@ def _wandb_run(run_dir: Path, cfg: RunConfig, run_id: str | None) -> Any:
         name=cfg.name,
         id=run_id,
         resume="allow",
-        mode=t.wandb_mode,
+        mode=cast(Literal["online", "offline", "disabled", "shared"], t.wandb_mode),
         dir=str(run_dir),
         config=config_to_dict(cfg),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.engine.dist import agree, in_process_group, is_main, local_device, resolve_device
@@ -14,6 +14,11 @@ from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.resolve import check_batch, load_run_config
 from kmim.runinfo import write_json
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from kmim.config import RunConfig
 
 WHAT = {"knn": "weighted kNN (k=20, T=0.07)", "probe": "linear or attentive probe (eval.probe)"}
 
@@ -59,14 +64,16 @@ def record(checkpoint: Path, methods: tuple[str, ...], res: dict[str, Any]) -> N
     write_json(path, {**saved, **{m: res for m in methods}})
 
 
-def _encoder_and_config(path: str | None, random_init: bool, config: str | None, overrides: list[str]):
+def _encoder_and_config(
+    path: str | None, random_init: bool, config: str | None, overrides: list[str]
+) -> tuple[nn.Module, RunConfig, str]:
     if random_init == (path is not None):
         raise KmimError("give either an encoder PATH or --random-init (with -c CONFIG / overrides), not both")
     if random_init:
         cfg = load_run_config(config, overrides)
         encoder, checkpoint = random_encoder(cfg, cfg.train.seed), f"random-init (seed {cfg.train.seed})"
     else:
-        encoder, info = load_encoder(path)
+        encoder, info = load_encoder(cast(str, path))
         if info["config"] is None and config is None and not any(o.startswith("data.") for o in overrides):
             raise KmimError(
                 f"{path} carries no run config: name the evaluation data with data.name=... (and data.root=...) "

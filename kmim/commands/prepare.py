@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _check(src: Path, dst: Path, spec: PrepareSpec, workers: int) -> dict:
+def _check(src: Path, dst: Path, spec: PrepareSpec, workers: int) -> dict[str, Any]:
     if not src.is_dir():
         raise KmimError(f"{src} is not a folder: give the ImageFolder root (with train/ and val/)")
     if not 16 <= spec.short_side <= 4096:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
@@ -44,11 +45,13 @@ def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
     if shards_fit(cfg.tokenizer):  # the data is agreed on first: the fit itself runs collectives
         data = agree(lambda: training_split(cfg, get_rank(), get_world_size()))
         return fit_tokenizer(cfg.tokenizer, data, progress and is_main())
-    blob = agree(lambda: to_blob(prepare_tokenizer(cfg, progress)) if is_main() else None)
+    blob = agree(lambda: to_blob(cast(Tokenizer, prepare_tokenizer(cfg, progress))) if is_main() else None)
     return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")
 
 
-def start(config: str | None, overrides: list[str], progress: bool, overwrite: bool = False) -> tuple[Path, dict]:
+def start(
+    config: str | None, overrides: list[str], progress: bool, overwrite: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
     cfg = agree(lambda: load_run_config(config, overrides))
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -64,7 +67,7 @@ def start(config: str | None, overrides: list[str], progress: bool, overwrite: b
     return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite, scan=scan)
 
 
-def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict]:
+def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict[str, Any]]:
     """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
     damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
     path = Path(run_dir)

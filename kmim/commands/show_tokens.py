@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kmim.commands.tcas import Entry, add_data_arguments, base_config, build_tokenizer
 from kmim.errors import KmimError
@@ -37,7 +37,7 @@ def token_palette(k: int) -> Any:
     import numpy as np
 
     if k <= 20:
-        return np.asarray(matplotlib.colormaps["tab20"].colors)[:k]
+        return np.asarray(cast("matplotlib.colors.ListedColormap", matplotlib.colormaps["tab20"]).colors)[:k]
     i = np.arange(k)
     hsv = np.stack([(i * GOLDEN) % 1.0, 0.55 + 0.4 * ((i * 7) % 3) / 2, 0.6 + 0.4 * ((i * 5) % 4) / 3], axis=1)
     return matplotlib.colors.hsv_to_rgb(hsv)

@@ -15,13 +15,21 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kmim.argtypes import int_list
 from kmim.errors import KmimError
 from kmim.paths import check_writable
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from kmim.config import RunConfig
+    from kmim.fit.data import FitData
+    from kmim.tokenizers import Tokenizer
 
 GRID_K = (10, 25, 50, 100, 200)
 COLUMNS = (
@@ -112,7 +120,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return name.strip(), [f"tokenizer.{kv}" for kv in pairs]
 
 
-def base_config(args: argparse.Namespace):
+def base_config(args: argparse.Namespace) -> RunConfig:
     """The run config from -c, the overrides, --data and --data-root."""
     from kmim.resolve import load_run_config
 
@@ -121,7 +129,7 @@ def base_config(args: argparse.Namespace):
     return load_run_config(args.config, [*args.overrides, *extra])
 
 
-def spec_config(cfg: Any, spec: str):
+def spec_config(cfg: Any, spec: str) -> RunConfig:
     """cfg.tokenizer with the spec's name and fields applied (validated like any override)."""
     from kmim.config import config_to_dict
     from kmim.resolve import load_run_config
@@ -131,7 +139,7 @@ def spec_config(cfg: Any, spec: str):
     return load_run_config(None, ov, base=config_to_dict(cfg))
 
 
-def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool):
+def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool) -> Tokenizer:
     """Fit the entry's spec on `data` (the train split, kmim.fit.FitData) or load its file; refuses files fitted
     for other data."""
     from kmim.fit import fit_tokenizer, load_tokenizer
@@ -140,8 +148,8 @@ def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool):
     if entry.file is not None:
         tok = load_tokenizer(entry.file)
     else:
-        tok = fit_tokenizer(spec_config(cfg, entry.spec).tokenizer, data, progress)
-    tok.check_compatible(tok.patch_size, info.channels, info.mean, info.std, where=entry.file or entry.spec)
+        tok = fit_tokenizer(spec_config(cfg, cast(str, entry.spec)).tokenizer, data, progress)
+    tok.check_compatible(tok.patch_size, info.channels, info.mean, info.std, where=cast(str, entry.file or entry.spec))
     if cfg.data.img_size % tok.patch_size:
         raise KmimError(f"{entry.label}: patch size {tok.patch_size} does not divide data.img_size={cfg.data.img_size}")
     return tok
@@ -253,7 +261,7 @@ def _entries(args: argparse.Namespace) -> list[Entry]:
     return entries
 
 
-def _datasets(cfg: Any, args: argparse.Namespace, patch_size: int):
+def _datasets(cfg: Any, args: argparse.Namespace, patch_size: int) -> tuple[FitData, Dataset[Any]]:
     import torch
     from torch.utils.data import Subset
 
@@ -265,9 +273,9 @@ def _datasets(cfg: Any, args: argparse.Namespace, patch_size: int):
     if args.max_images is not None:
         if args.max_images < 1:
             raise KmimError(f"--max-images={args.max_images} must be at least 1")
-        if args.max_images < len(ds):
+        if args.max_images < len(cast(Sized, ds)):
             g = torch.Generator().manual_seed(args.seed)
-            ds = Subset(ds, torch.randperm(len(ds), generator=g)[: args.max_images].sort().values.tolist())
+            ds = Subset(ds, torch.randperm(len(cast(Sized, ds)), generator=g)[: args.max_images].sort().values.tolist())
     return data, ds
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -10,7 +12,9 @@ from kmim.data.datasets import DATASETS, DatasetInfo, build_dataset
 __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "make_loader", "stack_dataset"]
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_loader(
+    ds: Dataset[Any], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
+) -> DataLoader[Any]:
     """A DataLoader whose order depends only on `seed` (pass seed + epoch for a new, reproducible order)."""
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -18,7 +22,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_
     )
 
 
-def stack_dataset(ds: Dataset, batch_size: int = 512, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_dataset(ds: Dataset[Any], batch_size: int = 512, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """All images (N, C, H, W) and labels (N,) of a dataset, in order."""
     xs, ys = [], []
     for x, y in make_loader(ds, batch_size, shuffle=False, num_workers=num_workers):

@@ -6,6 +6,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,10 +32,10 @@ class DatasetInfo:
     classes: tuple[str, ...]
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
     """In-memory images (N, C, H, W) uint8 with integer labels."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[..., Any] | None = None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -45,7 +46,7 @@ class ArrayDataset(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
-def _mnist5k(cfg: DataConfig, split: str) -> tuple[Dataset, DatasetInfo]:
+def _mnist5k(cfg: DataConfig, split: str) -> tuple[Dataset[Any], DatasetInfo]:
     x, y = load_mnist5k(split)
     info = DatasetInfo(1, (0.1307,), (0.3081,), 28, tuple(str(i) for i in range(10)))
     return ArrayDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y)), info
@@ -65,7 +66,7 @@ def synthetic_arrays(per_class: int, classes: int, size: int, split: str) -> tup
     return x, y
 
 
-def _synthetic(cfg: DataConfig, split: str) -> tuple[Dataset, DatasetInfo]:
+def _synthetic(cfg: DataConfig, split: str) -> tuple[Dataset[Any], DatasetInfo]:
     x, y = synthetic_arrays(cfg.synthetic_per_class, cfg.synthetic_classes, cfg.img_size, split)
     info = DatasetInfo(1, (0.5,), (0.25,), cfg.img_size, tuple(str(i) for i in range(cfg.synthetic_classes)))
     return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y)), info
@@ -80,7 +81,7 @@ def _root(cfg: DataConfig) -> Path:
     return root
 
 
-def _cifar(cfg: DataConfig, split: str, hundred: bool) -> tuple[Dataset, DatasetInfo]:
+def _cifar(cfg: DataConfig, split: str, hundred: bool) -> tuple[Dataset[Any], DatasetInfo]:
     cls = tvd.CIFAR100 if hundred else tvd.CIFAR10
     root = _root(cfg)
     try:
@@ -185,7 +186,7 @@ def _on_black(rgba: Image.Image) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset, DatasetInfo]:
+def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset[Any], DatasetInfo]:
     folder = _root(cfg) / ("train" if split == "train" else "val")
     if not folder.is_dir():
         raise KmimError(f"{folder} does not exist: an ImageFolder root needs train/ and val/ with one folder per class")
@@ -198,7 +199,7 @@ def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Datase
     return ds, DatasetInfo(3, IMAGENET_MEAN, IMAGENET_STD, None, tuple(ds.classes))
 
 
-DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset, DatasetInfo]]] = {
+DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset[Any], DatasetInfo]]] = {
     "mnist5k": _mnist5k,
     "synthetic": _synthetic,
     "cifar10": lambda cfg, split: _cifar(cfg, split, hundred=False),
@@ -207,7 +208,9 @@ DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset, DatasetInfo]]] = 
 }
 
 
-def build_dataset(cfg: DataConfig, split: str, train: bool = False, min_side: int = 1) -> tuple[Dataset, DatasetInfo]:
+def build_dataset(
+    cfg: DataConfig, split: str, train: bool = False, min_side: int = 1
+) -> tuple[Dataset[Any], DatasetInfo]:
     """The `split` ("train" | "test") of dataset `cfg.name` with the pretraining (train=True) or eval transform."""
     if cfg.name not in DATASETS:
         raise KmimError(f"data.name={cfg.name!r} is unknown: valid names are {', '.join(sorted(DATASETS))}")
@@ -216,5 +219,5 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False, min_side: in
     ds, info = _imagefolder(cfg, split, min_side) if cfg.name == "imagefolder" else DATASETS[cfg.name](cfg, split)
     make = pretrain_transform if train else eval_transform
     tf = make(cfg, info.mean, info.std, info.native_size)
-    ds.transform = tf  # ArrayDataset and torchvision datasets both apply .transform to each image
+    cast(Any, ds).transform = tf  # ArrayDataset and torchvision datasets both apply .transform to each image
     return ds, info

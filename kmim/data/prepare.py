@@ -64,7 +64,7 @@ def _write(src: Path, tmp: Path, spec: PrepareSpec) -> None:
             )
 
 
-class PrepareJobs(Dataset):
+class PrepareJobs(Dataset[tuple[int, str | None]]):
     """Item i prepares file i of `files` (for DataLoader workers: each worker resizes its share)."""
 
     def __init__(self, src: Path, dst: Path, files: list[Path], spec: PrepareSpec) -> None:

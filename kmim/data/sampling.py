@@ -25,10 +25,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class SeededViews(Dataset):
+class SeededViews(Dataset[tuple[torch.Tensor, Any, torch.Tensor]]):
     """(i, epoch) -> (view, label, mask noise (num_patches,)) with every random draw seeded by (seed, epoch, i)."""
 
-    def __init__(self, ds: Dataset, seed: int, num_patches: int) -> None:
+    def __init__(self, ds: Dataset[Any], seed: int, num_patches: int) -> None:
         self.ds, self.seed, self.num_patches = ds, seed, num_patches
 
     def __len__(self) -> int:

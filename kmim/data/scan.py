@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -33,7 +34,7 @@ def header_problem(path: str, min_side: int) -> str | None:
     return None
 
 
-class _Headers(Dataset):
+class _Headers(Dataset[str]):
     def __init__(self, paths: list[str], min_side: int) -> None:
         self.paths, self.min_side = paths, min_side
 
@@ -53,7 +54,7 @@ def file_list_digest(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def scan_key(paths: list[str], min_side: int) -> dict:
+def scan_key(paths: list[str], min_side: int) -> dict[str, Any]:
     """What a clean scan is recorded against (image_scan.json in a run directory)."""
     return {"files": len(paths), "min_side": min_side, "digest": file_list_digest(paths)}
 
@@ -67,7 +68,7 @@ def scan_headers(
     workers: int = 0,
     progress: bool = True,
     cache: Path | None = None,
-) -> tuple[str | None, dict]:
+) -> tuple[str | None, dict[str, Any]]:
     """(the first problem among this process's share of `paths` or None, the scan's key). A clean scan recorded in
     `cache` for the same key is trusted without reading the files again."""
     key = scan_key(paths, min_side)

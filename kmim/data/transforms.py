@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -46,7 +47,7 @@ def finetune_transform(
     """MAE's fine-tuning view with timm's `create_transform`: RandomResizedCrop (bicubic), flip, RandAugment,
     normalization, random erasing (pixel mode). Tensor images (in-memory datasets) become PIL images first, and
     small fixed-size images (digits) are padded to img_size as for pretraining."""
-    head: list[v2.Transform | Callable] = [v2.ToPILImage()] if native is not None else []
+    head: list[v2.Transform | Callable[..., Any]] = [v2.ToPILImage()] if native is not None else []
     if native is not None and native < cfg.img_size:
         head.append(v2.CenterCrop(cfg.img_size))
     tail = create_transform(
@@ -74,7 +75,7 @@ def posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Im
     bits at magnitude 10 (reached by m9 with mstd0.5), which Pillow >= 11 refuses with a ValueError."""
     if bits_to_keep <= 0:
         return img.point(lambda _: 0)
-    return timm_posterize(img, bits_to_keep, **kwargs)
+    return cast("Callable[..., Image.Image]", timm_posterize)(img, bits_to_keep, **kwargs)  # timm's is unannotated
 
 
 def pretrain_transform(

@@ -7,8 +7,9 @@ timm architecture with a head for the dataset's classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from kmim.engine.trainer import Trainer, autocast_ctx, write_results
 from kmim.errors import KmimError
 from kmim.models import build_classifier
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 HEAD_KEYS = ("head.", "fc_norm.")  # what a pretrained encoder does not have
 
 
@@ -51,23 +55,25 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], where
 
 @torch.no_grad()
 def classify_top1(
-    model: nn.Module, ds: Dataset, batch_size: int, device: torch.device, amp: str, num_workers: int = 0
+    model: nn.Module, ds: Dataset[Any], batch_size: int, device: torch.device, amp: str, num_workers: int = 0
 ) -> float:
     """Top-1 (%) of `model` on `ds`; under torchrun each process classifies every world_size-th image."""
     model.eval()
     rank, world = get_rank(), get_world_size()
-    indices = torch.arange(rank, len(ds), world)
+    indices = torch.arange(rank, len(cast(Sized, ds)), world)
     part = ds if world == 1 else Subset(ds, indices.tolist())
     hits = []
     for imgs, y in make_loader(part, batch_size, shuffle=False, num_workers=num_workers):
         with autocast_ctx(amp, device):
             logits = model(imgs.to(device, non_blocking=True))
         hits.append((logits.argmax(dim=1).cpu() == y).float())
-    correct = gather_in_order(torch.cat(hits), indices, len(ds))
+    correct = gather_in_order(torch.cat(hits), indices, len(cast(Sized, ds)))
     return 100.0 * correct.mean().item()
 
 
-def holdout_split(train: Dataset, train_eval: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def holdout_split(
+    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, seed: int
+) -> tuple[Dataset[Any], Dataset[Any]]:
     """(the augmented train split without a stratified `fraction`, that fraction in the eval view): a validation
     split taken from train, seeded by `seed`, for choices that must not look at the test split."""
     from sklearn.model_selection import train_test_split
@@ -98,13 +104,13 @@ class Finetuner(Trainer):
         run_dir: Path,
         source: dict[str, Any],
         progress: bool = True,
-        resume_from: dict | None = None,
+        resume_from: dict[str, Any] | None = None,
     ) -> None:
         """`source`: {"timm_name", "timm_kwargs", "state_dict", "path"} of the pretrained encoder."""
         ft = cfg.finetune
         super().__init__(cfg, run_dir, ft, progress)
         ds, info = build_dataset(cfg.data, "train")
-        ds.transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
+        cast(Any, ds).transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
         self.test, _ = build_dataset(cfg.data, "test")
         self.eval_split = f"{cfg.data.name} test split"
         if ft.holdout > 0:
@@ -113,7 +119,7 @@ class Finetuner(Trainer):
         self.num_classes, self.source_path = len(info.classes), source["path"]
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
-        self.sampler = GlobalBatchSampler(len(ds), self.plan.micro, ft.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(len(cast(Sized, ds)), self.plan.micro, ft.seed, get_rank(), get_world_size())
         self.spec = {
             "timm_name": source["timm_name"],
             "timm_kwargs": {**source["timm_kwargs"], "num_classes": self.num_classes, "global_pool": ft.pool},
@@ -127,7 +133,10 @@ class Finetuner(Trainer):
         self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
         self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
         groups = param_groups_layer_decay(
-            self.model, ft.weight_decay, self.model.no_weight_decay(), layer_decay=ft.layer_decay
+            self.model,
+            ft.weight_decay,
+            cast("VisionTransformer", self.model).no_weight_decay(),
+            layer_decay=ft.layer_decay,
         )
         cuda = self.device.type == "cuda"
         self.opt = build_optimizer(self.model, self.lr, groups=groups, fused=cuda)
@@ -163,7 +172,7 @@ class Finetuner(Trainer):
                 f"micro-step ({self.plan.describe()}) must be even: change finetune.batch_size or "
                 "finetune.micro_batch_size"
             )
-        return Mixup(
+        return cast("Callable[..., Mixup]", Mixup)(  # timm's Mixup is unannotated
             mixup_alpha=ft.mixup,
             cutmix_alpha=ft.cutmix,
             prob=ft.mixup_prob,
@@ -173,9 +182,9 @@ class Finetuner(Trainer):
 
     def _criterion(self) -> nn.Module:
         if self.mixup is not None:
-            return SoftTargetCrossEntropy()  # Mixup already smooths the soft targets
+            return cast("Callable[[], nn.Module]", SoftTargetCrossEntropy)()  # Mixup already smooths the soft targets
         if self.cfg.finetune.smoothing > 0:
-            return LabelSmoothingCrossEntropy(self.cfg.finetune.smoothing)
+            return cast("Callable[[float], nn.Module]", LabelSmoothingCrossEntropy)(self.cfg.finetune.smoothing)
         return nn.CrossEntropyLoss()
 
     def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -205,7 +214,7 @@ class Finetuner(Trainer):
             self.best = {"top1": self.top1["test_top1"], "epoch": epochs_done}
         self._log({"epoch": epochs_done - 1, **self.top1})
 
-    def _restore(self, ckpt: dict) -> None:
+    def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("num_classes") != self.num_classes:
             raise KmimError(
                 f"the checkpoint's head has {ckpt.get('num_classes')} classes, data.name={self.cfg.data.name} has "
@@ -238,7 +247,7 @@ class Finetuner(Trainer):
             "finetune_best_top1": round(self.best["top1"], 2),
             "finetune_best_epoch": self.best["epoch"],
             **({"finetune_ema_top1": round(self.top1["test_top1_ema"], 2)} if "test_top1_ema" in self.top1 else {}),
-            "evaluated_on": f"{self.eval_split} ({len(self.test)} images): finetune_top1 after the last "
+            "evaluated_on": f"{self.eval_split} ({len(cast(Sized, self.test))} images): finetune_top1 after the last "
             f"epoch, finetune_best_top1 the best of the epochs evaluated (every {self.cfg.finetune.eval_every}; MAE's "
             "number, chosen on the test split)",
             "source": self.source_path,

@@ -3,13 +3,17 @@ pinned memory and prefetching on CUDA."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kmim.config import DataConfig
 
 
-def make_train_loader(ds: Dataset, batch_sampler: Sampler, cfg: DataConfig, device: torch.device) -> DataLoader:
+def make_train_loader(
+    ds: Dataset[Any], batch_sampler: Sampler[Any], cfg: DataConfig, device: torch.device
+) -> DataLoader[Any]:
     """Workers (`data.num_workers`) persist across epochs and prefetch `data.prefetch_factor` batches each; batches
     land in pinned memory on CUDA so the copy to the GPU can overlap compute (`non_blocking=True` in the step)."""
     workers = cfg.num_workers

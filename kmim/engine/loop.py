@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -82,9 +82,13 @@ def run_epoch(
             if i % accum == 0:
                 set_lr(opt, schedule(res.step))
             loss, extras = loss_fn(batch)
-            value = _checked(loss, res.step, reduce) if sync_every == 1 else pending.add(loss.detach(), res.step)
+            value = (
+                _checked(loss, res.step, reduce)
+                if sync_every == 1
+                else cast("float | None", pending.add(loss.detach(), res.step))
+            )
             scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             if value is not None:
                 res.losses.append(value)
                 extras["loss"] = value
@@ -131,14 +135,14 @@ class _PendingLosses:
         """Read every pending loss in one host sync; raise NonFiniteLoss for the first non-finite one."""
         if not self.losses:
             return None
-        values = torch.stack(self.losses)  # (n,)
+        values: Any = torch.stack(self.losses)  # (n,), then its values as floats
         values = (values if self.reduce is None else self.reduce(values)).tolist()
         for step, value in zip(self.steps, values, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLoss(step, value)
         self.res.losses.extend(values)
         self.losses, self.steps = [], []
-        return values[-1]
+        return cast(float, values[-1])
 
 
 def grad_norm(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> float:

@@ -63,7 +63,9 @@ def select_patches(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def mim_loss(pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, target: str, label_smoothing: float = 0.0):
+def mim_loss(
+    pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, target: str, label_smoothing: float = 0.0
+) -> torch.Tensor:
     if target == "tokens":
         return masked_cross_entropy(pred, targets, mask, label_smoothing)
     return masked_mse(pred, targets, mask)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -21,7 +22,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     fused: bool = False,
-    groups: list[dict] | None = None,
+    groups: list[dict[str, Any]] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on >=2-D parameters only (none on biases and norms, as MAE); frozen params excluded
     (timm's `param_groups_weight_decay`), unless `groups` are given. `fused` (CUDA) runs one kernel per step."""

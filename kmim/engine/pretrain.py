@@ -12,8 +12,9 @@ step the teacher moves by EMA. The prototypes are a param group of the same Adam
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Subset
@@ -44,7 +45,7 @@ from kmim.engine.trainer import (
 )
 from kmim.errors import KmimError
 from kmim.metrics import token_metrics
-from kmim.models import build_mim, encoder_kwargs, resolve_spec
+from kmim.models import MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 from kmim.tokenizers.base import base_meta, provenance
@@ -57,6 +58,7 @@ class Pretrainer(Trainer):
     """Owns the model, optimizer, data and run directory of one pretraining run."""
 
     kind = "pretrain"
+    model: MaskedImageModel
 
     def __init__(
         self,
@@ -64,14 +66,14 @@ class Pretrainer(Trainer):
         run_dir: Path,
         tokenizer: Tokenizer | None,
         progress: bool = True,
-        resume_from: dict | None = None,
+        resume_from: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(cfg, run_dir, cfg.train, progress)
         spec = resolve_spec(cfg.model)
         t = cfg.train
         ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
         self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2)
-        self.sampler = GlobalBatchSampler(len(ds), self.plan.micro, t.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(len(cast(Sized, ds)), self.plan.micro, t.seed, get_rank(), get_world_size())
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         self.tok = self._check_tokenizer(tokenizer, spec.patch_size)
         self.k = self.tok.k if self.tok is not None else cfg.tokenizer.k  # ids or prototypes of the targets
@@ -87,7 +89,7 @@ class Pretrainer(Trainer):
             group = {"params": protos, "betas": (0.9, 0.95), "weight_decay": o.proto_weight_decay}
             self.opt.add_param_group({**group, "lr_scale": o.proto_lr / self.lr})
         self._health_cache: dict[str, float] | None = None
-        self._health_subset: tuple[Subset, int] | None = None  # the fixed labelled images and the class count
+        self._health_subset: tuple[Subset[Any], int] | None = None  # the fixed labelled images and the class count
         self.scaler = torch.amp.GradScaler("cuda") if cuda and t.amp == "fp16" else None
         self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
         self._reset_health()
@@ -134,7 +136,7 @@ class Pretrainer(Trainer):
         if self.tok is not None:
             self.tok.save(self.run_dir / "tokenizer.pt")
 
-    def _restore(self, ckpt: dict) -> None:
+    def _restore(self, ckpt: dict[str, Any]) -> None:
         super()._restore(ckpt)
         if self.online is not None:
             self.online.load_state_dict(ckpt["online"]["state"])
@@ -277,7 +279,7 @@ def pretrain(
     progress: bool = True,
     overwrite: bool = False,
     on_epoch: EpochHook | None = None,
-    scan: dict | None = None,
+    scan: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written.
     `on_epoch(row)`, if given, is called with each epoch's metrics row; `scan` is the clean image scan to record."""
@@ -297,7 +299,7 @@ def resume(
     tokenizer: Tokenizer | None,
     progress: bool = True,
     on_epoch: EpochHook | None = None,
-    scan: dict | None = None,
+    scan: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])

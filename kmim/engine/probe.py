@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,8 @@ from kmim.engine.optim import Schedule, build_optimizer
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
     head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
-    nn.init.trunc_normal_(head[1].weight, std=0.01)
-    nn.init.zeros_(head[1].bias)
+    nn.init.trunc_normal_(cast(nn.Linear, head[1]).weight, std=0.01)
+    nn.init.zeros_(cast(nn.Linear, head[1]).bias)
     return head
 
 
@@ -47,7 +48,7 @@ def train_linear_probe(
             for b in range(steps_per_epoch):
                 yield perm[b * batch_size : (b + 1) * batch_size]
 
-    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         return F.cross_entropy(head(feats[idx]), labels[idx]), {}
 
     head.train()

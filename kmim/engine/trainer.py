@@ -41,7 +41,7 @@ from kmim.tracking import Tracker
 EpochHook = Callable[[dict[str, Any]], None]  # called with each epoch's metrics row
 
 
-def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_ctx(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16/fp16 autocast on CUDA only; fp32 on CPU (bf16 autocast is ~13x slower on this CPU)."""
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext()
@@ -84,7 +84,7 @@ class Trainer:
         self.wandb_id: str | None = None
         seed_everything(hp.seed)
 
-    def _ready(self, resume_from: dict | None) -> None:
+    def _ready(self, resume_from: dict[str, Any] | None) -> None:
         if self.steps_per_epoch == 0:
             raise KmimError(
                 f"{self.section}.batch_size={self.hp.batch_size} (the global batch) exceeds the {self.sampler.n} "
@@ -94,7 +94,7 @@ class Trainer:
             self._restore(resume_from)
             self.wandb_id = resume_from.get("wandb_id")
 
-    def _restore(self, ckpt: dict) -> None:
+    def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -276,13 +276,13 @@ class Trainer:
         }
 
 
-def start_run(trainer: Trainer, overwrite: bool = False, scan: dict | None = None) -> None:
+def start_run(trainer: Trainer, overwrite: bool = False, scan: dict[str, Any] | None = None) -> None:
     """Rank 0 starts the trainer's run directory (kmim.runs.RunDir.start) with its inputs (`write_inputs`)."""
     if is_main():
         RunDir(trainer.run_dir).start(trainer.cfg, overwrite, trainer.write_inputs, scan)
 
 
-def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict | None = None) -> None:
+def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict[str, Any] | None = None) -> None:
     """Rank 0 reopens a run directory for a resume from epoch `epoch` (kmim.runs.RunDir.reopen)."""
     if is_main():
         RunDir(run_dir).reopen(cfg, epoch, scan)

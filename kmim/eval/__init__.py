@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from kmim.config import RunConfig
+from kmim.config import POOLS, RunConfig
 from kmim.data import build_dataset
 from kmim.engine.trainer import seed_everything
 from kmim.eval.attentive import RECIPE as ATTENTIVE_RECIPE
 from kmim.eval.attentive import attentive_probe
-from kmim.eval.features import POOLS, extract_features, load_encoder, pool_tokens
+from kmim.eval.features import extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import top1, weighted_knn_predict
 from kmim.eval.lars import RECIPE, lars_probe
 from kmim.eval.probe import linear_probe, probe_recipe
 from kmim.models import build_mim, resolve_spec
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "POOLS",
@@ -35,7 +38,9 @@ def random_encoder(cfg: RunConfig, seed: int) -> nn.Module:
     return build_mim(resolve_spec(cfg.model), cfg.data.img_size, channels, out_dim=1).encoder
 
 
-def split_features(encoder: nn.Module, cfg: RunConfig, device: str = "cpu", progress: bool = True):
+def split_features(
+    encoder: nn.Module, cfg: RunConfig, device: str = "cpu", progress: bool = True
+) -> tuple[tuple[dict[str, torch.Tensor], torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor], int]:
     """Features and labels of the train and test splits (eval transform), for every pool."""
     train, info = build_dataset(cfg.data, "train")
     test, _ = build_dataset(cfg.data, "test")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sized
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ from kmim.engine.trainer import autocast_ctx
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 RECIPE = "attentive (CAPI: attention-pooling head on frozen patch tokens, AdamW lr x wd grid chosen on held-out 10 %)"
 HEAD_DIM = 64
 
@@ -58,15 +62,16 @@ class AttentiveHead(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(tokens))  # (B, D) pooled -> (B, C)
+        return cast(torch.Tensor, self.fc(self.pool(tokens)))  # (B, D) pooled -> (B, C)
 
 
 @torch.no_grad()
 def patch_tokens(encoder: nn.Module, imgs: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(B, C, H, W) -> the frozen encoder's patch tokens (B, L, D) after its final norm, fp32."""
     with autocast_ctx("auto", device):  # bf16 on CUDA, fp32 on CPU
-        tokens = encoder.forward_features(imgs.to(device, non_blocking=True))  # (B, prefix + L, D)
-    return tokens[:, encoder.num_prefix_tokens :].float()
+        # (B, prefix + L, D)
+        tokens = cast("VisionTransformer", encoder).forward_features(imgs.to(device, non_blocking=True))
+    return tokens[:, cast("VisionTransformer", encoder).num_prefix_tokens :].float()
 
 
 def _grid(cfg: RunConfig) -> list[tuple[float, float]]:
@@ -97,19 +102,21 @@ def attentive_probe(
     plan = plan_batch(cfg, "attentive", get_world_size())
     train, info = build_dataset(cfg.data, "train")
     train_eval, _ = build_dataset(cfg.data, "train")
-    train.transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
+    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
     fit, held = _split(train, train_eval, e.attentive_holdout, cfg.train.seed)
-    sampler = GlobalBatchSampler(len(fit), plan.micro, cfg.train.seed, get_rank(), get_world_size())
+    sampler = GlobalBatchSampler(len(cast(Sized, fit)), plan.micro, cfg.train.seed, get_rank(), get_world_size())
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
-            f"eval.attentive_batch_size={e.attentive_batch_size} exceeds the {len(fit)} training images "
+            f"eval.attentive_batch_size={e.attentive_batch_size} exceeds the {len(cast(Sized, fit))} training images "
             "left after the held-out part: lower eval.attentive_batch_size"
         )
     encoder.eval().to(dev)
     grid = _grid(cfg)
     torch.manual_seed(cfg.train.seed)
-    heads = nn.ModuleList(AttentiveHead(int(encoder.embed_dim), len(info.classes)) for _ in grid).to(dev)
+    heads = nn.ModuleList(
+        AttentiveHead(int(cast("VisionTransformer", encoder).embed_dim), len(info.classes)) for _ in grid
+    ).to(dev)
     opt = _optimizer(heads, grid, plan.global_batch)
     schedule = Schedule(1.0, e.attentive_epochs * spe, e.attentive_warmup_epochs * spe)
     loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, dev)
@@ -148,7 +155,9 @@ def attentive_probe(
     }
 
 
-def _split(train: Dataset, train_eval: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def _split(
+    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, seed: int
+) -> tuple[Dataset[Any], Dataset[Any]]:
     try:
         return holdout_split(train, train_eval, fraction, seed)
     except KmimError as err:
@@ -192,7 +201,7 @@ def _step(
 def _top1(
     encoder: nn.Module,
     heads: nn.ModuleList,
-    ds: Dataset,
+    ds: Dataset[Any],
     cfg: RunConfig,
     device: torch.device,
     progress: bool,
@@ -209,4 +218,4 @@ def _top1(
         y = y.to(device)
         correct += torch.stack([(head(tokens).argmax(dim=1) == y).sum().double() for head in heads])
     heads.train()
-    return (100.0 * all_reduce_sum(correct) / len(ds)).tolist()  # type: ignore[arg-type]
+    return cast(list[float], (100.0 * all_reduce_sum(correct) / len(ds)).tolist())  # type: ignore[arg-type]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 import torch
@@ -17,6 +18,9 @@ from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 
 def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
     """tokens (B, 1 + L, D) after the final norm -> (B, D): the CLS token, or the mean of the patch tokens."""
@@ -26,7 +30,7 @@ def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
-    ds: Dataset,
+    ds: Dataset[Any],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -36,19 +40,21 @@ def extract_features(
     order. Under torchrun each process extracts every world_size-th image and the rows are gathered back in order."""
     encoder.eval().to(device)
     rank, world = get_rank(), get_world_size()
-    indices = torch.arange(rank, len(ds), world)  # (m,)
+    indices = torch.arange(rank, len(cast(Sized, ds)), world)  # (m,)
     part = ds if world == 1 else Subset(ds, indices.tolist())
     feats: dict[str, list[torch.Tensor]] = {p: [] for p in POOLS}
     labels = []
     loader = make_loader(part, batch_size, shuffle=False, num_workers=num_workers)
     bar = progress_bar(loader, desc="features", disable=not progress, leave=False)
     for imgs, y in bar:
-        tokens = encoder.forward_features(imgs.to(device)).float()  # (B, 1 + L, D)
+        tokens = cast("VisionTransformer", encoder).forward_features(imgs.to(device)).float()  # (B, 1 + L, D)
         for p in POOLS:
             feats[p].append(pool_tokens(tokens, p))
         labels.append(y.to(tokens.device))
-    out = {p: gather_in_order(torch.cat(v), indices.to(v[0].device), len(ds)).cpu() for p, v in feats.items()}
-    return out, gather_in_order(torch.cat(labels), indices.to(labels[0].device), len(ds)).cpu()
+    out = {
+        p: gather_in_order(torch.cat(v), indices.to(v[0].device), len(cast(Sized, ds))).cpu() for p, v in feats.items()
+    }
+    return out, gather_in_order(torch.cat(labels), indices.to(labels[0].device), len(cast(Sized, ds))).cpu()
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Sized
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,9 @@ from kmim.eval.features import pool_tokens
 from kmim.eval.knn import top1
 from kmim.progress import progress_bar
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 RECIPE = "lars (MAE main_linprobe: LARS, BN head over the global batch, RandomResizedCrop each epoch)"
 
 
@@ -56,17 +60,18 @@ def lars_optimizer(head: nn.Module, lr: float) -> Lars:
 @torch.no_grad()
 def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str, device: torch.device) -> torch.Tensor:
     with autocast_ctx("auto", device):  # bf16 on CUDA, fp32 on CPU
-        tokens = encoder.forward_features(imgs.to(device, non_blocking=True))  # (B, 1 + L, D)
+        # (B, 1 + L, D)
+        tokens = cast("VisionTransformer", encoder).forward_features(imgs.to(device, non_blocking=True))
     return pool_tokens(tokens, pool).float()  # (B, D)
 
 
 @torch.no_grad()
 def test_features(
-    encoder: nn.Module, ds: Dataset, cfg: RunConfig, device: torch.device, progress: bool
+    encoder: nn.Module, ds: Dataset[Any], cfg: RunConfig, device: torch.device, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) and labels (N,) of the test split (eval view), each process encoding every world-th image."""
     rank, world = get_rank(), get_world_size()
-    indices = torch.arange(rank, len(ds), world)  # (m,)
+    indices = torch.arange(rank, len(cast(Sized, ds)), world)  # (m,)
     part = ds if world == 1 else Subset(ds, indices.tolist())
     loader = make_loader(part, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     feats, labels = [], []
@@ -74,7 +79,9 @@ def test_features(
         feats.append(_features(encoder, imgs, cfg.eval.pool, device))
         labels.append(y.to(device))
     idx = indices.to(device)
-    return gather_in_order(torch.cat(feats), idx, len(ds)), gather_in_order(torch.cat(labels), idx, len(ds))
+    return gather_in_order(torch.cat(feats), idx, len(cast(Sized, ds))), gather_in_order(
+        torch.cat(labels), idx, len(cast(Sized, ds))
+    )
 
 
 def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, progress: bool = True) -> dict[str, Any]:
@@ -82,12 +89,12 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
     e, dev = cfg.eval, torch.device(device)
     plan = plan_batch(cfg, "eval", get_world_size())
     train, info = build_dataset(cfg.data, "train")
-    train.transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
-    sampler = GlobalBatchSampler(len(train), plan.micro, cfg.train.seed, get_rank(), get_world_size())
+    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
+    sampler = GlobalBatchSampler(len(cast(Sized, train)), plan.micro, cfg.train.seed, get_rank(), get_world_size())
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
-            f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(train)} training images: the "
+            f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(cast(Sized, train))} training images: the "
             "probe would take no step; lower eval.lars_batch_size"
         )
     encoder.eval().to(dev)
@@ -95,7 +102,7 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
     te_x, te_y = test_features(encoder, test, cfg, dev, progress)
     loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, dev)
     torch.manual_seed(cfg.train.seed)
-    head = probe_head(encoder.embed_dim, len(info.classes)).to(dev)
+    head = probe_head(cast("VisionTransformer", encoder).embed_dim, len(info.classes)).to(dev)
     lr = e.lars_base_lr * plan.global_batch / 256
     opt = lars_optimizer(head, lr)
     schedule = Schedule(lr, e.lars_epochs * spe, e.lars_warmup_epochs * spe)
@@ -136,7 +143,9 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
     }
 
 
-def _global_batch(encoder: nn.Module, batches: Any, accum: int, pool: str, device: torch.device):
+def _global_batch(
+    encoder: nn.Module, batches: Any, accum: int, pool: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of one global batch: this process's `accum` micro-batches, gathered from every process."""
     feats, labels = [], []
     for _ in range(accum):
@@ -153,6 +162,6 @@ def _head_step(head: nn.Module, opt: Lars, lr: float, x: torch.Tensor, y: torch.
     if not math.isfinite(value):
         raise KmimError(f"lars probe: the loss became {value} at step {step}: lower eval.lars_base_lr")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
+    opt.step()  # type: ignore[no-untyped-call]  # timm's Lars.step is unannotated
     return value

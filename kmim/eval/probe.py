@@ -53,7 +53,7 @@ def linear_probe(
 ) -> dict[str, Any]:
     """Top-1 (%) on test of a head trained with the lr that scored best on a stratified 10% of train (with a
     single lr there is nothing to choose and no split)."""
-    recipe = {"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay, "seed": seed}
+    recipe: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay, "seed": seed}
     if len(lrs) == 1:
         head = train_linear_probe(train_feats, train_labels, num_classes, lrs[0], **recipe)
         return {"top1": _accuracy(head, test_feats, test_labels), "lr": lrs[0], "val_top1": {}}

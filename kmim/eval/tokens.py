@@ -13,7 +13,9 @@ from kmim.progress import progress_bar
 
 
 @torch.no_grad()
-def token_counts(tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 256, progress: bool = True):
+def token_counts(
+    tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 256, progress: bool = True
+) -> np.ndarray:
     """Co-occurrence matrix N (K, L) of the tokens of every patch of `ds` with its image's label (n_kl = patches
     of class l with token k)."""
     tok = tok.to(device).eval()

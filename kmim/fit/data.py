@@ -14,7 +14,7 @@ from kmim.tokenizers.base import base_meta
 
 @dataclass(frozen=True)
 class FitData:
-    ds: Dataset  # the training split with the eval transform (no augmentation)
+    ds: Dataset[Any]  # the training split with the eval transform (no augmentation)
     info: DatasetInfo
     patch_size: int
     dataset: str  # data.name, recorded in the tokenizer file

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -50,7 +50,7 @@ def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def mim_grid(ds: Dataset, patch_size: int) -> tuple[int, int]:
+def mim_grid(ds: Dataset[Any], patch_size: int) -> tuple[int, int]:
     """The MIM model's patch grid (image height / patch, image width / patch) for the images of ds."""
     h, w = ds[0][0].shape[-2:]
     if h % patch_size or w % patch_size:
@@ -159,12 +159,12 @@ def timm_encoder(cfg: TokenizerConfig, grid: tuple[int, int], data_chans: int) -
     except TypeError as e:
         raise KmimError(f"tokenizer.encoder_kwargs are not accepted by timm model {name}: {_first_line(e)}") from None
     _check_vit(probe, name)
-    ph, pw = probe.patch_embed.patch_size
+    ph, pw = cast(Any, probe.patch_embed).patch_size
     size = [ph * grid[0], pw * grid[1]]
     kwargs.update(img_size=size[0] if size[0] == size[1] else size, num_classes=0)
-    enc_chans = probe.patch_embed.proj.in_channels
+    enc_chans = cast(Any, probe.patch_embed).proj.in_channels
     repeat = channel_plan(enc_chans, data_chans, allow_repeat=True)
-    data_cfg = resolve_data_config({}, model=probe)
+    data_cfg = cast("Callable[..., dict[str, Any]]", resolve_data_config)({}, model=probe)  # timm: unannotated
     inp = {
         "size": size,
         "in_chans": enc_chans,
@@ -178,7 +178,7 @@ def timm_encoder(cfg: TokenizerConfig, grid: tuple[int, int], data_chans: int) -
 
 def _dataset_input(enc: nn.Module, info: Any) -> dict[str, Any]:
     return {
-        "size": [int(s) for s in enc.patch_embed.img_size],
+        "size": [int(s) for s in cast(Any, enc.patch_embed).img_size],
         "in_chans": info.channels,
         "repeat_channels": False,
         "mean": list(info.mean),
@@ -189,14 +189,14 @@ def _dataset_input(enc: nn.Module, info: Any) -> dict[str, Any]:
 def kmim_encoder(cfg: TokenizerConfig, grid: tuple[int, int], info: Any) -> tuple[nn.Module, dict[str, Any]]:
     """The encoder of a kmim run or checkpoint (fixed size: its grid must equal the MIM grid) and its meta fields."""
     enc, found = load_encoder(Path(str(cfg.encoder)).expanduser())
-    enc_grid = tuple(int(g) for g in enc.patch_embed.grid_size)
+    enc_grid = tuple(int(g) for g in cast(Any, enc.patch_embed).grid_size)
     if enc_grid != tuple(grid):
-        size, p = enc.patch_embed.img_size[0], enc.patch_embed.patch_size[0]
+        size, p = cast(Any, enc.patch_embed).img_size[0], cast(Any, enc.patch_embed).patch_size[0]
         raise KmimError(
             f"tokenizer.encoder={cfg.encoder}: its patch grid is {grid_str(enc_grid)} ({size}px, patch {p}), "
             f"the MIM model's grid is {grid_str(grid)}: one token per patch needs equal grids"
         )
-    channel_plan(enc.patch_embed.proj.in_channels, info.channels, allow_repeat=False)
+    channel_plan(cast(Any, enc.patch_embed).proj.in_channels, info.channels, allow_repeat=False)
     run_data = ((found.get("config") or {}).get("data") or {}).get("name")
     meta = {
         "timm_name": found["encoder"]["timm_name"],
@@ -209,7 +209,7 @@ def kmim_encoder(cfg: TokenizerConfig, grid: tuple[int, int], info: Any) -> tupl
 
 
 def supervised_encoder(
-    cfg: TokenizerConfig, ds: Dataset, info: Any, patch_size: int, device: torch.device, progress: bool
+    cfg: TokenizerConfig, ds: Dataset[Any], info: Any, patch_size: int, device: torch.device, progress: bool
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A ViT of cfg.supervised.preset (patch = the MIM's) trained on the labelled split ds, and its meta fields."""
     h, w = ds[0][0].shape[-2:]

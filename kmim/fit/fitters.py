@@ -6,7 +6,8 @@ split (`fit_patch_kmeans`), run K-means, and record the source's meta, the fit s
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 
@@ -81,9 +82,11 @@ def fit_features(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> 
         enc, src_meta = kmim_encoder(cfg, grid, data.info)
     else:
         enc, src_meta = supervised_encoder(cfg, data.ds, data.info, data.patch_size, device, progress)
-    check_layer(cfg.layer, len(enc.blocks))
+    check_layer(cfg.layer, len(cast(Sized, enc.blocks)))
     label = f"{source_kind}:{cfg.encoder}" if source_kind != "supervised" else f"supervised:{cfg.supervised.preset}"
-    meta = data.meta(cfg.k, label, int(enc.embed_dim), source=source_kind, layer=cfg.layer, grid=list(grid), **src_meta)
+    meta = data.meta(
+        cfg.k, label, int(cast(int, enc.embed_dim)), source=source_kind, layer=cfg.layer, grid=list(grid), **src_meta
+    )
     return fit_kmeans_tokenizer(cfg, data, EncoderSource(enc, meta), meta, device, progress)
 
 

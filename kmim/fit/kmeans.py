@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -49,7 +49,7 @@ def kmeans_pp_start(sample: np.ndarray, k: int, seed: int, progress: bool) -> np
     pts = sample if idx is None else sample[idx]
     if progress:
         tqdm.write(f"k-means++ seeding: K={k} on {len(pts):,} of the {len(sample):,} sample points")
-    return kmeans_plusplus(pts, k, random_state=seed)[0]
+    return cast(np.ndarray, kmeans_plusplus(pts, k, random_state=seed)[0])
 
 
 def check_enough(n: int, k: int) -> None:
@@ -85,10 +85,10 @@ def fit_kmeans(
     start = kmeans_pp_start(sample, k, seed, progress) if init == "kmeans++" else None
     for it in bar:
         km.train(sample, init_centroids=start if it == 0 else km.centroids)
-        bar.set_postfix(inertia=f"{km.obj[-1] / len(sample):.4g}")
+        bar.set_postfix(inertia=f"{cast(np.ndarray, km.obj)[-1] / len(sample):.4g}")
     dist, ids = km.index.search(sample, 1)
     counts = np.bincount(ids[:, 0], minlength=k)
-    return KMeansResult(km.centroids.copy(), float(dist.mean()), len(sample), counts)
+    return KMeansResult(cast(np.ndarray, km.centroids).copy(), float(dist.mean()), len(sample), counts)
 
 
 def patch_draw(seed: int, position: int, num_patches: int) -> np.ndarray:
@@ -100,10 +100,10 @@ def patch_draw(seed: int, position: int, num_patches: int) -> np.ndarray:
     return np.random.Generator(bits).random(num_patches)
 
 
-class _WithPosition(Dataset):
+class _WithPosition(Dataset[tuple[torch.Tensor, int]]):
     """(image, position in the fit's image list) for the images `positions` of ds."""
 
-    def __init__(self, ds: Dataset, positions: list[int]) -> None:
+    def __init__(self, ds: Dataset[Any], positions: list[int]) -> None:
         self.ds, self.positions = ds, positions
 
     def __len__(self) -> int:
@@ -114,7 +114,7 @@ class _WithPosition(Dataset):
 
 
 def sample_patches(
-    ds: Dataset,
+    ds: Dataset[Any],
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     cap: int,
     seed: int,
@@ -132,7 +132,7 @@ def sample_patches(
     world-th image (with `num_workers` DataLoader workers) and the rows are gathered back in image order, giving
     every process the same sample as one process reading everything.
     """
-    n_img = len(ds)
+    n_img = len(cast(Sized, ds))
     positions = list(range(rank, n_img, world))
     loader = make_loader(_WithPosition(ds, positions), batch_size, shuffle=False, num_workers=num_workers)
     desc = "collecting patches" + (f" (rank {rank} of {world}: {len(positions):,} images)" if world > 1 else "")
@@ -147,11 +147,11 @@ def sample_patches(
     return rows.flatten(0, 1).numpy().astype(np.float32)
 
 
-def fit_subset(ds: Dataset, n: int, seed: int) -> Dataset:
+def fit_subset(ds: Dataset[Any], n: int, seed: int) -> Dataset[Any]:
     """A seeded subset of n images of ds (all of it when n is 0 or at least len(ds))."""
-    if n == 0 or n >= len(ds):
+    if n == 0 or n >= len(cast(Sized, ds)):
         return ds
-    idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+    idx = np.sort(np.random.default_rng(seed).choice(len(cast(Sized, ds)), size=n, replace=False))
     return Subset(ds, idx.tolist())
 
 
@@ -170,7 +170,7 @@ def kmeans_fit_meta(cfg: TokenizerConfig, res: KMeansResult) -> dict[str, Any]:
 
 def fit_patch_kmeans(
     cfg: TokenizerConfig,
-    ds: Dataset,
+    ds: Dataset[Any],
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     progress: bool,
     *,
@@ -191,5 +191,5 @@ def fit_patch_kmeans(
     fitted = None
     if rank == 0:
         res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
-        fitted = (torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(sub)})
+        fitted = (torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(cast(Sized, sub))})
     return broadcast_object(fitted) if world > 1 else fitted  # type: ignore[return-value]

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from kmim.tokenizers.sources import PixelSource
 
 
 def sample_class_patches(
-    ds: Dataset, feature_fn: Any, cap_per_class: int, num_classes: int, seed: int, progress: bool = True
+    ds: Dataset[Any], feature_fn: Any, cap_per_class: int, num_classes: int, seed: int, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded sample of patch vectors (N, D) float32 and their images' labels (N,), drawn evenly over the images,
     about 2 * cap_per_class per class for balanced classes."""
@@ -33,7 +34,7 @@ def sample_class_patches(
         make_loader(ds, 256, shuffle=False), desc="collecting patches", disable=not progress
     ):
         x = feature_fn(imgs)  # (B, P, D)
-        per_img = per_img or min(x.shape[1], math.ceil(2 * cap_per_class * num_classes / len(ds)))
+        per_img = per_img or min(x.shape[1], math.ceil(2 * cap_per_class * num_classes / len(cast(Sized, ds))))
         pick = np.argsort(rng.random(x.shape[:2]), axis=1)[:, :per_img]  # (B, per_img)
         idx = torch.from_numpy(pick)[..., None].expand(-1, -1, x.shape[2])
         xs.append(torch.gather(x, 1, idx).flatten(0, 1))

@@ -11,7 +11,8 @@ features are then extracted with every patch visible. Images are the eval view (
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sized
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +25,21 @@ from kmim.engine.loop import run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 
 def pooled_logits(encoder: nn.Module, head: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> class logits (B, classes) from the mean of the final-norm patch tokens."""
-    tokens = encoder.forward_features(imgs)  # (B, prefix + L', D); L' < L while PatchDropout is active
-    return head(tokens[:, encoder.num_prefix_tokens :].mean(dim=1))
+    # (B, prefix + L', D); L' < L while PatchDropout is active
+    tokens = cast("VisionTransformer", encoder).forward_features(imgs)
+    return cast(torch.Tensor, head(tokens[:, cast("VisionTransformer", encoder).num_prefix_tokens :].mean(dim=1)))
 
 
 def train_supervised(
     encoder: nn.Module,
     num_classes: int,
-    ds: Dataset,
+    ds: Dataset[Any],
     epochs: int,
     lr: float,
     batch_size: int,
@@ -49,15 +54,20 @@ def train_supervised(
     stats: epochs, steps, final_loss (mean over the last epoch), train_top1 (% correct over the last epoch, with
     patch dropout on), wall_s.
     """
-    steps_per_epoch = len(ds) // batch_size
+    steps_per_epoch = len(cast(Sized, ds)) // batch_size
     if steps_per_epoch == 0:
-        raise KmimError(f"tokenizer.batch_size={batch_size} exceeds the {len(ds)} training images: lower it")
-    head = nn.Linear(encoder.embed_dim, num_classes)
+        raise KmimError(
+            f"tokenizer.batch_size={batch_size} exceeds the {len(cast(Sized, ds))} training images: lower it"
+        )
+    head = nn.Linear(cast("VisionTransformer", encoder).embed_dim, num_classes)
     model = nn.ModuleDict({"encoder": encoder, "head": head}).to(device)
     opt = build_optimizer(model, lr, weight_decay)
     schedule = Schedule(lr, epochs * steps_per_epoch, steps_per_epoch)
     if patch_drop > 0:
-        encoder.patch_drop = PatchDropout(patch_drop, num_prefix_tokens=encoder.num_prefix_tokens)
+        encoder.patch_drop = PatchDropout(
+            patch_drop, num_prefix_tokens=cast("VisionTransformer", encoder).num_prefix_tokens
+        )
+    tally: dict[str, float]
     t0, step, tally = time.perf_counter(), 0, {}
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:

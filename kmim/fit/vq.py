@@ -8,7 +8,8 @@ the codebook itself moves by EMA after each optimizer step (`ema_update`), not b
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ def usage_stats(counts: np.ndarray) -> dict[str, float]:
 def vq_losses(vae: nn.Module, imgs: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, Any]]:
     """Reconstruction + beta * commitment loss of one batch, and the batch's latents and codes for the EMA step."""
     out = vae(imgs)
-    rec = F.mse_loss(out["recon"], vae.targets(imgs))
+    rec = F.mse_loss(out["recon"], cast(VQVAE, vae).targets(imgs))
     commit = F.mse_loss(out["z"], out["zq"].detach())
     return rec + beta * commit, {
         "rec": float(rec.detach()),
@@ -81,7 +82,7 @@ def ema_update(vae: VQVAE, z: torch.Tensor, codes: torch.Tensor, decay: float, t
 
 def train_vqvae(
     vae: VQVAE,
-    ds: Dataset,
+    ds: Dataset[Any],
     epochs: int,
     lr: float,
     batch_size: int,
@@ -93,9 +94,11 @@ def train_vqvae(
 ) -> dict[str, Any]:
     """Train `vae` in place (AdamW without weight decay, half an epoch of warmup then cosine); returns fit
     statistics (see `codebook_stats`) plus epochs, steps, restarts (dead-code restarts in total) and wall_s."""
-    steps_per_epoch = len(ds) // batch_size
+    steps_per_epoch = len(cast(Sized, ds)) // batch_size
     if steps_per_epoch == 0:
-        raise KmimError(f"tokenizer.batch_size={batch_size} exceeds the {len(ds)} training images: lower it")
+        raise KmimError(
+            f"tokenizer.batch_size={batch_size} exceeds the {len(cast(Sized, ds))} training images: lower it"
+        )
     opt = build_optimizer(vae, lr, weight_decay=0.0)
     schedule = Schedule(lr, epochs * steps_per_epoch, steps_per_epoch // 2)
     step, restarts, t0 = 0, 0, time.perf_counter()
@@ -136,12 +139,12 @@ def train_vqvae(
 
 @torch.no_grad()
 def codebook_stats(
-    vae: nn.Module, ds: Dataset, batch_size: int, device: torch.device, progress: bool = True
+    vae: nn.Module, ds: Dataset[Any], batch_size: int, device: torch.device, progress: bool = True
 ) -> dict[str, Any]:
     """On every patch of ds: codebook usage and perplexity (`usage_stats`), inertia = mean ||z - e_c||^2 (the
     quantization error, comparable to K-means' inertia) and recon_mse = mean squared pixel error per value."""
     vae.eval()
-    k = vae.codebook.shape[0]
+    k = cast(VQVAE, vae).codebook.shape[0]
     counts = torch.zeros(k, dtype=torch.long, device=device)
     sq_err, rec_err, n_vec, n_val = 0.0, 0.0, 0, 0
     for imgs, _ in progress_bar(
@@ -151,7 +154,7 @@ def codebook_stats(
         out = vae(imgs)
         counts += torch.bincount(out["codes"].flatten(), minlength=k)
         sq_err += float((out["z"] - out["zq"]).pow(2).sum())
-        rec_err += float((out["recon"] - vae.targets(imgs)).pow(2).sum())
+        rec_err += float((out["recon"] - cast(VQVAE, vae).targets(imgs)).pow(2).sum())
         n_vec += out["codes"].numel()
         n_val += out["recon"].numel()
     return {**usage_stats(counts.cpu().numpy()), "inertia": sq_err / n_vec, "recon_mse": rec_err / n_val}

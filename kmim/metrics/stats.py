@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """r = cov(x, y) / (sd(x) sd(y)); NaN when either is constant or there are fewer than 2 points."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -18,7 +18,7 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(pearsonr(x, y).statistic)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Pearson correlation of the ranks (ties get their mean rank); NaN as for `pearson`."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -27,8 +27,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def bootstrap_ci(
-    x: Sequence[float],
-    y: Sequence[float],
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
     stat: Callable[[np.ndarray, np.ndarray], float],
     n: int = 2000,
     level: float = 0.95,

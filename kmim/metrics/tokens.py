@@ -8,7 +8,7 @@ See docs/tcas.md for the reasoning behind TCAS and measured values.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def _used(counts: np.ndarray) -> np.ndarray:
     n = np.asarray(counts, dtype=np.float64)
     if n.ndim != 2 or n.sum() <= 0 or (n < 0).any():
         raise KmimError("a co-occurrence matrix must be 2-D (tokens x classes) with non-negative counts, not all zero")
-    return n[n.sum(axis=1) > 0][:, n.sum(axis=0) > 0]
+    return cast(np.ndarray, n[n.sum(axis=1) > 0][:, n.sum(axis=0) > 0])
 
 
 def class_connectivity(counts: np.ndarray) -> np.ndarray:
@@ -61,7 +61,7 @@ def class_connectivity(counts: np.ndarray) -> np.ndarray:
     probability that the first is of class l and the second of class l'. W is symmetric and sums to 1.
     """
     n = _used(counts)
-    return (n / n.sum(axis=1, keepdims=True)).T @ n / n.sum()
+    return cast(np.ndarray, (n / n.sum(axis=1, keepdims=True)).T @ n / n.sum())
 
 
 def tcas_from_counts(counts: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 from torch import nn
@@ -10,6 +11,9 @@ from torch import nn
 from kmim.config import ModelConfig
 from kmim.errors import KmimError
 from kmim.models.mim import MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = [
     "PRESETS",
@@ -52,7 +56,7 @@ def resolve_spec(cfg: ModelConfig) -> ModelSpec:
     return replace(PRESETS[cfg.preset], **overrides)
 
 
-def encoder_kwargs(spec: ModelSpec, img_size: int, in_chans: int) -> dict:
+def encoder_kwargs(spec: ModelSpec, img_size: int, in_chans: int) -> dict[str, Any]:
     """kwargs for `timm.create_model(spec.timm_name, **kwargs)` that rebuild our encoder exactly."""
     if img_size % spec.patch_size:
         raise KmimError(f"data.img_size={img_size} is not divisible by model.patch_size={spec.patch_size}")
@@ -67,11 +71,14 @@ def encoder_kwargs(spec: ModelSpec, img_size: int, in_chans: int) -> dict:
     }
 
 
-def build_encoder(spec: ModelSpec, img_size: int, in_chans: int) -> nn.Module:
-    enc = timm.create_model(spec.timm_name, pretrained=False, **encoder_kwargs(spec, img_size, in_chans))
+def build_encoder(spec: ModelSpec, img_size: int, in_chans: int) -> VisionTransformer:
+    enc = cast(
+        "VisionTransformer",
+        timm.create_model(spec.timm_name, pretrained=False, **encoder_kwargs(spec, img_size, in_chans)),
+    )
     grid = tuple(enc.patch_embed.grid_size)
-    enc.pos_embed.data.copy_(sincos_pos_embed(grid, spec.embed_dim, cls_token=True))
-    enc.pos_embed.requires_grad_(False)  # fixed sin-cos, as in MAE
+    cast(nn.Parameter, enc.pos_embed).data.copy_(sincos_pos_embed(grid, spec.embed_dim, cls_token=True))
+    cast(nn.Parameter, enc.pos_embed).requires_grad_(False)  # fixed sin-cos, as in MAE
     return enc
 
 
@@ -94,18 +101,20 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, out_dim: int) -> Ma
     model.apply(_mae_init)
     w = enc.patch_embed.proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-    nn.init.normal_(enc.cls_token, std=0.02)
+    nn.init.normal_(cast(nn.Parameter, enc.cls_token), std=0.02)
     nn.init.normal_(dec.mask_token, std=0.02)
     return model
 
 
-def build_classifier(timm_name: str, timm_kwargs: dict, num_classes: int, pool: str, drop_path: float) -> nn.Module:
+def build_classifier(
+    timm_name: str, timm_kwargs: dict[str, Any], num_classes: int, pool: str, drop_path: float
+) -> nn.Module:
     """A timm ViT for fine-tuning: the pretrained encoder's architecture with a `num_classes` head, global pool
     `avg` (mean of the patch tokens + fc_norm, MAE's global_pool) or `token` (CLS), and stochastic depth; the head
     starts at trunc_normal(std=2e-5) and zero bias, as MAE's."""
     kwargs = {**timm_kwargs, "num_classes": num_classes, "global_pool": pool, "drop_path_rate": drop_path}
     model = timm.create_model(timm_name, pretrained=False, **kwargs)
     if num_classes > 0:
-        nn.init.trunc_normal_(model.head.weight, std=2e-5)
-        nn.init.zeros_(model.head.bias)
+        nn.init.trunc_normal_(cast(nn.Linear, model.head).weight, std=2e-5)
+        nn.init.zeros_(cast(nn.Linear, model.head).bias)
     return model

@@ -7,6 +7,7 @@ never sees a tokenizer: targets are computed by the training step.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
 from timm.layers import build_sincos2d_pos_embed
@@ -51,7 +52,7 @@ class MIMDecoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_pos_embed(grid, dim, cls_token=True), requires_grad=False)
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.Sequential(
-            *[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
+            *[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]  # type: ignore[arg-type]  # timm accepts a partial
         )
         self.norm = norm(dim)
         self.head = nn.Linear(dim, out_dim)
@@ -71,11 +72,15 @@ class MIMDecoder(nn.Module):
         x = self.blocks(x)[:, 1:]  # (B, L, D)
         if masked_only:
             x = torch.gather(x, 1, ids_shuffle[:, n_vis:, None].expand(-1, -1, d))  # (B, L - V, D)
-        return self.head(self.norm(x))  # (B, L or L - V, out_dim)
+        return cast(torch.Tensor, self.head(self.norm(x)))  # (B, L or L - V, out_dim)
 
 
 class MaskedImageModel(nn.Module):
     """Encoder = timm `VisionTransformer` (checkpoints load with `timm.create_model`); sees visible patches only."""
+
+    patch_size: int
+    grid: tuple[int, ...]
+    num_patches: int
 
     def __init__(self, encoder: VisionTransformer, decoder: MIMDecoder) -> None:
         super().__init__()
@@ -88,12 +93,14 @@ class MaskedImageModel(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, ids_shuffle: torch.Tensor, n_keep: int) -> torch.Tensor:
         """imgs (B, C, H, W) -> latent (B, 1 + n_keep, D) for the patches ids_shuffle[:, :n_keep]."""
         enc = self.encoder
-        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]  # (B, L, D)
+        x = enc.patch_embed(imgs) + cast(nn.Parameter, enc.pos_embed)[:, 1:]  # (B, L, D)
         keep = ids_shuffle[:, :n_keep]  # (B, V)
         x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, V, D)
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
+        cls = (cast(nn.Parameter, enc.cls_token) + cast(nn.Parameter, enc.pos_embed)[:, :1]).expand(
+            x.shape[0], -1, -1
+        )  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + V, D)
-        return enc.norm(enc.blocks(enc.norm_pre(x)))
+        return cast(torch.Tensor, enc.norm(enc.blocks(enc.norm_pre(x))))
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, masked_only: bool = False

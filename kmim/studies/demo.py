@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 from kmim.runinfo import environment, read_jsonl, write_json, write_text
 from kmim.runs import RunDir
+
+if TYPE_CHECKING:
+    from kmim.tokenizers import Tokenizer
 
 RANDOM_SEEDS = (0, 1, 2)
 FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.probe_epochs=10", "eval.probe_lrs=[0.1]"]
@@ -92,7 +95,11 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 
 def run_demo(
-    out: str, config: str | None = None, overrides: list[str] = (), fast: bool = False, progress: bool = True
+    out: str,
+    config: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    fast: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole comparison; returns the results written to out/results.json."""
     out_dir = check_folder_writable(out)
@@ -105,7 +112,9 @@ def run_demo(
     if tok_file.exists():
         _check_reused_tokenizer(tok_file, base)
     else:
-        prepare_tokenizer(replace(base, train=replace(base.train, target="tokens")), progress).save(tok_file)
+        cast("Tokenizer", prepare_tokenizer(replace(base, train=replace(base.train, target="tokens")), progress)).save(
+            tok_file
+        )
     methods: dict[str, dict[str, Any]] = {}
     cfgs = _method_cfgs(base, out_dir)
     left = sum(max(c.train.epochs - _epochs_done(Path(c.out_dir) / c.name), 0) for c in cfgs.values())

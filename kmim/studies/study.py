@@ -28,11 +28,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kmim.config import RunConfig, config_to_dict
 from kmim.errors import KmimError
 from kmim.runs import RunDir
+
+if TYPE_CHECKING:
+    import torch
 
 STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe", "online-vs-offline")
 K_GRID = (10, 25, 50, 100, 200, 1000)
@@ -197,7 +200,13 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> 
     return rec
 
 
-def _knn_and_probe(cfg: RunConfig, train: tuple, test: tuple, n_cls: int, probe: bool = True):
+def _knn_and_probe(
+    cfg: RunConfig,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    n_cls: int,
+    probe: bool = True,
+) -> tuple[float, float | None]:
     """kNN top-1 and (when `probe`) linear-probe top-1 on cached features train = (X, y), test = (X, y)."""
     from kmim.eval.knn import top1, weighted_knn_predict
     from kmim.eval.probe import linear_probe, probe_recipe
@@ -228,7 +237,7 @@ def _inertia(run_dir: Path) -> float | None:
     """The K-means inertia its tokenizer file records (None for kinds without one)."""
     from kmim.fit import load_tokenizer
 
-    return load_tokenizer(run_dir / "tokenizer.pt").meta.get("fit", {}).get("inertia")
+    return cast("float | None", load_tokenizer(run_dir / "tokenizer.pt").meta.get("fit", {}).get("inertia"))
 
 
 def probe_epochs(cfg: RunConfig) -> set[int]:
@@ -263,10 +272,10 @@ def _finetune(run_dir: Path, progress: bool) -> float:
     ft = RunDir(run_dir.parent / f"{run_dir.name}-finetune")
     status = ft.status()
     if status == "finished":
-        return ft.read_results()["finetune_top1"]
+        return cast(float, ft.read_results()["finetune_top1"])
     if status == "unfinished":
-        return continue_run(str(ft.path), [], progress)[1]["finetune_top1"]
-    return start(str(run_dir), None, [], progress, overwrite=ft.path.exists())[1]["finetune_top1"]
+        return cast(float, continue_run(str(ft.path), [], progress)[1]["finetune_top1"])
+    return cast(float, start(str(run_dir), None, [], progress, overwrite=ft.path.exists())[1]["finetune_top1"])
 
 
 def _device(cfg: RunConfig) -> str:
@@ -275,7 +284,9 @@ def _device(cfg: RunConfig) -> str:
     return str(resolve_device(cfg.train.device))
 
 
-def run_recipe_arm(arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, out: Path, progress: bool) -> dict:
+def run_recipe_arm(
+    arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, out: Path, progress: bool
+) -> dict[str, Any]:
     """finetune-recipe: fine-tune a random-init encoder (seed finetune.seed) with the candidate (`cfg`, built from
     `config` and `ov`), scored on the held-out part of train."""
     from kmim.launch import continue_run, start
@@ -328,7 +339,7 @@ def _target_curves(run_dir: Path) -> dict[str, Any]:
 
 def run_arm(
     arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool, study: str = ""
-) -> dict:
+) -> dict[str, Any]:
     """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
@@ -369,7 +380,9 @@ def run_arm(
 # ---- the study ----------------------------------------------------------------------------------------------------
 
 
-def run_study(study: str, out: Path, config: str | None, overrides: list[str], progress: bool = True) -> list[dict]:
+def run_study(
+    study: str, out: Path, config: str | None, overrides: list[str], progress: bool = True
+) -> list[dict[str, Any]]:
     """Run (or continue) every arm of `study` and write its report; returns the records."""
     from kmim.paths import check_folder_writable
 
@@ -393,14 +406,16 @@ def run_study(study: str, out: Path, config: str | None, overrides: list[str], p
     return records
 
 
-def verdicts(study: str, records: list[dict]) -> list[str]:
+def verdicts(study: str, records: list[dict[str, Any]]) -> list[str]:
     """The conclusions, by rules fixed before any run (see each rule's text)."""
     from kmim.studies import study_rules
 
     return study_rules.RULES[study](records)
 
 
-def write_report(study: str, out: Path, records: list[dict], config: str | None, overrides: list[str]) -> None:
+def write_report(
+    study: str, out: Path, records: list[dict[str, Any]], config: str | None, overrides: list[str]
+) -> None:
     from kmim.runinfo import environment, write_text
     from kmim.studies import study_rules
 

@@ -31,7 +31,7 @@ from kmim.metrics.stats import binomial_se, bootstrap_ci, pearson, spearman
 METRICS = (("knn_top1", "kNN"), ("linear_probe_top1", "linear probe"), ("lowshot_top1", "low-shot (10/class)"))
 
 
-def _by_group(records: list[dict], key: str) -> dict[str, list[float]]:
+def _by_group(records: list[dict[str, Any]], key: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for r in records:
         out.setdefault(r["group"], []).append(r[key])
@@ -42,7 +42,7 @@ def _mean_sd(v: list[float]) -> tuple[float, float]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def _noise(records: list[dict]) -> str:
+def _noise(records: list[dict[str, Any]]) -> str:
     n = records[0]["n_test"]
     return f"one binomial SE of a top-1 near 80 % on {n} test images is {binomial_se(80.0, n):.1f} pt"
 
@@ -50,11 +50,11 @@ def _noise(records: list[dict]) -> str:
 # ---- tcas-vs-probe ------------------------------------------------------------------------------------------------
 
 
-def _tcas_rows(records: list[dict]) -> list[dict]:
+def _tcas_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["tcas"] is not None]
 
 
-def tcas_rules(records: list[dict]) -> list[str]:
+def tcas_rules(records: list[dict[str, Any]]) -> list[str]:
     rows = _tcas_rows(records)
     t, n = [r["tcas"] for r in rows], [r["nmi"] for r in rows]
     out = []
@@ -72,7 +72,7 @@ def tcas_rules(records: list[dict]) -> list[str]:
     return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
 
 
-def tcas_tables(records: list[dict], out: Path) -> list[str]:
+def tcas_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
         "## Tokenizers",
         "",
@@ -90,7 +90,7 @@ def tcas_tables(records: list[dict], out: Path) -> list[str]:
     return [*lines, "", "![TCAS vs accuracy](tcas-vs-accuracy.png)"]
 
 
-def _scatter(rows: list[dict], path: Path) -> None:
+def _scatter(rows: list[dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (key, label) in zip(axes, METRICS, strict=True):
@@ -105,12 +105,12 @@ def _scatter(rows: list[dict], path: Path) -> None:
 # ---- k-ablation ---------------------------------------------------------------------------------------------------
 
 
-def _k_summary(records: list[dict], key: str) -> dict[int, tuple[float, float]]:
+def _k_summary(records: list[dict[str, Any]], key: str) -> dict[int, tuple[float, float]]:
     by = _by_group(records, key)
     return {int(g.split("=")[1]): _mean_sd(v) for g, v in by.items()}
 
 
-def k_rules(records: list[dict]) -> list[str]:
+def k_rules(records: list[dict[str, Any]]) -> list[str]:
     out = []
     for key, label in METRICS:
         s = _k_summary(records, key)
@@ -129,7 +129,7 @@ def k_rules(records: list[dict]) -> list[str]:
     return [*out, f"Noise: {_noise(records)}; 2 seeds per K (± is their sd)."]
 
 
-def k_tables(records: list[dict], out: Path) -> list[str]:
+def k_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
         "## K ablation (mean ± sd over seeds)",
         "",
@@ -161,7 +161,7 @@ def _gap_word(gap: float, se: float) -> str:
     return "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
 
 
-def vs_mae_rules(records: list[dict]) -> list[str]:
+def vs_mae_rules(records: list[dict[str, Any]]) -> list[str]:
     out = []
     for key, label in METRICS:
         a, b = _by_group(records, key)["kmim-pixels-k200"], _by_group(records, key)["mae-normpix"]
@@ -183,7 +183,7 @@ def vs_mae_rules(records: list[dict]) -> list[str]:
     return [*out, f"Noise: {_noise(records)}."]
 
 
-def _finetune_values(records: list[dict]) -> dict[str, list[float]]:
+def _finetune_values(records: list[dict[str, Any]]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for r in records:
         if r.get("finetune_top1") is not None:
@@ -191,7 +191,7 @@ def _finetune_values(records: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def _finetune_rule(records: list[dict]) -> list[str]:
+def _finetune_rule(records: list[dict[str, Any]]) -> list[str]:
     """One fine-tuned seed per method (the 20-epoch round): the gap against the binomial SE of the difference.
     Several (from the 40-epoch round, declared before it ran): the gap of the means against the SE over seeds,
     as every other metric, or the binomial SE of the difference (every seed reads the same test set) when that is
@@ -216,7 +216,7 @@ def _finetune_rule(records: list[dict]) -> list[str]:
     ]
 
 
-def _mean_curves(records: list[dict], key: str = "curve") -> dict[str, list[tuple[int, float]]]:
+def _mean_curves(records: list[dict[str, Any]], key: str = "curve") -> dict[str, list[tuple[int, float]]]:
     """Per group, [(epoch, mean over seeds)] of the record's `key` points; the final encoder's number (kNN or probe)
     closes each curve at the last epoch when the checkpoints did not reach it."""
     final = {"curve": "knn_top1", "probe_curve": "linear_probe_top1"}[key]
@@ -230,7 +230,7 @@ def _mean_curves(records: list[dict], key: str = "curve") -> dict[str, list[tupl
     return {g: [(e, float(np.mean(v))) for e, v in sorted(d.items())] for g, d in by.items()}
 
 
-def vs_mae_tables(records: list[dict], out: Path) -> list[str]:
+def vs_mae_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
         "## Methods (mean ± sd over seeds; fine-tuning: over the fine-tuned seeds)",
         "",
@@ -283,7 +283,7 @@ def _gap(a: list[float], b: list[float]) -> tuple[float, float]:
     return gap, se
 
 
-def online_rules(records: list[dict]) -> list[str]:
+def online_rules(records: list[dict[str, Any]]) -> list[str]:
     groups = {r["group"] for r in records}
     if ONLINE not in groups:
         return ["The online arm has no record yet: no verdict."]
@@ -312,7 +312,7 @@ def online_rules(records: list[dict]) -> list[str]:
     return [*out, f"Noise: {_noise(records)}; 2 seeds per method (± is their sd)."]
 
 
-def _tcas_ends(records: list[dict]) -> dict[str, tuple[float, float]]:
+def _tcas_ends(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """Per group, the mean over seeds of the targets' TCAS at the first and last logged epoch."""
     by: dict[str, list[tuple[float, float]]] = {}
     for r in records:
@@ -321,7 +321,7 @@ def _tcas_ends(records: list[dict]) -> dict[str, tuple[float, float]]:
     return {g: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))) for g, v in by.items()}
 
 
-def _mean_tcas_curves(records: list[dict], col: int) -> dict[str, list[tuple[int, float]]]:
+def _mean_tcas_curves(records: list[dict[str, Any]], col: int) -> dict[str, list[tuple[int, float]]]:
     by: dict[str, dict[int, list[float]]] = {}
     for r in records:
         for row in r.get("tcas_curve", []):
@@ -329,7 +329,7 @@ def _mean_tcas_curves(records: list[dict], col: int) -> dict[str, list[tuple[int
     return {g: [(e, float(np.mean(v))) for e, v in sorted(d.items())] for g, d in by.items()}
 
 
-def online_tables(records: list[dict], out: Path) -> list[str]:
+def online_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
         "## Methods (mean ± sd over seeds)",
         "",
@@ -383,7 +383,7 @@ def _save(fig: Any, path: Path) -> None:
 # ---- finetune-recipe ----------------------------------------------------------------------------------------------
 
 
-def recipe_rules(records: list[dict]) -> list[str]:
+def recipe_rules(records: list[dict[str, Any]]) -> list[str]:
     """The candidate with the best held-out top-1 wins (ties: the first listed); the test split is never read."""
     best = max(records, key=lambda r: r["held_out_top1"])  # max keeps the first of equal values
     return [
@@ -393,7 +393,7 @@ def recipe_rules(records: list[dict]) -> list[str]:
     ]
 
 
-def recipe_tables(records: list[dict], out: Path) -> list[str]:
+def recipe_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
         "## Candidates (random-init encoder, 90 % of train; top-1 on the held-out 10 %)",
         "",
@@ -407,14 +407,14 @@ def recipe_tables(records: list[dict], out: Path) -> list[str]:
     return lines
 
 
-RULES: dict[str, Callable[[list[dict]], list[str]]] = {
+RULES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "tcas-vs-probe": tcas_rules,
     "k-ablation": k_rules,
     "vs-mae": vs_mae_rules,
     "finetune-recipe": recipe_rules,
     "online-vs-offline": online_rules,
 }
-TABLES: dict[str, Callable[[list[dict], Path], list[str]]] = {
+TABLES: dict[str, Callable[[list[dict[str, Any]], Path], list[str]]] = {
     "tcas-vs-probe": tcas_tables,
     "k-ablation": k_tables,
     "vs-mae": vs_mae_tables,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,7 +33,7 @@ class Case:
     """One population (or data set) and the report of every tokenizer on it."""
 
     name: str
-    params: dict
+    params: dict[str, Any]
     sets: dict[str, int]
     k: int
     reports: list[TokenizerReport] = field(default_factory=list)
@@ -87,7 +88,7 @@ def synthetic_case(name: str, classes: int, spec: SyntheticSpec, bound: BoundCon
     return case
 
 
-def ordering(case: Case, cross: str) -> dict[str, float | bool | None]:
+def ordering(case: Case, cross: str) -> dict[str, str | float | bool | None]:
     """Does class-wise < identity < cross-class hold, per bound form, and for which Zhang constants c2/c1?
 
     identity < cross under c1 tail + c2 alpha  <=>  c2/c1 > (tail_id - tail_x) / (alpha_x - alpha_id) when
@@ -105,8 +106,11 @@ def ordering(case: Case, cross: str) -> dict[str, float | bool | None]:
 
 
 def robustness_study(
-    spec: SyntheticSpec, bound: BoundConfig, windows: tuple[int, ...] = (2, 4, 16), overlaps=(0.05, 0.1, 0.3)
-) -> list[dict]:
+    spec: SyntheticSpec,
+    bound: BoundConfig,
+    windows: tuple[int, ...] = (2, 4, 16),
+    overlaps: tuple[float, ...] = (0.05, 0.1, 0.3),
+) -> list[dict[str, Any]]:
     """The ordering check of `ordering` on two-class populations over a grid of mask windows and overlaps."""
     cross, rows = f"cross-class-{spec.tokens_per_class}", []
     for w in windows:
@@ -126,7 +130,7 @@ def robustness_study(
     return rows
 
 
-def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[str, dict]:
+def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[str, dict[str, Any]]:
     """Cross-class tokenizers with l tokens of identical set ratios, for l = 1, 2, 4, ... up to V, on an exchangeable
     population (window = V) and on the local one (window = spec.window).
 
@@ -158,7 +162,7 @@ def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[s
     return out
 
 
-def mixing_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[str, list]:
+def mixing_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[str, Any]:
     """From class-wise-l (fraction 0) to cross-class-l (fraction 1) by merging a growing random subset of the l arcs
     across classes; the subsets are nested because they are prefixes of one seeded permutation."""
     pop = P.mask_population(classes, spec.views_per_class, spec.window, spec.overlap)

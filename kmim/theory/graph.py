@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -120,7 +121,7 @@ def top_eigenvalues(a: sp.csr_matrix, m: int, seed: int = 0) -> np.ndarray:
     res = float(np.linalg.norm(a @ vecs - vecs * vals, axis=0).max())
     if res > 1e-6:
         warnings.warn(f"LOBPCG stopped with residual {res:.1e}: the top eigenvalues may be inaccurate", stacklevel=2)
-    return vals
+    return cast(np.ndarray, vals)
 
 
 def symmetric_spectrum(a: sp.spmatrix | np.ndarray, top: int | None = None, dense_max: int = DENSE_MAX) -> Spectrum:

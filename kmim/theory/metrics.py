@@ -6,6 +6,8 @@ unmasked views, and returns numbers. Mt sums to 1; M(c, S) = sum over x1 of clas
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -39,7 +41,7 @@ def class_connectivity(mt: sp.csr_matrix, y1: np.ndarray) -> np.ndarray:
     W sums to 1; W[c, c] is the intra-class and W[c, c'] (c != c') the inter-class mass of the augmentation graph.
     """
     mc = class_token_mass(mt, y1)  # (C, S)
-    return (mc / mc.sum(axis=0, keepdims=True)) @ mc.T
+    return cast(np.ndarray, (mc / mc.sum(axis=0, keepdims=True)) @ mc.T)
 
 
 def pair_labeling_error(mt: sp.csr_matrix, y1: np.ndarray) -> float:

@@ -15,6 +15,7 @@ w: poorly connected when V >> w. With w = V every image can hide every part of i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +36,7 @@ class Population:
     pool: np.ndarray  # (N2,) class c of a foreground part e[c, j], or SHARED for a background part b[j]
     pos: np.ndarray  # (N2,) ring position j of the part inside its pool
     n_classes: int
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def views_per_class(self) -> int:
@@ -143,4 +144,4 @@ def kmeans_tokens(feats: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """
     if not 1 <= k <= len(feats):
         raise KmimError(f"--kmeans-k={k} must be between 1 and the number of masked views ({len(feats)})")
-    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(feats).astype(np.int64)
+    return cast(np.ndarray, KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(feats).astype(np.int64))

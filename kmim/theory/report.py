@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,6 +15,9 @@ import numpy as np
 from kmim.runinfo import atomic_write
 from kmim.theory.analysis import TokenizerReport
 from kmim.theory.experiments import Case
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 N_PLOT = 40  # eigenvalues shown per tokenizer in the spectrum panel
 COLUMNS = ("tokenizer", "tokens", "alpha", "alpha_pair", "intra_gap", "lam_k1", "tail", "bound", "bound_haochen")
@@ -59,7 +62,7 @@ def ordering_text(ordering: dict[str, Any], c1: float, c2: float) -> str:
     )
 
 
-def merge_table(merge: dict[str, dict]) -> str:
+def merge_table(merge: dict[str, dict[str, Any]]) -> str:
     """Bound of cross-class-l for every l, on the exchangeable and the local population."""
     ls = next(iter(merge.values()))["l"]
     rows = []
@@ -75,7 +78,7 @@ def merge_table(merge: dict[str, dict]) -> str:
     return f"### merge invariance: cross-class-l\n\n{markdown(header, rows)}\n\n{extra}"
 
 
-def mixing_table(mix: dict[str, list]) -> str:
+def mixing_table(mix: dict[str, Any]) -> str:
     """alpha, tail and both bounds along the class-wise -> cross-class sweep."""
     keys = ("alpha", "tail", "bound", "bound_haochen")
     rows = [[f, *(mix[k][i] for k in keys)] for i, f in enumerate(mix["fraction"])]
@@ -83,7 +86,7 @@ def mixing_table(mix: dict[str, list]) -> str:
     return f"{title}\n\n{markdown(['fraction mixed', *keys], rows)}"
 
 
-def robustness_table(rows: list[dict]) -> str:
+def robustness_table(rows: list[dict[str, Any]]) -> str:
     """The ordering check over the (window, overlap) grid."""
     cross = rows[0]["cross_class"]
     cols = ["identity bound", "class-wise bound", f"{cross} bound"]
@@ -129,7 +132,7 @@ def case_json(case: Case, ordering: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
@@ -161,7 +164,7 @@ def plot_case(case: Case, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_mixing(mix: dict[str, list], merge: dict[str, dict], path: Path) -> None:
+def plot_mixing(mix: dict[str, Any], merge: dict[str, dict[str, Any]], path: Path) -> None:
     """Left: the mixing sweep. Right: the bound of cross-class-l against l on both populations."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     f = mix["fraction"]

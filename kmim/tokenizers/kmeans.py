@@ -7,7 +7,7 @@ token of a patch = argmin_k ||f(patch) - c_k||^2 over the centroids c (K, D) of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,6 +19,8 @@ from kmim.tokenizers.sources import FeatureSource
 
 class KMeansTokenizer(Tokenizer):
     """Nearest centroid (squared Euclidean) of each patch's feature vector; kind = 'kmeans-' + the source's name."""
+
+    centroids: torch.Tensor  # registered buffer (K, D)
 
     def __init__(self, meta: dict[str, Any], source: FeatureSource, centroids: torch.Tensor) -> None:
         super().__init__(meta)
@@ -40,7 +42,7 @@ class KMeansTokenizer(Tokenizer):
 
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) dataset-normalized images -> patch features (B, L, D)."""
-        return self.source(imgs)
+        return cast(torch.Tensor, self.source(imgs))
 
     @torch.no_grad()
     def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -131,9 +131,11 @@ class OnlineClusters(Tokenizer):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> prototype scores (B, L, K) of the L2-normalised features (differentiable in the prototypes)."""
-        return self.prototypes(F.normalize(feats, dim=-1, eps=1e-7))
+        return cast(torch.Tensor, self.prototypes(F.normalize(feats, dim=-1, eps=1e-7)))
 
-    def assign(self, logits: torch.Tensor, reduce_sum: Reduce | None = None, reduce_max: Reduce | None = None):
+    def assign(
+        self, logits: torch.Tensor, reduce_sum: Reduce | None = None, reduce_max: Reduce | None = None
+    ) -> torch.Tensor:
         """Soft targets (B, L, K) by Sinkhorn-Knopp on logits / target_temp (no gradient)."""
         iters, temp = int(self.meta["sinkhorn_iters"]), float(self.meta["target_temp"])
         return sinkhorn_knopp(logits.detach() / temp, iters, reduce_sum, reduce_max)

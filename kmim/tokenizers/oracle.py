@@ -15,7 +15,7 @@ All three work on pixel patches (standardized per patch when tokenizer.patch_nor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -39,13 +39,14 @@ class _PixelTokenizer(Tokenizer):
 
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> patch vectors (B, P, p*p*C), standardized per patch when meta['patch_norm']."""
-        return self.source(imgs)
+        return cast(torch.Tensor, self.source(imgs))
 
 
 class _LabelOracle(_PixelTokenizer):
     """Per-class centroids (L, M, D); a patch is assigned among the centroids of its own image's class."""
 
     needs_labels = True
+    centroids: torch.Tensor  # registered buffer (L, M, D)
 
     def __init__(self, meta: dict[str, Any], centroids: torch.Tensor) -> None:
         super().__init__(meta)
@@ -88,6 +89,7 @@ class CrossClassTokenizer(_LabelOracle):
     """token = size rank, within the image's class, of the patch's per-class cluster (ranks (L, K))."""
 
     kind = "cross-class"
+    ranks: torch.Tensor  # registered buffer (L, K)
 
     def __init__(self, meta: dict[str, Any], centroids: torch.Tensor, ranks: torch.Tensor) -> None:
         super().__init__(meta, centroids)
@@ -105,6 +107,8 @@ class RandomTokenizer(_PixelTokenizer):
     """token = ((sum_d a_d * round(x_d / step) + b) mod P) mod K, a seeded universal hash of the patch values."""
 
     kind = "random"
+    hash_a: torch.Tensor  # registered buffers
+    hash_b: torch.Tensor
 
     def __init__(self, meta: dict[str, Any], hash_a: torch.Tensor, hash_b: torch.Tensor) -> None:
         super().__init__(meta)

@@ -15,7 +15,7 @@ without gradients. Each is rebuilt from the tokenizer file's meta (`from_meta`),
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import timm
 import torch
@@ -25,6 +25,9 @@ from torch import nn
 from kmim.errors import KmimError
 from kmim.tokenizers.hog import check_hog_params, hog_descriptors
 from kmim.tokenizers.patches import normalize_patches, patchify
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 
 class FeatureSource(nn.Module):
@@ -65,6 +68,8 @@ class PixelSource(FeatureSource):
 
 class HOGSource(FeatureSource):
     name = "hog"
+    mean: torch.Tensor  # buffers set by _norm_buffers
+    std: torch.Tensor
 
     def __init__(
         self, patch_size: int, in_chans: int, cells: int, bins: int, mean: list[float], std: list[float]
@@ -96,15 +101,20 @@ class EncoderSource(FeatureSource):
     repeat_channels, mean, std}; timm_name / timm_kwargs rebuild the encoder."""
 
     name = "features"
+    encoder: VisionTransformer  # a timm ViT with patch tokens
+    data_mean: torch.Tensor  # buffers set by _norm_buffers
+    data_std: torch.Tensor
+    enc_mean: torch.Tensor
+    enc_std: torch.Tensor
 
     def __init__(self, encoder: nn.Module, meta: dict[str, Any]) -> None:
-        super().__init__(int(encoder.embed_dim))
-        if tuple(encoder.patch_embed.grid_size) != tuple(meta["grid"]):
+        super().__init__(int(cast(int, encoder.embed_dim)))
+        if tuple(cast(Any, encoder.patch_embed).grid_size) != tuple(meta["grid"]):
             raise KmimError(
-                f"the encoder's patch grid is {grid_str(encoder.patch_embed.grid_size)}, the tokenizer's is "
+                f"the encoder's patch grid is {grid_str(cast(Any, encoder.patch_embed).grid_size)}, the tokenizer's is "
                 f"{grid_str(meta['grid'])}: one token per patch needs equal grids"
             )
-        self.encoder = encoder.requires_grad_(False).eval()
+        self.encoder = cast("VisionTransformer", encoder.requires_grad_(False).eval())
         self.patch_size, self.grid, self.layer = int(meta["patch_size"]), tuple(meta["grid"]), int(meta["layer"])
         inp = meta["encoder_input"]
         self.size, self.enc_chans, self.repeat = tuple(inp["size"]), int(inp["in_chans"]), bool(inp["repeat_channels"])
@@ -141,8 +151,11 @@ class EncoderSource(FeatureSource):
         if self.layer == -1:
             tokens = self.encoder.forward_features(x)  # (B, prefix + L, D), after the final norm
             return tokens[:, self.encoder.num_prefix_tokens :]
-        out = self.encoder.forward_intermediates(
-            x, indices=[self.layer], output_fmt="NLC", intermediates_only=True, stop_early=True
+        out = cast(
+            "list[torch.Tensor]",
+            self.encoder.forward_intermediates(
+                x, indices=[self.layer], output_fmt="NLC", intermediates_only=True, stop_early=True
+            ),
         )  # [(B, L, D)], prefix tokens dropped
         return out[0]
 

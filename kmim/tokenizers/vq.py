@@ -16,7 +16,7 @@ hundreds of steps, and at 0.99 codes that fell out of use kept counts above the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,11 @@ from kmim.tokenizers.patches import patchify
 
 class VQVAE(nn.Module):
     """Patch VQ-VAE: images (B, C, H, W) -> latents (B, L, dim) -> codes (B, L) -> patches (B, L, p*p*C)."""
+
+    codebook: torch.Tensor  # registered buffers
+    ema_count: torch.Tensor
+    ema_sum: torch.Tensor
+    initialized: torch.Tensor
 
     def __init__(self, in_chans: int, patch_size: int, k: int, dim: int, hidden: int) -> None:
         super().__init__()
@@ -48,7 +53,7 @@ class VQVAE(nn.Module):
 
     def latents(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> z (B, L, dim), patches row-major."""
-        return self.encoder(imgs.float()).flatten(2).transpose(1, 2)
+        return cast(torch.Tensor, self.encoder(imgs.float())).flatten(2).transpose(1, 2)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, L, dim) -> nearest code ids (B, L)."""

@@ -24,8 +24,7 @@ def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
         "torch.distributed.run",
         "--nproc-per-node",
         str(nproc),
-        "--master-port",
-        "29517",
+        "--standalone",  # a free port: tests run in parallel (pytest -n)
         "-m",
         "kmim",
         *args,
@@ -178,8 +177,7 @@ def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
         "torch.distributed.run",
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29518",
+        "--standalone",  # a free port: tests run in parallel (pytest -n)
         str(script),
         *RUN,
         f"out_dir={out}",

@@ -58,8 +58,7 @@ def test_two_processes_train_the_head_of_one(tmp_path):
         "torch.distributed.run",
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29527",
+        "--standalone",  # a free port: tests run in parallel (pytest -n)
         str(script),
         str(tmp_path / "two.pt"),
         *LARS,
