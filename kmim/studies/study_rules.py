@@ -2,7 +2,10 @@
 
 * tcas-vs-probe: Spearman rho(TCAS, accuracy) over tokenizers with a 95 % bootstrap interval: "agree" (lower TCAS,
   higher accuracy) when the interval lies below 0, "disagree" when above 0, "not resolved" otherwise; TCAS is said to
-  predict better than NMI when |rho(TCAS)| > |rho(NMI)| (no significance claimed).
+  predict better than NMI when |rho(TCAS)| > |rho(NMI)| (no significance claimed). With several seeds per tokenizer
+  (the 40-epoch round; added 2026-12-01 before any of its arms ran) each tokenizer is one point: the means over its
+  seeds of TCAS, NMI and accuracy; the bootstrap resamples tokenizers; rho is also given per seed, and the seed
+  spread as the mean over tokenizers of the accuracy sd.
 * k-ablation: the K with the best mean over seeds; "agree" (best at K = 50) when it is 50 and its lead over the
   runner-up exceeds the larger seed std of the two; "disagree" when another K leads K = 50 by more than that;
   "not resolved" otherwise.
@@ -20,7 +23,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +54,35 @@ def _noise(records: list[dict[str, Any]]) -> str:
 
 
 def _tcas_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r["tcas"] is not None]
+    """One row per tokenizer (group) with a TCAS: the means over its seeds, `sd_<metric>` their spread, `n` seeds."""
+    rows = []
+    for g, recs in _groups(r for r in records if r["tcas"] is not None).items():
+        row: dict[str, Any] = {"arm": g, "n": len(recs)}
+        for key in ("tcas", "nmi", *(k for k, _ in METRICS)):
+            row[key], row[f"sd_{key}"] = _mean_sd([r[key] for r in recs])
+        rows.append(row)
+    return rows
+
+
+def _groups(records: Iterable[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r["group"], []).append(r)
+    return out
+
+
+def _rho_per_seed(records: list[dict[str, Any]], key: str) -> str:
+    by_seed = _groups({**r, "group": r.get("seed", 0)} for r in records if r["tcas"] is not None)
+    if len(by_seed) < 2:
+        return ""
+    parts = [f"seed {s} {spearman([r['tcas'] for r in v], [r[key] for r in v]):+.2f}" for s, v in by_seed.items()]
+    return f" Per seed: {', '.join(parts)}."
 
 
 def tcas_rules(records: list[dict[str, Any]]) -> list[str]:
     rows = _tcas_rows(records)
     t, n = [r["tcas"] for r in rows], [r["nmi"] for r in rows]
+    seeds = max(r["n"] for r in rows)
     out = []
     for key, label in METRICS:
         acc = [r[key] for r in rows]
@@ -67,34 +93,44 @@ def tcas_rules(records: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"{label}: Spearman(TCAS, top-1) = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], Pearson "
             f"{pearson(t, acc):+.2f} over {len(rows)} tokenizers: **{word}** with the paper; TCAS predicts "
-            f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f})."
+            f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f}).{_rho_per_seed(records, key)}"
         )
-    return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
+    if seeds < 2:
+        return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
+    spread = ", ".join(f"{label} {np.mean([r[f'sd_{key}'] for r in rows]):.1f}" for key, label in METRICS)
+    return [*out, f"Noise: {_noise(records)}; {seeds} seeds per tokenizer, mean seed sd {spread} pt."]
 
 
 def tcas_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     lines = [
-        "## Tokenizers",
+        "## Tokenizers (mean ± sd over seeds; TCAS and inertia per seed in results.csv)",
         "",
-        "| arm | TCAS | NMI | kNN | linear probe | low-shot (± sd) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| tokenizer | seeds | TCAS | NMI | kNN | linear probe | low-shot |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(records, key=lambda r: (r["tcas"] is None, r["tcas"] or 0)):
-        t = "–" if r["tcas"] is None else f"{r['tcas']:.4f}"
-        nm = "–" if r["nmi"] is None else f"{r['nmi']:.4f}"
-        lines.append(
-            f"| {r['arm']} | {t} | {nm} | {r['knn_top1']:.1f} | {r['linear_probe_top1']:.1f} | "
-            f"{r['lowshot_top1']:.1f} ± {r['lowshot_std']:.1f} |"
-        )
+    groups = _groups(records)
+    for g, recs in sorted(groups.items(), key=lambda kv: (kv[1][0]["tcas"] is None, kv[1][0]["tcas"] or 0)):
+        cells = [_cell([r[k] for r in recs], ".4f") for k in ("tcas", "nmi")]
+        cells += [_cell([r[k] for r in recs], ".1f") for k, _ in METRICS]
+        lines.append(f"| {g} | {len(recs)} | {' | '.join(cells)} |")
     _scatter(_tcas_rows(records), out / "tcas-vs-accuracy.png")
     return [*lines, "", "![TCAS vs accuracy](tcas-vs-accuracy.png)"]
+
+
+def _cell(values: list[Any], fmt: str) -> str:
+    if any(v is None for v in values):
+        return "–"
+    m, sd = _mean_sd(values)
+    return f"{m:{fmt}}" if len(values) < 2 else f"{m:{fmt}} ± {sd:{fmt}}"
 
 
 def _scatter(rows: list[dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (key, label) in zip(axes, METRICS, strict=True):
-        ax.scatter([r["tcas"] for r in rows], [r[key] for r in rows])
+        ax.errorbar(
+            [r["tcas"] for r in rows], [r[key] for r in rows], yerr=[r[f"sd_{key}"] for r in rows], fmt="o", capsize=3
+        )
         for r in rows:
             ax.annotate(r["arm"], (r["tcas"], r[key]), fontsize=7)
         ax.set_xlabel("TCAS (lower = tokens more class-specific)")

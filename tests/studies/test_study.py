@@ -139,3 +139,52 @@ def test_online_rules_name_the_leader_and_collapse():
     assert "online − mae-normpix = -0.5 (SE 0.7): **not resolved**" in lines[0]
     assert any("**collapsed**" in line for line in lines)
     assert any("epoch 1 0.9000 → last 0.8000" in line for line in lines)
+
+
+def _tcas_record(group: str, seed: int, tcas: float | None, knn: float) -> dict:
+    return {
+        "arm": f"{group}-s{seed}",
+        "group": group,
+        "seed": seed,
+        "tcas": tcas,
+        "nmi": None if tcas is None else 1.0 - tcas,
+        "knn_top1": knn,
+        "linear_probe_top1": knn + 10.0,
+        "lowshot_top1": knn - 10.0,
+        "lowshot_std": 1.0,
+        "n_test": 1000,
+    }
+
+
+def test_tcas_rules_put_one_point_per_tokenizer_at_its_seed_mean(tmp_path):
+    from kmim.studies.study_rules import _tcas_rows, tcas_rules, tcas_tables
+
+    # five tokenizers, accuracy falling with TCAS; two seeds each at +-1 pt; an MAE arm without TCAS
+    recs = [_tcas_record(f"t{i}", s, 0.2 * i + 0.01 * s, 80.0 - 5 * i + (2 * s - 1)) for i in range(5) for s in (0, 1)]
+    recs += [_tcas_record("mae", s, None, 70.0) for s in (0, 1)]
+    rows = _tcas_rows(recs)
+    assert [r["arm"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"] and all(r["n"] == 2 for r in rows)
+    assert rows[1]["tcas"] == pytest.approx(0.205) and rows[1]["knn_top1"] == pytest.approx(75.0)
+    assert rows[1]["sd_knn_top1"] == pytest.approx(2**0.5)  # sd of 74 and 76
+    lines = tcas_rules(recs)
+    assert lines[0].startswith("kNN: Spearman(TCAS, top-1) = -1.00") and "over 5 tokenizers: **agree**" in lines[0]
+    assert "Per seed: seed 0 -1.00, seed 1 -1.00." in lines[0]
+    assert lines[-1].endswith(
+        "2 seeds per tokenizer, mean seed sd kNN 1.4, linear probe 1.4, low-shot (10/class) 1.4 pt."
+    )
+    table = tcas_tables(recs, tmp_path)
+    assert "| t1 | 2 | 0.2050 ± 0.0071 | 0.7950 ± 0.0071 | 75.0 ± 1.4 | 85.0 ± 1.4 | 65.0 ± 1.4 |" in table
+    assert "| mae | 2 | – | – | 70.0 ± 0.0 | 80.0 ± 0.0 | 60.0 ± 0.0 |" in table
+    assert (tmp_path / "tcas-vs-accuracy.png").is_file()
+
+
+def test_tcas_vs_probe_has_two_seeds_and_each_feature_arm_reads_its_own_seed(tmp_path):
+    from kmim.studies.study import arms
+
+    a = arms("tcas-vs-probe", tmp_path)
+    assert len(a) == 22 and {x.seed for x in a} == {0, 1} and a[0].name == "mae-normpix-s0"
+    feat = {x.name: x.overrides[-1] for x in a if x.group in ("mae-features-k200", "kmim-features-k200")}
+    assert feat["mae-features-k200-s1"] == f"tokenizer.encoder={tmp_path / 'runs' / 'mae-normpix-s1'}"
+    assert feat["kmim-features-k200-s0"] == f"tokenizer.encoder={tmp_path / 'runs' / 'pixels-k200-s0'}"
+    names = [x.name for x in a]  # the runs a feature tokenizer reads come earlier
+    assert names.index("pixels-k200-s1") < names.index("kmim-features-k200-s1")
