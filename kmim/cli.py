@@ -43,18 +43,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command with its one-line help; the arguments only of `command` (None: of all), so `kmim --help` and a
+    usage error import no command module (and no torch)."""
     parser = OneLineParser(prog="kmim", description="Masked image modeling with discrete K-means tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, what) in COMMANDS.items():
-        importlib.import_module(module).add_arguments(sub.add_parser(name, help=what, description=what))
+        p = sub.add_parser(name, help=what, description=what)
+        if command in (None, name):
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse; dotted overrides may also stand after options (`kmim finetune RUN -q train.x=1`), where argparse
     alone would not collect them into `overrides`."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))  # kmim has no global option
     args, extra = parser.parse_known_args(argv)
     stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if stray:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from kmim.cli import main
 from tests.conftest import TINY
 
 RUN = [*TINY, "data.synthetic_per_class=16", "train.epochs=2", "train.log_every=1", "train.warmup_epochs=1"]
@@ -54,41 +55,15 @@ def _same_tensors(wa, wb):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_gloo_processes_match_one(tmp_path):
+def test_two_gloo_processes_match_one(tmp_path, capsys):
     out, tok = tmp_path / "runs", tmp_path / "tok.pt"
     base = [*RUN, f"out_dir={out}", f"tokenizer.path={tok}", "train.device=cpu"]
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "kmim", "tokenize", "-q", *RUN, "--out", str(tok)], env=ENV, capture_output=True
-        ).returncode
-        == 0
-    )
-    one = subprocess.run(
-        [sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one", "train.batch_size=8"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert one.returncode == 0, one.stderr
+    # the 1-process runs in this process (one torch thread, as the conftest sets), the 2-process ones under torchrun
+    assert main(["tokenize", "-q", *RUN, "--out", str(tok)]) == 0
+    assert main(["pretrain", "-q", *base, "name=one", "train.batch_size=8"]) == 0
     two = _torchrun(2, "pretrain", "-q", *base, "name=two", "train.batch_size=8")  # the same global batch
     assert two.returncode == 0, two.stderr[-3000:]
-    acc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kmim",
-            "pretrain",
-            "-q",
-            *base,
-            "name=acc",
-            "train.batch_size=8",
-            "train.micro_batch_size=4",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert acc.returncode == 0, acc.stderr
+    assert main(["pretrain", "-q", *base, "name=acc", "train.batch_size=8", "train.micro_batch_size=4"]) == 0
     a, b, c = _losses(out / "one"), _losses(out / "two"), _losses(out / "acc")
     assert len(a) == len(b) == len(c) == 2 * (3 * 16 // 8) and [s for s, _ in a] == [s for s, _ in b]
     for (_, la), (_, lb) in zip(a, b, strict=True):
@@ -96,12 +71,12 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert json.loads((out / "acc/results.json").read_text())["accum_steps"] == 2  # its rows log the last micro-batch
     _same_weights(out / "one", out / "acc")
     _same_weights(out / "one", out / "two")
-    knn1 = subprocess.run(
-        [sys.executable, "-m", "kmim", "knn", "-q", str(out / "one")], env=ENV, capture_output=True, text=True
-    )
+    capsys.readouterr()
+    assert main(["knn", "-q", str(out / "one")]) == 0
+    knn1 = json.loads(capsys.readouterr().out)
     knn2 = _torchrun(2, "knn", "-q", str(out / "one"))  # features extracted in 2 shards and gathered in order
     assert knn2.returncode == 0, knn2.stderr[-2000:]
-    assert json.loads(knn2.stdout)["knn_top1"] == json.loads(knn1.stdout)["knn_top1"]
+    assert json.loads(knn2.stdout)["knn_top1"] == knn1["knn_top1"]
     results = json.loads((out / "two/results.json").read_text())
     assert results["images_seen"] == json.loads((out / "one/results.json").read_text())["images_seen"]
 
@@ -118,10 +93,7 @@ def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
         "train.batch_size=8",
         "train.online.momentum=0.9",
     ]
-    one = subprocess.run(
-        [sys.executable, "-m", "kmim", "pretrain", "-q", *base, "name=one"], env=ENV, capture_output=True, text=True
-    )
-    assert one.returncode == 0, one.stderr
+    assert main(["pretrain", "-q", *base, "name=one"]) == 0
     two = _torchrun(2, "pretrain", "-q", *base, "name=two")
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _losses(out / "one"), _losses(out / "two")
