@@ -92,8 +92,8 @@ def main() -> None:
     profiles = {}
     for name, mcfg in MODELS.items():
         spec = resolve_spec(mcfg)
-        model = build_mim(spec, 32, 1, tok.k)
-        opt = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
+        model = build_mim(spec, 32, 1, out_dim=tok.k)
+        opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95))
         step = make_step(model, opt, tok, "tokens", True, imgs, noise, spec.patch_size)
         with FlopCounterMode(display=False) as fc:
             step()

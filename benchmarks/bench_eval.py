@@ -37,9 +37,17 @@ def main() -> None:
     enc = random_encoder(cfg, 0)  # the demo's architecture; timing does not depend on the weights
     ((trf, try_), (tef, tey), n_cls), t_feat = timed(lambda: split_features(enc, cfg, progress=False))
     tr, te = trf[e.pool], tef[e.pool]
-    knn, t_knn = timed(lambda: top1(weighted_knn_predict(tr, try_, te, n_cls, e.knn_k, e.knn_temperature), tey))
-    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, e.probe_lrs[0], **probe_recipe(e, 0)))
-    probe, t_probe = timed(lambda: linear_probe(tr, try_, te, tey, n_cls, list(e.probe_lrs), **probe_recipe(e, 0)))
+    knn, t_knn = timed(
+        lambda: top1(
+            weighted_knn_predict(tr, try_, te, num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature), tey
+        )
+    )
+    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, lr=e.probe_lrs[0], **probe_recipe(e, 0)))
+    probe, t_probe = timed(
+        lambda: linear_probe(
+            tr, try_, te, test_labels=tey, num_classes=n_cls, lrs=list(e.probe_lrs), **probe_recipe(e, 0)
+        )
+    )
     _, t_all = timed(lambda: evaluate_encoder(enc, cfg, progress=False))
     print(
         f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.probe_lrs)} lrs x "

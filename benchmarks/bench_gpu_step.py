@@ -29,10 +29,10 @@ from kmim.tokenizers import KMeansTokenizer, PixelSource
 
 def step_fn(model, opt, imgs, target, tok, patch, amp, device):
     def step() -> None:
-        tgt = compute_targets(imgs, target, patch, tok, norm_pix=True)
+        tgt = compute_targets(imgs, target, patch, tokenizer=tok, norm_pix=True)
         with autocast_ctx(amp, device):
             pred, ids = model(imgs, 0.75, masked_only=True)  # the head on masked patches only, as kmim trains
-            loss = mim_loss(pred, select_patches(tgt, ids), torch.ones(ids.shape, device=device), target)
+            loss = mim_loss(pred, select_patches(tgt, ids), torch.ones(ids.shape, device=device), target=target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -62,8 +62,8 @@ def main() -> None:
     tok = KMeansTokenizer(meta, PixelSource(p, 3), torch.randn(a.k, p * p * 3)).to(device)
     steps = {}
     for target, out_dim in (("tokens", a.k), ("pixels", p * p * 3)):
-        model = build_mim(spec, a.img, 3, out_dim).to(device)
-        opt = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95), fused=cuda)
+        model = build_mim(spec, a.img, 3, out_dim=out_dim).to(device)
+        opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95), fused=cuda)
         with FlopCounterMode(display=False) as fc:
             step_fn(model, opt, imgs, target, tok, p, amp, device)()
         fwd = torch.compile(model) if a.compile and cuda else model

@@ -74,7 +74,7 @@ def inertia(x: np.ndarray, c: np.ndarray) -> float:
 def kmim_fit(x: np.ndarray, k: int, ppc: int) -> tuple[float, np.ndarray, int]:
     d = TokenizerConfig()
     t0 = time.perf_counter()
-    res = fit_kmeans(x, k, d.niter, d.seed, ppc, d.init, progress=False)
+    res = fit_kmeans(x, k, d.niter, seed=d.seed, max_points_per_centroid=ppc, init=d.init, progress=False)
     return time.perf_counter() - t0, res.centroids, res.n_fit
 
 
@@ -139,7 +139,7 @@ def sweep(name: str, x: np.ndarray, ks: list[int]) -> None:
             res = []
             for seed in SWEEP_SEEDS:
                 t0 = time.perf_counter()
-                r = fit_kmeans(x, k, d.niter, seed, ppc_eff, d.init, progress=False)
+                r = fit_kmeans(x, k, d.niter, seed=seed, max_points_per_centroid=ppc_eff, init=d.init, progress=False)
                 res.append((time.perf_counter() - t0, inertia(x, r.centroids), r.n_fit))
             rows.append((ppc, res))
         ref = float(np.mean([i for _, i, _ in rows[-1][1]]))

@@ -45,12 +45,12 @@ def make_step(model, opt, tok, target: str, masked_only: bool, imgs, noise, patc
 
     def step() -> tuple[float, float]:
         t0 = time.perf_counter()
-        tgt = compute_targets(imgs, target, patch, tok, norm_pix=True)
+        tgt = compute_targets(imgs, target, patch, tokenizer=tok, norm_pix=True)
         t1 = time.perf_counter()
         pred, second = model(imgs, 0.75, noise, masked_only=masked_only)
         if masked_only:
             tgt, second = select_patches(tgt, second), torch.ones(second.shape)
-        loss = mim_loss(pred, tgt, second, target)
+        loss = mim_loss(pred, tgt, second, target=target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -85,8 +85,8 @@ def main() -> None:
         out_dim = p * p if tok is None else tok.k
         for masked_only in (False, True):
             torch.manual_seed(0)
-            model = build_mim(spec, 32, 1, out_dim)
-            opt = build_optimizer(model, 1e-4, cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2))
+            model = build_mim(spec, 32, 1, out_dim=out_dim)
+            opt = build_optimizer(model, 1e-4, cfg.train.weight_decay, betas=(cfg.train.beta1, cfg.train.beta2))
             steps[(name, masked_only)] = make_step(model, opt, tok, target, masked_only, imgs, noise, p)
     flops = {}
     for key, fn in steps.items():  # matmul + attention FLOPs of one step (tokenizer encode included)

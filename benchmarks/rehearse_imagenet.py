@@ -107,10 +107,10 @@ def view_rates(root: Path, n: int) -> dict[str, float]:
     views["eval"] = eval_ds
     views["pretrain"] = build_dataset(cfg.data, "train", train=True)[0]
     lars_ds, _ = build_dataset(cfg.data, "train")
-    lars_ds.transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
+    lars_ds.transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
     views["lars"] = lars_ds
     ft_ds, _ = build_dataset(cfg.data, "train")
-    ft_ds.transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
+    ft_ds.transform = finetune_transform(cfg.data, ft, info.mean, std=info.std, native=info.native_size)
     views["finetune"] = ft_ds
     out = {}
     for name, ds in views.items():
@@ -232,7 +232,7 @@ def flops_per_image() -> dict[str, float]:
     x = torch.randn(2, 3, 224, 224)
     for preset in ("vit-s16", "vit-b16"):
         spec = resolve_spec(ModelConfig(preset=preset))
-        mim = build_mim(spec, 224, 3, 50)
+        mim = build_mim(spec, 224, 3, out_dim=50)
         with FlopCounterMode(display=False) as fc:
             pred, _ = mim(x, 0.75, torch.rand(2, 196), masked_only=True)
             pred.float().sum().backward()
@@ -240,7 +240,7 @@ def flops_per_image() -> dict[str, float]:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             mim.encoder.forward_features(x)
         out[f"{preset} forward"] = fc.get_total_flops() / 2
-        clf = build_classifier(spec.timm_name, encoder_kwargs(spec, 224, 3), 100, "avg", 0.0)
+        clf = build_classifier(spec.timm_name, encoder_kwargs(spec, 224, 3), 100, pool="avg", drop_path=0.0)
         with FlopCounterMode(display=False) as fc:
             clf(x).sum().backward()
         out[f"{preset} finetune"] = fc.get_total_flops() / 2
@@ -253,7 +253,7 @@ def kmeans_seconds() -> float:
 
     x = np.random.default_rng(0).normal(size=(100_000, 768)).astype(np.float32)
     t0 = time.perf_counter()
-    fit_kmeans(x, 50, 20, 0, 1000, progress=False)
+    fit_kmeans(x, 50, 20, seed=0, max_points_per_centroid=1000, progress=False)
     return time.perf_counter() - t0
 
 

@@ -255,7 +255,7 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
-def _in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> Callable[[Any], str | None]:
+def _in_range(lo: float, hi: float, lo_open: bool = False, *, hi_open: bool = True) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
         return None if ok else f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"

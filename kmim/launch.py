@@ -41,7 +41,7 @@ def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], 
     return source, info["config"]
 
 
-def _config(path: str, config: str | None, overrides: list[str], saved: dict[str, Any] | None) -> RunConfig:
+def _config(path: str, config: str | None, overrides: list[str], *, saved: dict[str, Any] | None) -> RunConfig:
     if any(o.startswith("model.") for o in overrides):
         raise KmimError("kmim finetune uses the pretrained encoder's architecture: drop the model.* overrides")
     if saved is None and config is None and not any(o.startswith("data.") for o in overrides):
@@ -67,6 +67,7 @@ def start(
     path: str | None,
     config: str | None,
     overrides: list[str],
+    *,
     progress: bool,
     overwrite: bool,
     allow_unfinished: bool = False,
@@ -75,7 +76,7 @@ def start(
         source, cfg = agree(lambda: _random_source(config, overrides))
     else:
         source, saved = agree(lambda: _source(path, allow_unfinished))
-        cfg = agree(lambda: _config(path, config, overrides, saved))
+        cfg = agree(lambda: _config(path, config, overrides, saved=saved))
     run_dir = Path(cfg.out_dir) / cfg.name
 
     def check_output() -> None:
@@ -84,8 +85,8 @@ def start(
         RunDir(run_dir).check_new(cfg, overwrite)
 
     agree(check_output)
-    scan = agree(lambda: check_images(cfg, ("train", "test"), run_dir, progress and is_main(), 1))
-    trainer = Finetuner(cfg, run_dir, source, progress)
+    scan = agree(lambda: check_images(cfg, ("train", "test"), run_dir, progress=progress and is_main(), min_side=1))
+    trainer = Finetuner(cfg, run_dir, source, progress=progress)
     start_run(trainer, overwrite, scan)
     return run_dir, trainer.run()
 
@@ -103,7 +104,7 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     spec = ckpt["classifier"]
     kwargs = {k: v for k, v in spec["timm_kwargs"].items() if k not in ("num_classes", "global_pool")}
     source = {"timm_name": spec["timm_name"], "timm_kwargs": kwargs, "state_dict": None, "path": ckpt["source"]}
-    trainer = Finetuner(cfg, path, source, progress, resume_from=ckpt)
-    scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress and is_main(), 1))
-    reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan)
+    trainer = Finetuner(cfg, path, source, progress=progress, resume_from=ckpt)
+    scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
+    reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return path, trainer.run()

@@ -81,7 +81,7 @@ def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
 
 
 def check_images(
-    cfg: RunConfig, splits: tuple[str, ...], run_dir: Path, progress: bool = True, min_side: int | None = None
+    cfg: RunConfig, splits: tuple[str, ...], run_dir: Path, *, progress: bool = True, min_side: int | None = None
 ) -> dict[str, Any] | None:
     """Header scan of the ImageFolder splits a command will read, before any work (kmim.data.scan): split over the
     processes and data.num_workers workers; one line for the first bad file. Returns the scan's key, for the run

@@ -96,6 +96,7 @@ class RunDir:
     def start(
         self,
         cfg: RunConfig,
+        *,
         overwrite: bool = False,
         inputs: Callable[[], None] | None = None,
         scan: dict[str, Any] | None = None,
@@ -142,7 +143,7 @@ class RunDir:
         return vals[-1] if vals else None
 
 
-def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, section: str = "train") -> None:
+def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, *, section: str = "train") -> None:
     """Refuse overrides that a checkpoint cannot continue under (one line naming the field); `section` holds the
     run's epochs (train, or finetune for a fine-tuning run)."""
     saved, new = config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg)  # same defaults and layout

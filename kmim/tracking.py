@@ -32,7 +32,7 @@ class Tracker:
     """TensorBoard (and optionally W&B) writer of one run; a no-op on ranks other than 0."""
 
     def __init__(
-        self, run_dir: Path, cfg: RunConfig, main: bool, wandb_id: str | None = None, resume_step: int | None = None
+        self, run_dir: Path, cfg: RunConfig, main: bool, *, wandb_id: str | None = None, resume_step: int | None = None
     ) -> None:
         """`resume_step`: the optimizer steps a resumed run's checkpoint holds; TensorBoard drops the events after
         them (work lost after the checkpoint, about to be redone), as metrics.jsonl does."""

@@ -37,16 +37,19 @@ def evaluate(
     path: str | None,
     random_init: bool,
     config: str | None,
+    *,
     overrides: list[str],
     methods: tuple[str, ...],
     progress: bool = True,
 ) -> dict[str, Any]:
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
     or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
-    encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides))
+    encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides=overrides))
     if "probe" in methods and cfg.eval.probe in ("lars", "attentive"):
         agree(lambda: check_batch(cfg, "eval" if cfg.eval.probe == "lars" else "attentive"))
-    res = evaluate_encoder(encoder, cfg, methods, str(local_device(resolve_device(cfg.train.device))), progress)
+    res = evaluate_encoder(
+        encoder, cfg, methods, device=str(local_device(resolve_device(cfg.train.device))), progress=progress
+    )
     res["checkpoint"] = checkpoint
     if is_main() and not random_init:
         record(Path(checkpoint), methods, res)
@@ -65,7 +68,7 @@ def record(checkpoint: Path, methods: tuple[str, ...], res: dict[str, Any]) -> N
 
 
 def _encoder_and_config(
-    path: str | None, random_init: bool, config: str | None, overrides: list[str]
+    path: str | None, random_init: bool, config: str | None, *, overrides: list[str]
 ) -> tuple[nn.Module, RunConfig, str]:
     if random_init == (path is not None):
         raise KmimError("give either an encoder PATH or --random-init (with -c CONFIG / overrides), not both")
@@ -89,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
     rank 0 prints it."""
     path, overrides = args.path, list(args.overrides)
     res, main = in_process_group(
-        lambda: evaluate(path, args.random_init, args.config, overrides, (args.command,), not args.quiet and is_main())
+        lambda: evaluate(
+            path,
+            args.random_init,
+            args.config,
+            overrides=overrides,
+            methods=(args.command,),
+            progress=not args.quiet and is_main(),
+        )
     )
     if main:
         print_json(res)

@@ -57,7 +57,7 @@ def evaluation_numbers(run_dir: Path) -> dict[str, Any]:
 
 
 def model_card(
-    spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any], env: dict[str, Any], license_id: str
+    spec: dict[str, Any], cfg: dict[str, Any], numbers: dict[str, Any], *, env: dict[str, Any], license_id: str
 ) -> str:
     """README.md with hub front matter; every number comes from the run directory's files."""
     data, train = cfg.get("data", {}), cfg.get("train", {})
@@ -154,7 +154,7 @@ def export(path: str, out: str, license_id: str = "mit") -> Path:
             safe_serialization=True,
         )
         env = _json(run_dir / "env.json")
-        card = model_card(spec, cfg, evaluation_numbers(run_dir), env, license_id)
+        card = model_card(spec, cfg, evaluation_numbers(run_dir), env=env, license_id=license_id)
         (folder / "README.md").write_text(card)
         shutil.move(str(folder), dst)
     return dst

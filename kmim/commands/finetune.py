@@ -42,7 +42,14 @@ def run(args: argparse.Namespace) -> int:
         lambda: (
             continue_run(args.resume, args.overrides, progress)
             if args.resume
-            else start(args.path, args.config, args.overrides, progress, args.overwrite, args.allow_unfinished)
+            else start(
+                args.path,
+                args.config,
+                args.overrides,
+                progress=progress,
+                overwrite=args.overwrite,
+                allow_unfinished=args.allow_unfinished,
+            )
         )
     )
     if main:

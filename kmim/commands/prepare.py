@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _check(src: Path, dst: Path, spec: PrepareSpec, workers: int) -> dict[str, Any]:
+def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int) -> dict[str, Any]:
     if not src.is_dir():
         raise KmimError(f"{src} is not a folder: give the ImageFolder root (with train/ and val/)")
     if not 16 <= spec.short_side <= 4096:
@@ -60,14 +60,14 @@ def _check(src: Path, dst: Path, spec: PrepareSpec, workers: int) -> dict[str, A
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src).expanduser(), Path(args.out).expanduser()
     spec = PrepareSpec(args.short_side, args.quality)
-    record = _check(src, dst, spec, args.workers)
+    record = _check(src, dst, spec, workers=args.workers)
     files = list_images(src)
     if not files:
         raise KmimError(f"{src} holds no image files: give the ImageFolder root")
     dst.mkdir(parents=True, exist_ok=True)
     write_json(dst / "prepare.json", {**record, "files": len(files), "complete": False})
     loader = DataLoader(
-        PrepareJobs(src, dst, files, spec),
+        PrepareJobs(src, dst, files, spec=spec),
         batch_size=None,
         num_workers=args.workers,
         prefetch_factor=4 if args.workers else None,

@@ -50,7 +50,7 @@ def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
 
 
 def start(
-    config: str | None, overrides: list[str], progress: bool, overwrite: bool = False
+    config: str | None, overrides: list[str], *, progress: bool, overwrite: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
     cfg = agree(lambda: load_run_config(config, overrides))
@@ -63,8 +63,8 @@ def start(
         RunDir(run_dir).check_new(cfg, overwrite)
 
     agree(check_output)
-    scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress and is_main()))
-    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite, scan=scan)
+    scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress=progress and is_main()))
+    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite=overwrite, scan=scan)
 
 
 def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict[str, Any]]:
@@ -78,9 +78,9 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     agree(lambda: check_batch(cfg, "train"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
-    scan = agree(lambda: check_images(cfg, ("train",), path, progress and is_main()))
+    scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
-    return resume(path, cfg, ckpt, tok, progress, scan=scan)
+    return resume(path, cfg, ckpt, tokenizer=tok, progress=progress, scan=scan)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: (
             continue_run(args.resume, args.overrides, progress)
             if args.resume
-            else start(args.config, args.overrides, progress, args.overwrite)
+            else start(args.config, args.overrides, progress=progress, overwrite=args.overwrite)
         )
     )
     if main:

@@ -56,6 +56,7 @@ def render_token_grid(
     imgs: Any,
     tokens: Any,
     titles: list[str],
+    *,
     patch_size: int,
     k: int,
     mean: tuple[float, ...],
@@ -97,7 +98,7 @@ def render_token_grid(
     plt.close(fig)
 
 
-def pick_images(ds: Any, n: int, num_classes: int, seed: int) -> list[int]:
+def pick_images(ds: Any, n: int, num_classes: int, *, seed: int) -> list[int]:
     """Indices of n images in a seeded order, at most ceil(n / L) per class, so classes are about even."""
     import torch
 
@@ -131,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
     entry = (
         Entry(args.tokenizer[0], spec=args.tokenizer[0]) if args.tokenizer else Entry(args.file[0], file=args.file[0])
     )
-    tok = build_tokenizer(entry, cfg, data, not args.quiet).eval()
+    tok = build_tokenizer(entry, cfg, data, progress=not args.quiet).eval()
     ds = data.ds if args.split == "train" else build_dataset(cfg.data, "test", min_side=data.patch_size)[0]
-    idx = pick_images(ds, args.images, len(info.classes), args.seed)
+    idx = pick_images(ds, args.images, len(info.classes), seed=args.seed)
     imgs = torch.stack([ds[i][0] for i in idx])  # (N, C, H, W)
     labels = torch.tensor([int(ds[i][1]) for i in idx])
     device = resolve_device(args.device, "--device")
@@ -144,7 +145,17 @@ def run(args: argparse.Namespace) -> int:
     titles = [f"{info.classes[int(y)]}" for y in labels]
     head = f"{entry.label} (K={tok.k}) on {cfg.data.name} {args.split}: image above, token ids as colours below"
     render_token_grid(
-        imgs, tokens, titles, tok.patch_size, tok.k, info.mean, info.std, args.out, args.cols, args.ids, head
+        imgs,
+        tokens,
+        titles,
+        patch_size=tok.patch_size,
+        k=tok.k,
+        mean=info.mean,
+        std=info.std,
+        path=args.out,
+        cols=args.cols,
+        ids=args.ids,
+        title=head,
     )
     print(f"wrote {args.out}: {len(idx)} images, {len(set(tokens.reshape(-1).tolist()))} distinct tokens shown")
     return 0

@@ -21,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
     names = STUDIES if args.name == "all" else (args.name,)
     for name in names:
         out = Path(args.out) / name if args.name == "all" else Path(args.out)
-        run_study(name, out, args.config, list(args.overrides), not args.quiet)
+        run_study(name, out, args.config, overrides=list(args.overrides), progress=not args.quiet)
         print(f"wrote {out / 'report.md'}", file=sys.stdout)
     return 0

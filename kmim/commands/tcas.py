@@ -139,7 +139,7 @@ def spec_config(cfg: Any, spec: str) -> RunConfig:
     return load_run_config(None, ov, base=config_to_dict(cfg))
 
 
-def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool) -> Tokenizer:
+def build_tokenizer(entry: Entry, cfg: Any, data: Any, *, progress: bool) -> Tokenizer:
     """Fit the entry's spec on `data` (the train split, kmim.fit.FitData) or load its file; refuses files fitted
     for other data."""
     from kmim.fit import fit_tokenizer, load_tokenizer
@@ -149,13 +149,15 @@ def build_tokenizer(entry: Entry, cfg: Any, data: Any, progress: bool) -> Tokeni
         tok = load_tokenizer(entry.file)
     else:
         tok = fit_tokenizer(spec_config(cfg, cast(str, entry.spec)).tokenizer, data, progress)
-    tok.check_compatible(tok.patch_size, info.channels, info.mean, info.std, where=cast(str, entry.file or entry.spec))
+    tok.check_compatible(
+        tok.patch_size, info.channels, info.mean, std=info.std, where=cast(str, entry.file or entry.spec)
+    )
     if cfg.data.img_size % tok.patch_size:
         raise KmimError(f"{entry.label}: patch size {tok.patch_size} does not divide data.img_size={cfg.data.img_size}")
     return tok
 
 
-def _row(entry: Entry, tok: Any, counts: Any, fit_s: float) -> dict[str, Any]:
+def _row(entry: Entry, tok: Any, counts: Any, *, fit_s: float) -> dict[str, Any]:
     from kmim.metrics import codebook_usage, dead_codes, nmi, perplexity, purity, tcas_from_counts, tcas_null
 
     return {
@@ -309,9 +311,11 @@ def run(args: argparse.Namespace) -> int:
             )
             continue
         t0 = time.perf_counter()
-        tok = build_tokenizer(entry, cfg, data, progress)
+        tok = build_tokenizer(entry, cfg, data, progress=progress)
         fit_s = time.perf_counter() - t0 if entry.file is None else 0.0
-        rows.append(_row(entry, tok, token_counts(tok, ds, len(info.classes), device, progress=progress), fit_s))
+        rows.append(
+            _row(entry, tok, token_counts(tok, ds, len(info.classes), device=device, progress=progress), fit_s=fit_s)
+        )
         if progress:
             print(f"{entry.label}: TCAS {rows[-1]['tcas']:.4f}  NMI {rows[-1]['nmi']:.4f}")
     if not rows:

@@ -85,8 +85,11 @@ def _studies(args: argparse.Namespace, bar: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"cases": {}, "orderings": {}}
     steps = [
         ("toy", E.toy_case),
-        ("two_class", lambda: E.synthetic_case("two classes", 2, spec, bound(2))),
-        ("multi_class", lambda: E.synthetic_case(f"{args.classes} classes", args.classes, spec, bound(args.classes))),
+        ("two_class", lambda: E.synthetic_case("two classes", 2, spec, bound=bound(2))),
+        (
+            "multi_class",
+            lambda: E.synthetic_case(f"{args.classes} classes", args.classes, spec, bound=bound(args.classes)),
+        ),
     ]
     for key, fn in steps:
         bar.set_description(f"theory: {key}")

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
-def fit_and_save(config: str | None, overrides: list[str], out: str, overwrite: bool, progress: bool) -> Tokenizer:
+def fit_and_save(config: str | None, overrides: list[str], out: str, *, overwrite: bool, progress: bool) -> Tokenizer:
     cfg = agree(lambda: load_run_config(config, overrides))
     agree(lambda: check_writable(out, overwrite=overwrite, flag="--overwrite"))
     sharded = shards_fit(cfg.tokenizer)
@@ -41,7 +41,9 @@ def fit_and_save(config: str | None, overrides: list[str], out: str, overwrite: 
 
 def run(args: argparse.Namespace) -> int:
     tok, main = in_process_group(
-        lambda: fit_and_save(args.config, list(args.overrides), args.out, args.overwrite, not args.quiet)
+        lambda: fit_and_save(
+            args.config, list(args.overrides), args.out, overwrite=args.overwrite, progress=not args.quiet
+        )
     )
     if main:
         inertia = tok.meta.get("fit", {}).get("inertia")

@@ -13,7 +13,7 @@ __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "make_loader", "stack_dat
 
 
 def make_loader(
-    ds: Dataset[Any], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
+    ds: Dataset[Any], batch_size: int, shuffle: bool, *, seed: int = 0, num_workers: int = 0
 ) -> DataLoader[Any]:
     """A DataLoader whose order depends only on `seed` (pass seed + epoch for a new, reproducible order)."""
     g = torch.Generator().manual_seed(seed)

@@ -52,7 +52,7 @@ def _mnist5k(cfg: DataConfig, split: str) -> tuple[Dataset[Any], DatasetInfo]:
     return ArrayDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y)), info
 
 
-def synthetic_arrays(per_class: int, classes: int, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_arrays(per_class: int, classes: int, size: int, *, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Tiny seeded dataset: each class is a bright square at its own place on a noisy background."""
     rng = np.random.default_rng(0 if split == "train" else 1)
     n = per_class * classes
@@ -67,7 +67,7 @@ def synthetic_arrays(per_class: int, classes: int, size: int, split: str) -> tup
 
 
 def _synthetic(cfg: DataConfig, split: str) -> tuple[Dataset[Any], DatasetInfo]:
-    x, y = synthetic_arrays(cfg.synthetic_per_class, cfg.synthetic_classes, cfg.img_size, split)
+    x, y = synthetic_arrays(cfg.synthetic_per_class, cfg.synthetic_classes, cfg.img_size, split=split)
     info = DatasetInfo(1, (0.5,), (0.25,), cfg.img_size, tuple(str(i) for i in range(cfg.synthetic_classes)))
     return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y)), info
 
@@ -209,7 +209,7 @@ DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset[Any], DatasetInfo]
 
 
 def build_dataset(
-    cfg: DataConfig, split: str, train: bool = False, min_side: int = 1
+    cfg: DataConfig, split: str, train: bool = False, *, min_side: int = 1
 ) -> tuple[Dataset[Any], DatasetInfo]:
     """The `split` ("train" | "test") of dataset `cfg.name` with the pretraining (train=True) or eval transform."""
     if cfg.name not in DATASETS:
@@ -218,6 +218,6 @@ def build_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ds, info = _imagefolder(cfg, split, min_side) if cfg.name == "imagefolder" else DATASETS[cfg.name](cfg, split)
     make = pretrain_transform if train else eval_transform
-    tf = make(cfg, info.mean, info.std, info.native_size)
+    tf = make(cfg, info.mean, info.std, native=info.native_size)
     cast(Any, ds).transform = tf  # ArrayDataset and torchvision datasets both apply .transform to each image
     return ds, info

@@ -67,7 +67,7 @@ def _write(src: Path, tmp: Path, spec: PrepareSpec) -> None:
 class PrepareJobs(Dataset[tuple[int, str | None]]):
     """Item i prepares file i of `files` (for DataLoader workers: each worker resizes its share)."""
 
-    def __init__(self, src: Path, dst: Path, files: list[Path], spec: PrepareSpec) -> None:
+    def __init__(self, src: Path, dst: Path, files: list[Path], *, spec: PrepareSpec) -> None:
         self.src, self.dst, self.files, self.spec = src, dst, files, spec
 
     def __len__(self) -> int:

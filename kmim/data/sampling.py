@@ -53,7 +53,7 @@ class SeededViews(Dataset[tuple[torch.Tensor, Any, torch.Tensor]]):
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of (index, epoch) for process `rank` of `world_size` (see the module docstring); `set_epoch` first."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
         self.epoch = 0
 

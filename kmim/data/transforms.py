@@ -25,13 +25,15 @@ def _fit_size(cfg: DataConfig, native: int | None) -> v2.Transform:
     return v2.Compose([v2.Resize(round(cfg.img_size / 0.875), InterpolationMode.BICUBIC), v2.CenterCrop(cfg.img_size)])
 
 
-def eval_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None) -> v2.Compose:
+def eval_transform(
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], *, native: int | None
+) -> v2.Compose:
     """Deterministic view used for tokenizer fitting, feature extraction and probes."""
     return v2.Compose([_fit_size(cfg, native), *_to_float(mean, std)])
 
 
 def lars_probe_transform(
-    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], *, native: int | None
 ) -> v2.Compose:
     """MAE's linear-probe training view: RandomResizedCrop of the full image (bicubic, scale 0.08-1) and a flip when
     data.hflip. Small fixed-size images (digits) are first padded to img_size, as in every other view."""
@@ -42,7 +44,7 @@ def lars_probe_transform(
 
 
 def finetune_transform(
-    cfg: DataConfig, ft: FinetuneConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+    cfg: DataConfig, ft: FinetuneConfig, mean: tuple[float, ...], *, std: tuple[float, ...], native: int | None
 ) -> v2.Compose:
     """MAE's fine-tuning view with timm's `create_transform`: RandomResizedCrop (bicubic), flip, RandAugment,
     normalization, random erasing (pixel mode). Tensor images (in-memory datasets) become PIL images first, and
@@ -79,7 +81,7 @@ def posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Im
 
 
 def pretrain_transform(
-    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], native: int | None
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], *, native: int | None
 ) -> v2.Compose:
     """Augmented view seen by the encoder; the tokenizer computes targets on this same view."""
     if cfg.aug == "rrc":

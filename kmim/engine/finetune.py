@@ -55,7 +55,7 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], where
 
 @torch.no_grad()
 def classify_top1(
-    model: nn.Module, ds: Dataset[Any], batch_size: int, device: torch.device, amp: str, num_workers: int = 0
+    model: nn.Module, ds: Dataset[Any], batch_size: int, *, device: torch.device, amp: str, num_workers: int = 0
 ) -> float:
     """Top-1 (%) of `model` on `ds`; under torchrun each process classifies every world_size-th image."""
     model.eval()
@@ -72,7 +72,7 @@ def classify_top1(
 
 
 def holdout_split(
-    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, seed: int
+    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, *, seed: int
 ) -> tuple[Dataset[Any], Dataset[Any]]:
     """(the augmented train split without a stratified `fraction`, that fraction in the eval view): a validation
     split taken from train, seeded by `seed`, for choices that must not look at the test split."""
@@ -103,29 +103,32 @@ class Finetuner(Trainer):
         cfg: RunConfig,
         run_dir: Path,
         source: dict[str, Any],
+        *,
         progress: bool = True,
         resume_from: dict[str, Any] | None = None,
     ) -> None:
         """`source`: {"timm_name", "timm_kwargs", "state_dict", "path"} of the pretrained encoder."""
         ft = cfg.finetune
-        super().__init__(cfg, run_dir, ft, progress)
+        super().__init__(cfg, run_dir, ft, progress=progress)
         ds, info = build_dataset(cfg.data, "train")
-        cast(Any, ds).transform = finetune_transform(cfg.data, ft, info.mean, info.std, info.native_size)
+        cast(Any, ds).transform = finetune_transform(cfg.data, ft, info.mean, std=info.std, native=info.native_size)
         self.test, _ = build_dataset(cfg.data, "test")
         self.eval_split = f"{cfg.data.name} test split"
         if ft.holdout > 0:
-            ds, self.test = holdout_split(ds, build_dataset(cfg.data, "train")[0], ft.holdout, ft.seed)
+            ds, self.test = holdout_split(ds, build_dataset(cfg.data, "train")[0], ft.holdout, seed=ft.seed)
             self.eval_split = f"a held-out {ft.holdout:.0%} of {cfg.data.name}'s train split (finetune.holdout)"
         self.num_classes, self.source_path = len(info.classes), source["path"]
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
-        self.sampler = GlobalBatchSampler(len(cast(Sized, ds)), self.plan.micro, ft.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(
+            len(cast(Sized, ds)), self.plan.micro, ft.seed, rank=get_rank(), world_size=get_world_size()
+        )
         self.spec = {
             "timm_name": source["timm_name"],
             "timm_kwargs": {**source["timm_kwargs"], "num_classes": self.num_classes, "global_pool": ft.pool},
         }
         self.model = build_classifier(
-            source["timm_name"], source["timm_kwargs"], self.num_classes, ft.pool, ft.drop_path
+            source["timm_name"], source["timm_kwargs"], self.num_classes, pool=ft.pool, drop_path=ft.drop_path
         )
         if source["state_dict"] is not None:  # None on a resume: the checkpoint's weights are loaded below
             load_encoder_weights(self.model, source["state_dict"], source["path"])
@@ -144,7 +147,7 @@ class Finetuner(Trainer):
         self.mixup = self._mixup()
         self.criterion = self._criterion()
         self.ema = ModelEmaV3(self.model, decay=ft.ema_decay) if ft.ema else None
-        self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
+        self.loader = make_train_loader(self.views, self.sampler, cfg.data, device=self.device)
         self.top1: dict[str, float] = {}
         self.best: dict[str, float] = {}  # best test top-1 over the evaluated epochs (MAE reports it) and its epoch
         self._ready(resume_from)
@@ -207,9 +210,13 @@ class Finetuner(Trainer):
         if epochs_done % ft.eval_every and epochs_done != ft.epochs:
             return
         bs, workers = self.cfg.eval.batch_size, self.cfg.data.num_workers
-        self.top1 = {"test_top1": classify_top1(self.model, self.test, bs, self.device, ft.amp, workers)}
+        self.top1 = {
+            "test_top1": classify_top1(self.model, self.test, bs, device=self.device, amp=ft.amp, num_workers=workers)
+        }
         if self.ema is not None:
-            self.top1["test_top1_ema"] = classify_top1(self.ema.module, self.test, bs, self.device, ft.amp, workers)
+            self.top1["test_top1_ema"] = classify_top1(
+                self.ema.module, self.test, bs, device=self.device, amp=ft.amp, num_workers=workers
+            )
         if self.top1["test_top1"] > self.best.get("top1", -1.0):
             self.best = {"top1": self.top1["test_top1"], "epoch": epochs_done}
         self._log({"epoch": epochs_done - 1, **self.top1})

@@ -12,7 +12,7 @@ from kmim.config import DataConfig
 
 
 def make_train_loader(
-    ds: Dataset[Any], batch_sampler: Sampler[Any], cfg: DataConfig, device: torch.device
+    ds: Dataset[Any], batch_sampler: Sampler[Any], cfg: DataConfig, *, device: torch.device
 ) -> DataLoader[Any]:
     """Workers (`data.num_workers`) persist across epochs and prefetch `data.prefetch_factor` batches each; batches
     land in pinned memory on CUDA so the copy to the GPU can overlap compute (`non_blocking=True` in the step)."""

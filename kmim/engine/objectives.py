@@ -13,7 +13,7 @@ __all__ = ["TARGETS", "compute_targets", "masked_cross_entropy", "masked_mse", "
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     """loss = sum_{b,i} m_bi * CE(logits_bi, t_bi) / sum_{b,i} m_bi, with m = 1 on masked patches.
 
@@ -41,6 +41,7 @@ def compute_targets(
     imgs: torch.Tensor,
     target: str,
     patch_size: int,
+    *,
     tokenizer: Tokenizer | None = None,
     norm_pix: bool = True,
     labels: torch.Tensor | None = None,
@@ -64,8 +65,8 @@ def select_patches(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def mim_loss(
-    pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, target: str, label_smoothing: float = 0.0
+    pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, target: str, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     if target == "tokens":
-        return masked_cross_entropy(pred, targets, mask, label_smoothing)
+        return masked_cross_entropy(pred, targets, mask, label_smoothing=label_smoothing)
     return masked_mse(pred, targets, mask)

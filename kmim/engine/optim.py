@@ -20,6 +20,7 @@ def build_optimizer(
     model: nn.Module,
     lr: float,
     weight_decay: float = 0.0,
+    *,
     betas: tuple[float, float] = (0.9, 0.999),
     fused: bool = False,
     groups: list[dict[str, Any]] | None = None,
@@ -30,7 +31,7 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+def lr_at(step: int, total_steps: int, warmup_steps: int, *, lr: float, min_lr: float) -> float:
     """Linear warmup from 0 to lr over warmup_steps, then half-cycle cosine from lr down to min_lr at total_steps."""
     if step < warmup_steps:
         return lr * step / warmup_steps
@@ -38,7 +39,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def ema_momentum(step: int, total_steps: int, warmup_steps: int, base: float) -> float:
+def ema_momentum(step: int, total_steps: int, warmup_steps: int, *, base: float) -> float:
     """Teacher EMA momentum: linear from 1.0 to `base` over warmup_steps, then half-cycle cosine from `base` up to
     1.0 at total_steps (CAPI's momentum schedule)."""
     if step < warmup_steps:
@@ -57,7 +58,7 @@ class Schedule:
     min_lr: float = 0.0
 
     def __call__(self, step: int) -> float:
-        return lr_at(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr)
+        return lr_at(step, self.total_steps, self.warmup_steps, lr=self.lr, min_lr=self.min_lr)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

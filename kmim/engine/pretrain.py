@@ -65,25 +65,28 @@ class Pretrainer(Trainer):
         cfg: RunConfig,
         run_dir: Path,
         tokenizer: Tokenizer | None,
+        *,
         progress: bool = True,
         resume_from: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(cfg, run_dir, cfg.train, progress)
+        super().__init__(cfg, run_dir, cfg.train, progress=progress)
         spec = resolve_spec(cfg.model)
         t = cfg.train
         ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
         self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2)
-        self.sampler = GlobalBatchSampler(len(cast(Sized, ds)), self.plan.micro, t.seed, get_rank(), get_world_size())
+        self.sampler = GlobalBatchSampler(
+            len(cast(Sized, ds)), self.plan.micro, t.seed, rank=get_rank(), world_size=get_world_size()
+        )
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         self.tok = self._check_tokenizer(tokenizer, spec.patch_size)
         self.k = self.tok.k if self.tok is not None else cfg.tokenizer.k  # ids or prototypes of the targets
         out_dim = self.k if t.target != "pixels" else spec.patch_size**2 * self.info.channels
-        self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim).to(self.device)
+        self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim=out_dim).to(self.device)
         self.online = self._online_target(spec.patch_size) if t.target == ONLINE else None
         self.forward = wrap_for_training(self.model, self.device, t.compile)
         self.lr = effective_lr(t.base_lr, self.plan.global_batch)
         cuda = self.device.type == "cuda"
-        self.opt = build_optimizer(self.model, self.lr, t.weight_decay, (t.beta1, t.beta2), fused=cuda)
+        self.opt = build_optimizer(self.model, self.lr, t.weight_decay, betas=(t.beta1, t.beta2), fused=cuda)
         if self.online is not None:  # CAPI's clustering AdamW: betas (0.9, 0.95), its own peak lr
             o, protos = t.online, list(self.online.prototypes.parameters())
             group = {"params": protos, "betas": (0.9, 0.95), "weight_decay": o.proto_weight_decay}
@@ -91,7 +94,7 @@ class Pretrainer(Trainer):
         self._health_cache: dict[str, float] | None = None
         self._health_subset: tuple[Subset[Any], int] | None = None  # the fixed labelled images and the class count
         self.scaler = torch.amp.GradScaler("cuda") if cuda and t.amp == "fp16" else None
-        self.loader = make_train_loader(self.views, self.sampler, cfg.data, self.device)
+        self.loader = make_train_loader(self.views, self.sampler, cfg.data, device=self.device)
         self._reset_health()
         self._ready(resume_from)
 
@@ -109,9 +112,9 @@ class Pretrainer(Trainer):
             self.k,
             patch_size,
             self.info,
-            self.cfg.data.name,
-            "online-teacher",
-            int(enc.embed_dim),
+            dataset=self.cfg.data.name,
+            feature_source="online-teacher",
+            feature_dim=int(enc.embed_dim),
             encoder=self.encoder_spec,
             target_temp=t.online.target_temp,
             pred_temp=t.online.pred_temp,
@@ -129,7 +132,7 @@ class Pretrainer(Trainer):
         if tok is None:
             raise KmimError("train.target=tokens needs a tokenizer: set tokenizer.path or let kmim fit one")
         where = str(self.cfg.tokenizer.path or "tokenizer")
-        tok.check_compatible(patch_size, self.info.channels, self.info.mean, self.info.std, where=where)
+        tok.check_compatible(patch_size, self.info.channels, self.info.mean, std=self.info.std, where=where)
         return tok.to(self.device)
 
     def write_inputs(self) -> None:
@@ -150,12 +153,14 @@ class Pretrainer(Trainer):
         imgs, labels, noise = (x.to(self.device, non_blocking=True) for x in batch)  # (B, C, H, W), (B,), (B, L)
         if self.online is not None:
             return self._online_step(imgs, noise), {}
-        targets = compute_targets(imgs, t.target, self.model.patch_size, self.tok, t.norm_pix, labels)  # no grad
+        targets = compute_targets(
+            imgs, t.target, self.model.patch_size, tokenizer=self.tok, norm_pix=t.norm_pix, labels=labels
+        )  # no grad
         with autocast_ctx(t.amp, self.device):
             pred, ids = self.forward(imgs, t.mask_ratio, noise, masked_only=True)  # (B, M, out), (B, M)
             targets = select_patches(targets, ids)  # (B, M) ids or (B, M, p*p*C) pixels
             mask = torch.ones(ids.shape, device=ids.device)  # every selected patch is a masked one
-            loss = mim_loss(pred, targets, mask, t.target, t.label_smoothing)
+            loss = mim_loss(pred, targets, mask, target=t.target, label_smoothing=t.label_smoothing)
         if self.tok is not None:
             with torch.no_grad():
                 self._target_counts += torch.bincount(targets.flatten(), minlength=self.tok.k)
@@ -199,7 +204,7 @@ class Pretrainer(Trainer):
         """The teacher's EMA update after optimizer step `step` (1-based), with CAPI's momentum schedule."""
         if self.online is not None:
             t, spe = self.cfg.train, self.steps_per_epoch
-            m = ema_momentum(step - 1, t.epochs * spe, t.warmup_epochs * spe, t.online.momentum)
+            m = ema_momentum(step - 1, t.epochs * spe, t.warmup_epochs * spe, base=t.online.momentum)
             self.online.ema_update(self.model.encoder, m)
 
     def _epoch_metrics(self) -> dict[str, float]:
@@ -253,7 +258,7 @@ class Pretrainer(Trainer):
                     ids = tok.encode(x, y.to(self.device) if tok.needs_labels else None)  # (B, L)
                 tokens.append(ids.cpu())
                 labels.append(y)
-        m = token_metrics(torch.cat(tokens).numpy(), torch.cat(labels).numpy(), self.k, num_classes)
+        m = token_metrics(torch.cat(tokens).numpy(), torch.cat(labels).numpy(), self.k, num_classes=num_classes)
         self._health_cache = {f"tok_{key}": float(m[key]) for key in ("tcas", "nmi", "usage", "perplexity")}
         return self._health_cache
 
@@ -277,6 +282,7 @@ def pretrain(
     cfg: RunConfig,
     tokenizer: Tokenizer | None,
     progress: bool = True,
+    *,
     overwrite: bool = False,
     on_epoch: EpochHook | None = None,
     scan: dict[str, Any] | None = None,
@@ -285,7 +291,7 @@ def pretrain(
     `on_epoch(row)`, if given, is called with each epoch's metrics row; `scan` is the clean image scan to record."""
     run_dir = Path(cfg.out_dir) / cfg.name
     RunDir(run_dir).check_new(cfg, overwrite)
-    trainer = Pretrainer(cfg, run_dir, tokenizer, progress)
+    trainer = Pretrainer(cfg, run_dir, tokenizer, progress=progress)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
     start_run(trainer, overwrite, scan)
@@ -296,6 +302,7 @@ def resume(
     run_dir: Path,
     cfg: RunConfig,
     ckpt: dict[str, Any],
+    *,
     tokenizer: Tokenizer | None,
     progress: bool = True,
     on_epoch: EpochHook | None = None,
@@ -303,10 +310,10 @@ def resume(
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
-    trainer = Pretrainer(cfg, run_dir, tokenizer, progress, resume_from=ckpt)
+    trainer = Pretrainer(cfg, run_dir, tokenizer, progress=progress, resume_from=ckpt)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
-    reopen_run(run_dir, cfg, ckpt["train_state"]["epoch"], scan)
+    reopen_run(run_dir, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return run_dir, trainer.run()
 
 

@@ -24,8 +24,8 @@ def train_linear_probe(
     feats: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    lr: float,
     *,
+    lr: float,
     epochs: int = 100,
     batch_size: int = 256,
     weight_decay: float = 0.0,
@@ -52,5 +52,5 @@ def train_linear_probe(
         return F.cross_entropy(head(feats[idx]), labels[idx]), {}
 
     head.train()
-    run_epoch(batches(), loss_fn, opt, schedule, 0, total)
+    run_epoch(batches(), loss_fn, opt, schedule=schedule, step=0, n_batches=total)
     return head.eval()

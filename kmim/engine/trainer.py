@@ -74,7 +74,9 @@ class Trainer:
     loader: Any
     lr: float
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, hp: TrainConfig | FinetuneConfig, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, hp: TrainConfig | FinetuneConfig, *, progress: bool = True
+    ) -> None:
         self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
         self.device = local_device(resolve_device(cfg.train.device))
         self.state = TrainState()
@@ -116,7 +118,7 @@ class Trainer:
         if self.progress and is_main():
             tqdm.write(f"{self.plan.describe()}, peak lr {self.lr:.3g}")
         resumed = self.state.step if self.state.epoch > 0 else None
-        self.tracker = Tracker(self.run_dir, self.cfg, is_main(), self.wandb_id, resumed)
+        self.tracker = Tracker(self.run_dir, self.cfg, is_main(), wandb_id=self.wandb_id, resume_step=resumed)
         self.wandb_id = self.tracker.wandb_id
         try:
             while self.state.epoch < self.hp.epochs:
@@ -163,9 +165,9 @@ class Trainer:
                 self.loader,
                 self._micro_step,
                 self.opt,
-                schedule,
-                st.step,
-                spe * self.plan.accum,
+                schedule=schedule,
+                step=st.step,
+                n_batches=spe * self.plan.accum,
                 accum=self.plan.accum,
                 scaler=self.scaler,
                 on_step=on_step,
@@ -279,10 +281,10 @@ class Trainer:
 def start_run(trainer: Trainer, overwrite: bool = False, scan: dict[str, Any] | None = None) -> None:
     """Rank 0 starts the trainer's run directory (kmim.runs.RunDir.start) with its inputs (`write_inputs`)."""
     if is_main():
-        RunDir(trainer.run_dir).start(trainer.cfg, overwrite, trainer.write_inputs, scan)
+        RunDir(trainer.run_dir).start(trainer.cfg, overwrite=overwrite, inputs=trainer.write_inputs, scan=scan)
 
 
-def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, scan: dict[str, Any] | None = None) -> None:
+def reopen_run(run_dir: Path, cfg: RunConfig, epoch: int, *, scan: dict[str, Any] | None = None) -> None:
     """Rank 0 reopens a run directory for a resume from epoch `epoch` (kmim.runs.RunDir.reopen)."""
     if is_main():
         RunDir(run_dir).reopen(cfg, epoch, scan)

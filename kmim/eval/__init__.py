@@ -39,14 +39,14 @@ def random_encoder(cfg: RunConfig, seed: int) -> nn.Module:
 
 
 def split_features(
-    encoder: nn.Module, cfg: RunConfig, device: str = "cpu", progress: bool = True
+    encoder: nn.Module, cfg: RunConfig, device: str = "cpu", *, progress: bool = True
 ) -> tuple[tuple[dict[str, torch.Tensor], torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor], int]:
     """Features and labels of the train and test splits (eval transform), for every pool."""
     train, info = build_dataset(cfg.data, "train")
     test, _ = build_dataset(cfg.data, "test")
     workers = cfg.data.num_workers
-    tr = extract_features(encoder, train, cfg.eval.batch_size, device, progress, workers)
-    te = extract_features(encoder, test, cfg.eval.batch_size, device, progress, workers)
+    tr = extract_features(encoder, train, cfg.eval.batch_size, device=device, progress=progress, num_workers=workers)
+    te = extract_features(encoder, test, cfg.eval.batch_size, device=device, progress=progress, num_workers=workers)
     return tr, te, len(info.classes)
 
 
@@ -54,6 +54,7 @@ def evaluate_encoder(
     encoder: nn.Module,
     cfg: RunConfig,
     methods: tuple[str, ...] = ("knn", "probe"),
+    *,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -66,9 +67,9 @@ def evaluate_encoder(
     lars = "probe" in methods and e.probe == "lars"
     attentive = "probe" in methods and e.probe == "attentive"
     if "knn" in methods or ("probe" in methods and e.probe == "adamw"):
-        out.update(_cached_feature_methods(encoder, cfg, methods, device, progress))
+        out.update(_cached_feature_methods(encoder, cfg, methods, device=device, progress=progress))
     if attentive:
-        ap = attentive_probe(encoder, cfg, device, progress)
+        ap = attentive_probe(encoder, cfg, device, progress=progress)
         out.update(
             attentive_top1=ap["top1"],
             attentive_held_out_top1=ap["held_out_top1"],
@@ -79,7 +80,7 @@ def evaluate_encoder(
             attentive_probe=ATTENTIVE_RECIPE,
         )
     if lars:
-        lp = lars_probe(encoder, cfg, device, progress)
+        lp = lars_probe(encoder, cfg, device, progress=progress)
         out.setdefault(e.pool, {}).update(
             linear_probe_top1=lp["top1"],
             linear_probe_best_top1=lp["best_top1"],
@@ -93,19 +94,27 @@ def evaluate_encoder(
 
 
 def _cached_feature_methods(
-    encoder: nn.Module, cfg: RunConfig, methods: tuple[str, ...], device: str, progress: bool
+    encoder: nn.Module, cfg: RunConfig, methods: tuple[str, ...], *, device: str, progress: bool
 ) -> dict[str, Any]:
     e = cfg.eval
-    (trf, try_), (tef, tey), n_cls = split_features(encoder, cfg, device, progress)
+    (trf, try_), (tef, tey), n_cls = split_features(encoder, cfg, device, progress=progress)
     out: dict[str, Any] = {"n_train": len(try_), "n_test": len(tey)}
     for pool in POOLS:
         res: dict[str, Any] = {}
         if "knn" in methods:
-            pred = weighted_knn_predict(trf[pool], try_, tef[pool], n_cls, e.knn_k, e.knn_temperature)
+            pred = weighted_knn_predict(
+                trf[pool], try_, tef[pool], num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature
+            )
             res["knn_top1"] = top1(pred, tey)
         if "probe" in methods and e.probe == "adamw":
             lp = linear_probe(
-                trf[pool], try_, tef[pool], tey, n_cls, list(e.probe_lrs), **probe_recipe(e, cfg.train.seed)
+                trf[pool],
+                try_,
+                tef[pool],
+                test_labels=tey,
+                num_classes=n_cls,
+                lrs=list(e.probe_lrs),
+                **probe_recipe(e, cfg.train.seed),
             )
             res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]
             res["linear_probe"] = "adamw (head on cached eval-view features, lr picked on a held-out 10% of train)"

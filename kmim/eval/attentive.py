@@ -94,7 +94,7 @@ def _optimizer(heads: nn.ModuleList, grid: list[tuple[float, float]], global_bat
 
 
 def attentive_probe(
-    encoder: nn.Module, cfg: RunConfig, device: str | torch.device, progress: bool = True
+    encoder: nn.Module, cfg: RunConfig, device: str | torch.device, *, progress: bool = True
 ) -> dict[str, Any]:
     """Train every head of the lr x wd grid on augmented crops of train minus the held-out part; return the test
     top-1 (%) of the head with the best held-out top-1, with the grid's held-out numbers."""
@@ -102,9 +102,11 @@ def attentive_probe(
     plan = plan_batch(cfg, "attentive", get_world_size())
     train, info = build_dataset(cfg.data, "train")
     train_eval, _ = build_dataset(cfg.data, "train")
-    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
-    fit, held = _split(train, train_eval, e.attentive_holdout, cfg.train.seed)
-    sampler = GlobalBatchSampler(len(cast(Sized, fit)), plan.micro, cfg.train.seed, get_rank(), get_world_size())
+    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
+    fit, held = _split(train, train_eval, e.attentive_holdout, seed=cfg.train.seed)
+    sampler = GlobalBatchSampler(
+        len(cast(Sized, fit)), plan.micro, cfg.train.seed, rank=get_rank(), world_size=get_world_size()
+    )
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
@@ -119,7 +121,7 @@ def attentive_probe(
     ).to(dev)
     opt = _optimizer(heads, grid, plan.global_batch)
     schedule = Schedule(1.0, e.attentive_epochs * spe, e.attentive_warmup_epochs * spe)
-    loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, dev)
+    loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     if progress:
         tqdm.write(
             f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
@@ -133,17 +135,26 @@ def attentive_probe(
             range(spe), desc=f"attentive probe {epoch + 1}/{e.attentive_epochs}", disable=not progress, leave=False
         )
         for s in bar:
-            loss = _step(encoder, heads, opt, schedule(epoch * spe + s), batches, plan.accum, dev, epoch * spe + s)
+            loss = _step(
+                encoder,
+                heads,
+                opt,
+                lr=schedule(epoch * spe + s),
+                batches=batches,
+                accum=plan.accum,
+                device=dev,
+                step=epoch * spe + s,
+            )
             bar.set_postfix(loss=f"{loss:.4f}")
         if progress:
             left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
             tqdm.write(
                 f"attentive probe epoch {epoch + 1}/{e.attentive_epochs}  loss {loss:.4f}  (about {left:.0f} min left)"
             )
-    held_top1 = _top1(encoder, heads, held, cfg, dev, progress, "held-out")
+    held_top1 = _top1(encoder, heads, held, cfg=cfg, device=dev, progress=progress, name="held-out")
     best = max(range(len(grid)), key=held_top1.__getitem__)
     test, _ = build_dataset(cfg.data, "test")
-    test_top1 = _top1(encoder, heads[best : best + 1], test, cfg, dev, progress, "test")[0]
+    test_top1 = _top1(encoder, heads[best : best + 1], test, cfg=cfg, device=dev, progress=progress, name="test")[0]
     return {
         "top1": test_top1,
         "held_out_top1": held_top1[best],
@@ -156,10 +167,10 @@ def attentive_probe(
 
 
 def _split(
-    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, seed: int
+    train: Dataset[Any], train_eval: Dataset[Any], fraction: float, *, seed: int
 ) -> tuple[Dataset[Any], Dataset[Any]]:
     try:
-        return holdout_split(train, train_eval, fraction, seed)
+        return holdout_split(train, train_eval, fraction, seed=seed)
     except KmimError as err:
         raise KmimError(str(err).replace("finetune.holdout", "eval.attentive_holdout")) from None
 
@@ -168,6 +179,7 @@ def _step(
     encoder: nn.Module,
     heads: nn.ModuleList,
     opt: torch.optim.AdamW,
+    *,
     lr: float,
     batches: Any,
     accum: int,
@@ -202,6 +214,7 @@ def _top1(
     encoder: nn.Module,
     heads: nn.ModuleList,
     ds: Dataset[Any],
+    *,
     cfg: RunConfig,
     device: torch.device,
     progress: bool,

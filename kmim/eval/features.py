@@ -32,6 +32,7 @@ def extract_features(
     encoder: nn.Module,
     ds: Dataset[Any],
     batch_size: int = 256,
+    *,
     device: str | torch.device = "cpu",
     progress: bool = True,
     num_workers: int = 0,

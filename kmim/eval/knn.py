@@ -11,6 +11,7 @@ def weighted_knn_predict(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
     test_feats: torch.Tensor,
+    *,
     num_classes: int,
     k: int = 20,
     temperature: float = 0.07,

@@ -58,7 +58,7 @@ def lars_optimizer(head: nn.Module, lr: float) -> Lars:
 
 
 @torch.no_grad()
-def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str, device: torch.device) -> torch.Tensor:
+def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str, *, device: torch.device) -> torch.Tensor:
     with autocast_ctx("auto", device):  # bf16 on CUDA, fp32 on CPU
         # (B, 1 + L, D)
         tokens = cast("VisionTransformer", encoder).forward_features(imgs.to(device, non_blocking=True))
@@ -67,7 +67,7 @@ def _features(encoder: nn.Module, imgs: torch.Tensor, pool: str, device: torch.d
 
 @torch.no_grad()
 def test_features(
-    encoder: nn.Module, ds: Dataset[Any], cfg: RunConfig, device: torch.device, progress: bool
+    encoder: nn.Module, ds: Dataset[Any], cfg: RunConfig, *, device: torch.device, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) and labels (N,) of the test split (eval view), each process encoding every world-th image."""
     rank, world = get_rank(), get_world_size()
@@ -76,7 +76,7 @@ def test_features(
     loader = make_loader(part, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     feats, labels = [], []
     for imgs, y in progress_bar(loader, desc="lars probe: test features", disable=not progress, leave=False):
-        feats.append(_features(encoder, imgs, cfg.eval.pool, device))
+        feats.append(_features(encoder, imgs, cfg.eval.pool, device=device))
         labels.append(y.to(device))
     idx = indices.to(device)
     return gather_in_order(torch.cat(feats), idx, len(cast(Sized, ds))), gather_in_order(
@@ -84,13 +84,17 @@ def test_features(
     )
 
 
-def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, progress: bool = True) -> dict[str, Any]:
+def lars_probe(
+    encoder: nn.Module, cfg: RunConfig, device: str | torch.device, *, progress: bool = True
+) -> dict[str, Any]:
     """Top-1 (%) on the test split of MAE's linear probe on the feature eval.pool: the final epoch's and the best."""
     e, dev = cfg.eval, torch.device(device)
     plan = plan_batch(cfg, "eval", get_world_size())
     train, info = build_dataset(cfg.data, "train")
-    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, info.native_size)
-    sampler = GlobalBatchSampler(len(cast(Sized, train)), plan.micro, cfg.train.seed, get_rank(), get_world_size())
+    cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
+    sampler = GlobalBatchSampler(
+        len(cast(Sized, train)), plan.micro, cfg.train.seed, rank=get_rank(), world_size=get_world_size()
+    )
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
@@ -99,8 +103,8 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
         )
     encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
-    te_x, te_y = test_features(encoder, test, cfg, dev, progress)
-    loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, dev)
+    te_x, te_y = test_features(encoder, test, cfg, device=dev, progress=progress)
+    loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     torch.manual_seed(cfg.train.seed)
     head = probe_head(cast("VisionTransformer", encoder).embed_dim, len(info.classes)).to(dev)
     lr = e.lars_base_lr * plan.global_batch / 256
@@ -117,8 +121,8 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
             range(spe), desc=f"lars probe {epoch + 1}/{e.lars_epochs}", disable=not progress, leave=False
         )
         for s in bar:
-            x, y = _global_batch(encoder, batches, plan.accum, e.pool, dev)  # (G, D), (G,)
-            loss = _head_step(head, opt, schedule(epoch * spe + s), x, y, epoch * spe + s)
+            x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
+            loss = _head_step(head, opt, schedule(epoch * spe + s), x=x, y=y, step=epoch * spe + s)
             bar.set_postfix(loss=f"{loss:.4f}")
         head.eval()
         with torch.no_grad():
@@ -144,18 +148,18 @@ def lars_probe(encoder: nn.Module, cfg: RunConfig, device: str | torch.device, p
 
 
 def _global_batch(
-    encoder: nn.Module, batches: Any, accum: int, pool: str, device: torch.device
+    encoder: nn.Module, batches: Any, accum: int, *, pool: str, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of one global batch: this process's `accum` micro-batches, gathered from every process."""
     feats, labels = [], []
     for _ in range(accum):
         imgs, y, _noise = next(batches)
-        feats.append(_features(encoder, imgs, pool, device))
+        feats.append(_features(encoder, imgs, pool, device=device))
         labels.append(y.to(device, non_blocking=True))
     return all_gather_cat(torch.cat(feats)), all_gather_cat(torch.cat(labels))
 
 
-def _head_step(head: nn.Module, opt: Lars, lr: float, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+def _head_step(head: nn.Module, opt: Lars, lr: float, *, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
     set_lr(opt, lr)
     loss = F.cross_entropy(head(x), y)
     value = float(loss.detach())

@@ -12,6 +12,7 @@ def low_shot_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
     test_feats: torch.Tensor,
+    *,
     test_labels: torch.Tensor,
     shots: int = 10,
     draws: int = 5,

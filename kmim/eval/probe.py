@@ -42,10 +42,10 @@ def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
     test_feats: torch.Tensor,
+    *,
     test_labels: torch.Tensor,
     num_classes: int,
     lrs: list[float],
-    *,
     epochs: int = 100,
     batch_size: int = 256,
     weight_decay: float = 0.0,
@@ -55,7 +55,7 @@ def linear_probe(
     single lr there is nothing to choose and no split)."""
     recipe: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay, "seed": seed}
     if len(lrs) == 1:
-        head = train_linear_probe(train_feats, train_labels, num_classes, lrs[0], **recipe)
+        head = train_linear_probe(train_feats, train_labels, num_classes, lr=lrs[0], **recipe)
         return {"top1": _accuracy(head, test_feats, test_labels), "lr": lrs[0], "val_top1": {}}
     check_held_out_split(train_labels, num_classes)
     idx = torch.arange(len(train_labels))
@@ -63,10 +63,10 @@ def linear_probe(
     fit_idx, val_idx = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
     val_acc = {}
     for lr in lrs:
-        head = train_linear_probe(train_feats[fit_idx], train_labels[fit_idx], num_classes, lr, **recipe)
+        head = train_linear_probe(train_feats[fit_idx], train_labels[fit_idx], num_classes, lr=lr, **recipe)
         val_acc[lr] = _accuracy(head, train_feats[val_idx], train_labels[val_idx])
     best = max(lrs, key=lambda lr: (val_acc[lr], -lr))
-    head = train_linear_probe(train_feats, train_labels, num_classes, best, **recipe)
+    head = train_linear_probe(train_feats, train_labels, num_classes, lr=best, **recipe)
     return {
         "top1": _accuracy(head, test_feats, test_labels),
         "lr": best,

@@ -14,7 +14,7 @@ from kmim.progress import progress_bar
 
 @torch.no_grad()
 def token_counts(
-    tok: Any, ds: Any, num_classes: int, device: Any, batch_size: int = 256, progress: bool = True
+    tok: Any, ds: Any, num_classes: int, *, device: Any, batch_size: int = 256, progress: bool = True
 ) -> np.ndarray:
     """Co-occurrence matrix N (K, L) of the tokens of every patch of `ds` with its image's label (n_kl = patches
     of class l with token k)."""
@@ -23,5 +23,5 @@ def token_counts(
     for imgs, labels in progress_bar(make_loader(ds, batch_size, shuffle=False), desc="encoding", disable=not progress):
         y = labels.to(device)
         t = tok.encode(imgs.to(device), y if tok.needs_labels else None)  # (B, P)
-        counts += cooccurrence(t.cpu().numpy(), labels.numpy(), tok.k, num_classes)
+        counts += cooccurrence(t.cpu().numpy(), labels.numpy(), tok.k, num_classes=num_classes)
     return counts

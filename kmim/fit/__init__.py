@@ -139,7 +139,7 @@ def training_split(cfg: RunConfig, rank: int = 0, world: int = 1) -> FitData:
     return FitData(ds, info, patch, cfg.data.name, rank, world, cfg.data.num_workers)
 
 
-def prepare_tokenizer(cfg: RunConfig, progress: bool = True, rank: int = 0, world: int = 1) -> Tokenizer | None:
+def prepare_tokenizer(cfg: RunConfig, progress: bool = True, rank: int = 0, *, world: int = 1) -> Tokenizer | None:
     """What pretraining needs: None for pixel targets, else the tokenizer at cfg.tokenizer.path or one fitted on
     the training split (by process `rank` of `world` when the kind shards its fit: `shards_fit`)."""
     if cfg.train.target != "tokens":

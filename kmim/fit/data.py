@@ -24,4 +24,12 @@ class FitData:
 
     def meta(self, k: int, feature_source: str, feature_dim: int, **extra: Any) -> dict[str, Any]:
         """The fields every tokenizer file records (kmim.tokenizers.base), plus `extra`."""
-        return base_meta(k, self.patch_size, self.info, self.dataset, feature_source, feature_dim, **extra)
+        return base_meta(
+            k,
+            self.patch_size,
+            self.info,
+            dataset=self.dataset,
+            feature_source=feature_source,
+            feature_dim=feature_dim,
+            **extra,
+        )

@@ -118,11 +118,11 @@ def _create_timm(name: str, kwargs: dict[str, Any], weights: str | None) -> nn.M
             f"pretrained weights of {name} could not be downloaded ({_first_line(e)}): "
             "pass a local file with tokenizer.encoder_weights=<path>"
         ) from None
-    _load_strictly(model, state, weights, name, kwargs)
+    _load_strictly(model, state, weights, name=name, kwargs=kwargs)
     return model
 
 
-def _load_strictly(model: nn.Module, state: dict[str, Any], weights: str, name: str, kwargs: dict[str, Any]) -> None:
+def _load_strictly(model: nn.Module, state: dict[str, Any], weights: str, *, name: str, kwargs: dict[str, Any]) -> None:
     """Load `state` through the architecture's timm checkpoint filter (position-embedding resampling, format
     conversion); every encoder weight must be there (a classifier head is not needed, extra keys are ignored)."""
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
@@ -209,7 +209,7 @@ def kmim_encoder(cfg: TokenizerConfig, grid: tuple[int, int], info: Any) -> tupl
 
 
 def supervised_encoder(
-    cfg: TokenizerConfig, ds: Dataset[Any], info: Any, patch_size: int, device: torch.device, progress: bool
+    cfg: TokenizerConfig, ds: Dataset[Any], info: Any, *, patch_size: int, device: torch.device, progress: bool
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A ViT of cfg.supervised.preset (patch = the MIM's) trained on the labelled split ds, and its meta fields."""
     h, w = ds[0][0].shape[-2:]
@@ -223,10 +223,10 @@ def supervised_encoder(
             enc,
             len(info.classes),
             ds,
-            sup.epochs,
-            sup.lr,
-            cfg.batch_size,
-            device,
+            epochs=sup.epochs,
+            lr=sup.lr,
+            batch_size=cfg.batch_size,
+            device=device,
             seed=cfg.seed,
             patch_drop=sup.patch_drop,
             progress=progress,

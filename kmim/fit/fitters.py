@@ -35,6 +35,7 @@ def fit_kmeans_tokenizer(
     cfg: TokenizerConfig,
     data: FitData,
     source: FeatureSource,
+    *,
     meta: dict[str, Any],
     device: torch.device,
     progress: bool,
@@ -45,7 +46,7 @@ def fit_kmeans_tokenizer(
         cfg,
         data.ds,
         lambda imgs: source(imgs.to(device)).float().cpu(),
-        progress,
+        progress=progress,
         rank=data.rank,
         world=data.world,
         num_workers=data.num_workers,
@@ -58,7 +59,7 @@ def fit_pixels(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> KM
     """K-MIM PIXEL: K-means over (optionally per-patch standardized) pixel patches."""
     source = PixelSource(data.patch_size, data.info.channels, cfg.patch_norm)
     meta = data.meta(cfg.k, "pixels", source.dim, patch_norm=cfg.patch_norm)
-    return fit_kmeans_tokenizer(cfg, data, source, meta, torch.device("cpu"), progress)
+    return fit_kmeans_tokenizer(cfg, data, source, meta=meta, device=torch.device("cpu"), progress=progress)
 
 
 def fit_hog(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> KMeansTokenizer:
@@ -66,9 +67,9 @@ def fit_hog(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> KMean
     h = cfg.hog
     check_hog_params(data.patch_size, h.cells, h.bins)
     info = data.info
-    source = HOGSource(data.patch_size, info.channels, h.cells, h.bins, list(info.mean), list(info.std))
+    source = HOGSource(data.patch_size, info.channels, h.cells, bins=h.bins, mean=list(info.mean), std=list(info.std))
     meta = data.meta(cfg.k, "hog", source.dim, hog_cells=h.cells, hog_bins=h.bins, hog_eps=HOG_EPS)
-    return fit_kmeans_tokenizer(cfg, data, source, meta, torch.device("cpu"), progress)
+    return fit_kmeans_tokenizer(cfg, data, source, meta=meta, device=torch.device("cpu"), progress=progress)
 
 
 def fit_features(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> KMeansTokenizer:
@@ -81,13 +82,15 @@ def fit_features(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> 
     elif source_kind == "kmim":
         enc, src_meta = kmim_encoder(cfg, grid, data.info)
     else:
-        enc, src_meta = supervised_encoder(cfg, data.ds, data.info, data.patch_size, device, progress)
+        enc, src_meta = supervised_encoder(
+            cfg, data.ds, data.info, patch_size=data.patch_size, device=device, progress=progress
+        )
     check_layer(cfg.layer, len(cast(Sized, enc.blocks)))
     label = f"{source_kind}:{cfg.encoder}" if source_kind != "supervised" else f"supervised:{cfg.supervised.preset}"
     meta = data.meta(
         cfg.k, label, int(cast(int, enc.embed_dim)), source=source_kind, layer=cfg.layer, grid=list(grid), **src_meta
     )
-    return fit_kmeans_tokenizer(cfg, data, EncoderSource(enc, meta), meta, device, progress)
+    return fit_kmeans_tokenizer(cfg, data, EncoderSource(enc, meta), meta=meta, device=device, progress=progress)
 
 
 def fit_vq(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> VQTokenizer:
@@ -104,8 +107,19 @@ def fit_vq(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> VQToke
         "seed": cfg.seed,
     }
     with isolated_rng(cfg.seed, device):
-        vae = VQVAE(data.info.channels, data.patch_size, cfg.k, v.dim, v.hidden).to(device)
-        fit = train_vqvae(vae, data.ds, v.epochs, v.lr, cfg.batch_size, v.beta, v.decay, device, cfg.seed, progress)
+        vae = VQVAE(data.info.channels, data.patch_size, cfg.k, dim=v.dim, hidden=v.hidden).to(device)
+        fit = train_vqvae(
+            vae,
+            data.ds,
+            v.epochs,
+            lr=v.lr,
+            batch_size=cfg.batch_size,
+            beta=v.beta,
+            decay=v.decay,
+            device=device,
+            seed=cfg.seed,
+            progress=progress,
+        )
     meta = data.meta(cfg.k, "vq-vae", v.dim, **hparams)
     meta.update(fit=fit, **provenance())
     return VQTokenizer(meta, vae.cpu().eval())

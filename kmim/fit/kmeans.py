@@ -29,7 +29,7 @@ class KMeansResult:
     counts: np.ndarray  # (K,) vectors per centroid in the fitted sample
 
 
-def subsample(n: int, k: int, max_points_per_centroid: int, seed: int) -> np.ndarray | None:
+def subsample(n: int, k: int, max_points_per_centroid: int, *, seed: int) -> np.ndarray | None:
     """Indices of a seeded random subset of size k * max_points_per_centroid (faiss's rule), or None to keep all."""
     cap = k * max_points_per_centroid
     if n <= cap:
@@ -40,12 +40,12 @@ def subsample(n: int, k: int, max_points_per_centroid: int, seed: int) -> np.nda
 SEED_POINTS_PER_CENTROID = 64  # k-means++ seeds on at most k * this many of the sample's points
 
 
-def kmeans_pp_start(sample: np.ndarray, k: int, seed: int, progress: bool) -> np.ndarray:
+def kmeans_pp_start(sample: np.ndarray, k: int, seed: int, *, progress: bool) -> np.ndarray:
     """k-means++ centroids (K, D) from a seeded subset of at most k * SEED_POINTS_PER_CENTROID sample rows.
 
     Seeding is sequential and reads every point once per centroid (O(N K D)); Lloyd then refines on the whole
     sample, so seeding on a subset keeps the fit fast at large K and D without costing inertia (benchmarks.md)."""
-    idx = subsample(len(sample), k, SEED_POINTS_PER_CENTROID, seed)
+    idx = subsample(len(sample), k, SEED_POINTS_PER_CENTROID, seed=seed)
     pts = sample if idx is None else sample[idx]
     if progress:
         tqdm.write(f"k-means++ seeding: K={k} on {len(pts):,} of the {len(sample):,} sample points")
@@ -61,6 +61,7 @@ def fit_kmeans(
     x: np.ndarray,
     k: int,
     niter: int = 20,
+    *,
     seed: int = 0,
     max_points_per_centroid: int = 1024,
     init: str = "kmeans++",
@@ -75,14 +76,14 @@ def fit_kmeans(
     """
     n, d = x.shape
     check_enough(n, k)
-    idx = subsample(n, k, max_points_per_centroid, seed)
+    idx = subsample(n, k, max_points_per_centroid, seed=seed)
     sample = np.ascontiguousarray(x if idx is None else x[idx], dtype=np.float32)
     if len(sample) < 39 * k:  # faiss's own threshold; it would warn on every iteration
         tqdm.write(f"note: K-means with K={k} on only {len(sample)} vectors (< 39 per centroid): noisy centroids")
     ppc = max(len(sample) // k + 1, 1)
     km = faiss.Kmeans(d, k, niter=1, seed=seed, max_points_per_centroid=ppc, min_points_per_centroid=1, verbose=False)
     bar = progress_bar(range(niter), desc=f"k-means K={k} on {len(sample):,}x{d}", disable=not progress, leave=False)
-    start = kmeans_pp_start(sample, k, seed, progress) if init == "kmeans++" else None
+    start = kmeans_pp_start(sample, k, seed, progress=progress) if init == "kmeans++" else None
     for it in bar:
         km.train(sample, init_centroids=start if it == 0 else km.centroids)
         bar.set_postfix(inertia=f"{cast(np.ndarray, km.obj)[-1] / len(sample):.4g}")
@@ -117,10 +118,10 @@ def sample_patches(
     ds: Dataset[Any],
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     cap: int,
+    *,
     seed: int,
     batch_size: int = 256,
     progress: bool = True,
-    *,
     rank: int = 0,
     world: int = 1,
     num_workers: int = 0,
@@ -172,8 +173,8 @@ def fit_patch_kmeans(
     cfg: TokenizerConfig,
     ds: Dataset[Any],
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
-    progress: bool,
     *,
+    progress: bool,
     rank: int = 0,
     world: int = 1,
     num_workers: int = 0,
@@ -185,11 +186,27 @@ def fit_patch_kmeans(
     cap = cfg.k * cfg.max_points_per_centroid
     with torch.no_grad():
         x = sample_patches(
-            sub, feature_fn, cap, cfg.seed, cfg.batch_size, progress, rank=rank, world=world, num_workers=num_workers
+            sub,
+            feature_fn,
+            cap,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            rank=rank,
+            world=world,
+            num_workers=num_workers,
         )
     check_enough(len(x), cfg.k)  # on every process (each holds the whole sample) before rank 0 alone goes on
     fitted = None
     if rank == 0:
-        res = fit_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress)
+        res = fit_kmeans(
+            x,
+            cfg.k,
+            cfg.niter,
+            seed=cfg.seed,
+            max_points_per_centroid=cfg.max_points_per_centroid,
+            init=cfg.init,
+            progress=progress,
+        )
         fitted = (torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(cast(Sized, sub))})
     return broadcast_object(fitted) if world > 1 else fitted  # type: ignore[return-value]

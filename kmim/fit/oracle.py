@@ -23,7 +23,7 @@ from kmim.tokenizers.sources import PixelSource
 
 
 def sample_class_patches(
-    ds: Dataset[Any], feature_fn: Any, cap_per_class: int, num_classes: int, seed: int, progress: bool = True
+    ds: Dataset[Any], feature_fn: Any, cap_per_class: int, *, num_classes: int, seed: int, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded sample of patch vectors (N, D) float32 and their images' labels (N,), drawn evenly over the images,
     about 2 * cap_per_class per class for balanced classes."""
@@ -43,7 +43,7 @@ def sample_class_patches(
 
 
 def _fit_per_class(
-    cfg: TokenizerConfig, x: np.ndarray, y: np.ndarray, num_classes: int, clusters: int, progress: bool
+    cfg: TokenizerConfig, x: np.ndarray, y: np.ndarray, *, num_classes: int, clusters: int, progress: bool
 ) -> tuple[torch.Tensor, list[KMeansResult]]:
     """K-means with `clusters` centroids on each class's patches: centroids (L, M, D) and the fit results."""
     cents, results = [], []
@@ -56,7 +56,15 @@ def _fit_per_class(
                 f"class {c} has {len(xc)} sampled patches, fewer than the {clusters} clusters per class: "
                 "lower tokenizer.k or use more images"
             )
-        res = fit_kmeans(xc, clusters, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.init, progress=False)
+        res = fit_kmeans(
+            xc,
+            clusters,
+            cfg.niter,
+            seed=cfg.seed,
+            max_points_per_centroid=cfg.max_points_per_centroid,
+            init=cfg.init,
+            progress=False,
+        )
         cents.append(torch.from_numpy(res.centroids))
         results.append(res)
     return torch.stack(cents), results
@@ -76,7 +84,7 @@ def _oracle_fit_meta(cfg: TokenizerConfig, results: list[KMeansResult]) -> dict[
 
 
 def _fit_oracle(
-    cfg: TokenizerConfig, data: FitData, clusters: int, k: int, progress: bool
+    cfg: TokenizerConfig, data: FitData, clusters: int, *, k: int, progress: bool
 ) -> tuple[dict[str, Any], torch.Tensor, list[KMeansResult]]:
     num_classes = len(data.info.classes)
     source = PixelSource(data.patch_size, data.info.channels, cfg.patch_norm)
@@ -90,8 +98,8 @@ def _fit_oracle(
         uses_labels=True,
     )
     cap = clusters * cfg.max_points_per_centroid
-    x, y = sample_class_patches(data.ds, source, cap, num_classes, cfg.seed, progress)
-    cents, results = _fit_per_class(cfg, x, y, num_classes, clusters, progress)
+    x, y = sample_class_patches(data.ds, source, cap, num_classes=num_classes, seed=cfg.seed, progress=progress)
+    cents, results = _fit_per_class(cfg, x, y, num_classes=num_classes, clusters=clusters, progress=progress)
     meta.update(fit=_oracle_fit_meta(cfg, results), **provenance())
     return meta, cents, results
 
@@ -102,7 +110,7 @@ def fit_class_wise(cfg: TokenizerConfig, data: FitData, progress: bool = True) -
     if cfg.k < num_classes:
         raise KmimError(f"tokenizer.k={cfg.k} is below the {num_classes} classes: class-wise needs K >= L")
     per_class = cfg.k // num_classes
-    meta, cents, _ = _fit_oracle(cfg, data, per_class, per_class * num_classes, progress)
+    meta, cents, _ = _fit_oracle(cfg, data, per_class, k=per_class * num_classes, progress=progress)
     return ClassWiseTokenizer(meta, cents)
 
 
@@ -117,7 +125,7 @@ def size_ranks(counts: np.ndarray) -> np.ndarray:
 
 def fit_cross_class(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> CrossClassTokenizer:
     """K-means with K clusters within each class; token = the cluster's size rank within its class."""
-    meta, cents, results = _fit_oracle(cfg, data, cfg.k, cfg.k, progress)
+    meta, cents, results = _fit_oracle(cfg, data, cfg.k, k=cfg.k, progress=progress)
     ranks = size_ranks(np.stack([r.counts for r in results]))  # (L, K)
     return CrossClassTokenizer(meta, cents, torch.from_numpy(ranks))
 

@@ -59,7 +59,7 @@ def init_codebook(vae: VQVAE, z: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def ema_update(vae: VQVAE, z: torch.Tensor, codes: torch.Tensor, decay: float, threshold: float = 1.0) -> int:
+def ema_update(vae: VQVAE, z: torch.Tensor, codes: torch.Tensor, *, decay: float, threshold: float = 1.0) -> int:
     """EMA codebook step on z (N, dim) assigned to codes (N,); restarts dead codes; returns how many restarted.
 
     n_k <- decay n_k + (1 - decay) |{i: c_i = k}|,  s_k <- decay s_k + (1 - decay) sum_{c_i = k} z_i,
@@ -84,6 +84,7 @@ def train_vqvae(
     vae: VQVAE,
     ds: Dataset[Any],
     epochs: int,
+    *,
     lr: float,
     batch_size: int,
     beta: float,
@@ -112,7 +113,7 @@ def train_vqvae(
 
     def on_step(_step: int, parts: dict[str, Any]) -> None:
         nonlocal restarts
-        restarts += ema_update(vae, parts["z"].detach().flatten(0, 1), parts["codes"].flatten(), decay)
+        restarts += ema_update(vae, parts["z"].detach().flatten(0, 1), parts["codes"].flatten(), decay=decay)
 
     def postfix(_loss: float, parts: dict[str, Any]) -> dict[str, Any]:
         return {"rec": f"{parts['rec']:.4f}", "commit": f"{parts['commit']:.4f}", "restarts": restarts}
@@ -124,22 +125,22 @@ def train_vqvae(
             loader,
             loss_fn,
             opt,
-            schedule,
-            step,
-            steps_per_epoch,
+            schedule=schedule,
+            step=step,
+            n_batches=steps_per_epoch,
             on_step=on_step,
             desc=f"vq-vae {epoch + 1}/{epochs}",
             progress=progress,
             postfix=postfix,
         ).step
     wall = time.perf_counter() - t0
-    stats = codebook_stats(vae, ds, batch_size, device, progress)
+    stats = codebook_stats(vae, ds, batch_size, device=device, progress=progress)
     return {**stats, "epochs": epochs, "steps": step, "restarts": restarts, "wall_s": round(wall, 2)}
 
 
 @torch.no_grad()
 def codebook_stats(
-    vae: nn.Module, ds: Dataset[Any], batch_size: int, device: torch.device, progress: bool = True
+    vae: nn.Module, ds: Dataset[Any], batch_size: int, *, device: torch.device, progress: bool = True
 ) -> dict[str, Any]:
     """On every patch of ds: codebook usage and perplexity (`usage_stats`), inertia = mean ||z - e_c||^2 (the
     quantization error, comparable to K-means' inertia) and recon_mse = mean squared pixel error per value."""

@@ -30,6 +30,7 @@ def bootstrap_ci(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
     stat: Callable[[np.ndarray, np.ndarray], float],
+    *,
     n: int = 2000,
     level: float = 0.95,
     seed: int = 0,

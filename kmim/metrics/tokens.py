@@ -15,7 +15,7 @@ import numpy as np
 from kmim.errors import KmimError
 
 
-def cooccurrence(tokens: Any, labels: Any, k: int | None = None, num_classes: int | None = None) -> np.ndarray:
+def cooccurrence(tokens: Any, labels: Any, k: int | None = None, *, num_classes: int | None = None) -> np.ndarray:
     """N (K, L) int64 with n_kl = #patches of class l with token k.
 
     tokens (B, P) with labels (B,) — every patch takes its image's label — or tokens (N,) with labels (N,).
@@ -163,9 +163,9 @@ def perplexity(counts: np.ndarray) -> float:
     return float(np.exp(_entropy(t / t.sum())))
 
 
-def token_metrics(tokens: Any, labels: Any, k: int, num_classes: int | None = None) -> dict[str, float | int]:
+def token_metrics(tokens: Any, labels: Any, k: int, *, num_classes: int | None = None) -> dict[str, float | int]:
     """All token metrics for token ids (B, P) and image labels (B,) of a codebook of size k."""
-    n = cooccurrence(tokens, labels, k, num_classes)
+    n = cooccurrence(tokens, labels, k, num_classes=num_classes)
     return {
         "tcas": tcas_from_counts(n),
         "tcas_null": tcas_null(n),

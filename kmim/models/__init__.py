@@ -92,11 +92,13 @@ def _mae_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def build_mim(spec: ModelSpec, img_size: int, in_chans: int, out_dim: int) -> MaskedImageModel:
+def build_mim(spec: ModelSpec, img_size: int, in_chans: int, *, out_dim: int) -> MaskedImageModel:
     """Encoder + decoder with MAE's initialisation; out_dim = K (token logits) or p*p*C (pixels)."""
     enc = build_encoder(spec, img_size, in_chans)
     grid = tuple(enc.patch_embed.grid_size)
-    dec = MIMDecoder(spec.embed_dim, spec.decoder_dim, spec.decoder_depth, spec.decoder_heads, grid, out_dim)
+    dec = MIMDecoder(
+        spec.embed_dim, spec.decoder_dim, spec.decoder_depth, heads=spec.decoder_heads, grid=grid, out_dim=out_dim
+    )
     model = MaskedImageModel(enc, dec)
     model.apply(_mae_init)
     w = enc.patch_embed.proj.weight
@@ -107,7 +109,7 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, out_dim: int) -> Ma
 
 
 def build_classifier(
-    timm_name: str, timm_kwargs: dict[str, Any], num_classes: int, pool: str, drop_path: float
+    timm_name: str, timm_kwargs: dict[str, Any], num_classes: int, *, pool: str, drop_path: float
 ) -> nn.Module:
     """A timm ViT for fine-tuning: the pretrained encoder's architecture with a `num_classes` head, global pool
     `avg` (mean of the patch tokens + fc_norm, MAE's global_pool) or `token` (CLS), and stochastic depth; the head

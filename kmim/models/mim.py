@@ -41,6 +41,7 @@ class MIMDecoder(nn.Module):
         enc_dim: int,
         dim: int,
         depth: int,
+        *,
         heads: int,
         grid: tuple[int, int],
         out_dim: int,

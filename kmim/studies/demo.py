@@ -60,7 +60,7 @@ def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | Non
     if config_to_dict(load_config(None, (), base=ckpt["config"])) != config_to_dict(cfg):  # same defaults/layout
         raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(last))
-    return resume(run_dir, cfg, ckpt, tok, progress, on_epoch=on_epoch)[0]
+    return resume(run_dir, cfg, ckpt, tokenizer=tok, progress=progress, on_epoch=on_epoch)[0]
 
 
 EVAL_SHARE = 0.1  # tokenizer + evaluations / pretraining time in the measured demos (114 s / 1,206 s)
@@ -98,6 +98,7 @@ def run_demo(
     out: str,
     config: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    *,
     fast: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:

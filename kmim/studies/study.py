@@ -132,15 +132,15 @@ def _tcas_groups(runs: Path, seed: int) -> dict[str, tuple[str, ...]]:
 # ---- one arm ------------------------------------------------------------------------------------------------------
 
 
-def arm_config(arm: Arm, out: Path, config: str | None, overrides: list[str]) -> RunConfig:
+def arm_config(arm: Arm, out: Path, config: str | None, *, overrides: list[str]) -> RunConfig:
     """The arm's config: the preset and overrides, the arm's own settings, and its seed for both the pretraining and
     the tokenizer fit (K-means sample and init, or the VQ-VAE), so the seed spread includes the tokenizer's noise."""
     from kmim.resolve import load_run_config
 
-    return load_run_config(config, arm_overrides(arm, out, overrides, config))
+    return load_run_config(config, arm_overrides(arm, out, overrides, config=config))
 
 
-def arm_overrides(arm: Arm, out: Path, overrides: list[str], config: str | None = None) -> list[str]:
+def arm_overrides(arm: Arm, out: Path, overrides: list[str], *, config: str | None = None) -> list[str]:
     """The study's overrides, then the arm's. A per-kind tokenizer option among the study's (tokenizer.vq.epochs=1
     for a quick study) reaches only the arms whose tokenizer reads it."""
     from kmim.config import load_config
@@ -158,7 +158,7 @@ def arm_overrides(arm: Arm, out: Path, overrides: list[str], config: str | None 
     return [o for o in ov if not (o in overrides and o.startswith(unused))]
 
 
-def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], out: Path) -> None:
+def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], *, out: Path) -> None:
     """A study continues only under the config its finished arms ran with: the first field that differs is named."""
     from kmim.config import load_config
 
@@ -183,16 +183,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, progress: bool) -> dict[str, Any]:
+def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, *, progress: bool) -> dict[str, Any]:
     """kNN, linear probe, low-shot probe (CLS feature), TCAS / NMI of the run's tokenizer, and optionally kNN at
     every numbered checkpoint and the probe at those in PROBE_AT."""
     from kmim.eval import load_encoder, split_features
     from kmim.eval.lowshot import low_shot_probe
 
-    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
+    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress=progress)
     tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
-    knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls)
-    low = low_shot_probe(tr, try_, te, tey, SHOTS, DRAWS, cfg.train.seed)
+    knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls=n_cls)
+    low = low_shot_probe(tr, try_, te, test_labels=tey, shots=SHOTS, draws=DRAWS, seed=cfg.train.seed)
     rec = {
         "knn_top1": knn,
         "linear_probe_top1": probe,
@@ -210,6 +210,7 @@ def _knn_and_probe(
     cfg: RunConfig,
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
+    *,
     n_cls: int,
     probe: bool = True,
 ) -> tuple[float, float | None]:
@@ -218,10 +219,19 @@ def _knn_and_probe(
     from kmim.eval.probe import linear_probe, probe_recipe
 
     e = cfg.eval
-    knn = top1(weighted_knn_predict(*train, test[0], n_cls, e.knn_k, e.knn_temperature), test[1])
+    knn = top1(
+        weighted_knn_predict(*train, test[0], num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature), test[1]
+    )
     if not probe:
         return knn, None
-    res = linear_probe(*train, *test, n_cls, list(e.probe_lrs), **probe_recipe(e, cfg.train.seed))
+    res = linear_probe(
+        *train,
+        test[0],
+        test_labels=test[1],
+        num_classes=n_cls,
+        lrs=list(e.probe_lrs),
+        **probe_recipe(e, cfg.train.seed),
+    )
     return knn, res["top1"]
 
 
@@ -235,7 +245,7 @@ def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, An
 
     data = training_split(cfg)
     tok = load_tokenizer(run_dir / "tokenizer.pt")
-    counts = token_counts(tok, data.ds, len(data.info.classes), _device(cfg), progress=False)
+    counts = token_counts(tok, data.ds, len(data.info.classes), device=_device(cfg), progress=False)
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
 
 
@@ -263,7 +273,9 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
         epoch = int(ckpt.stem.split("-")[1])
         (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
         pool = cfg.eval.pool
-        knn, probe = _knn_and_probe(cfg, (trf[pool], try_), (tef[pool], tey), n_cls, probe=epoch in probe_epochs(cfg))
+        knn, probe = _knn_and_probe(
+            cfg, (trf[pool], try_), (tef[pool], tey), n_cls=n_cls, probe=epoch in probe_epochs(cfg)
+        )
         knn_pts.append([epoch, knn])
         if probe is not None:
             probe_pts.append([epoch, probe])
@@ -281,7 +293,7 @@ def _finetune(run_dir: Path, progress: bool) -> float:
         return cast(float, ft.read_results()["finetune_top1"])
     if status == "unfinished":
         return cast(float, continue_run(str(ft.path), [], progress)[1]["finetune_top1"])
-    return cast(float, start(str(run_dir), None, [], progress, overwrite=ft.path.exists())[1]["finetune_top1"])
+    return cast(float, start(str(run_dir), None, [], progress=progress, overwrite=ft.path.exists())[1]["finetune_top1"])
 
 
 def _device(cfg: RunConfig) -> str:
@@ -291,7 +303,7 @@ def _device(cfg: RunConfig) -> str:
 
 
 def run_recipe_arm(
-    arm: Arm, cfg: RunConfig, ov: list[str], config: str | None, out: Path, progress: bool
+    arm: Arm, cfg: RunConfig, ov: list[str], *, config: str | None, out: Path, progress: bool
 ) -> dict[str, Any]:
     """finetune-recipe: fine-tune a random-init encoder (seed finetune.seed) with the candidate (`cfg`, built from
     `config` and `ov`), scored on the held-out part of train."""
@@ -303,7 +315,7 @@ def run_recipe_arm(
     if run.status() == "unfinished":
         res = continue_run(str(run.path), [], progress)[1]
     else:
-        res = start(None, config, ov, progress, overwrite=run.path.exists())[1]
+        res = start(None, config, ov, progress=progress, overwrite=run.path.exists())[1]
     rec = {
         "arm": arm.name,
         "group": arm.group,
@@ -323,7 +335,7 @@ def _attentive(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
     from kmim.eval import load_encoder
     from kmim.eval.attentive import attentive_probe
 
-    res = attentive_probe(load_encoder(run_dir)[0], cfg, _device(cfg), progress)
+    res = attentive_probe(load_encoder(run_dir)[0], cfg, _device(cfg), progress=progress)
     return {
         "attentive_top1": res["top1"],
         "attentive_held_out_top1": res["held_out_top1"],
@@ -344,15 +356,17 @@ def _target_curves(run_dir: Path) -> dict[str, Any]:
 
 
 def run_arm(
-    arm: Arm, out: Path, config: str | None, overrides: list[str], curve: bool, progress: bool, study: str = ""
+    arm: Arm, out: Path, config: str | None, *, overrides: list[str], curve: bool, progress: bool, study: str = ""
 ) -> dict[str, Any]:
     """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
 
-    cfg = arm_config(arm, out, config, overrides)
+    cfg = arm_config(arm, out, config, overrides=overrides)
     if arm.name in RECIPES:
-        return run_recipe_arm(arm, cfg, arm_overrides(arm, out, overrides, config), config, out, progress)
+        return run_recipe_arm(
+            arm, cfg, arm_overrides(arm, out, overrides, config=config), config=config, out=out, progress=progress
+        )
     t0 = time.perf_counter()
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
@@ -366,7 +380,7 @@ def run_arm(
         "target": cfg.train.target,
         "tokenizer_seed": cfg.tokenizer.seed if tokens or online else None,
         "tokenizer_inertia": _inertia(run_dir) if tokens else None,
-        **evaluate_arm(cfg, run_dir, curve, progress),
+        **evaluate_arm(cfg, run_dir, curve, progress=progress),
         "train_s": round(t1 - t0, 1),
         "eval_s": round(time.perf_counter() - t1, 1),
         "config": config_to_dict(cfg),
@@ -387,7 +401,7 @@ def run_arm(
 
 
 def run_study(
-    study: str, out: Path, config: str | None, overrides: list[str], progress: bool = True
+    study: str, out: Path, config: str | None, *, overrides: list[str], progress: bool = True
 ) -> list[dict[str, Any]]:
     """Run (or continue) every arm of `study` and write its report; returns the records."""
     from kmim.paths import check_folder_writable
@@ -395,10 +409,10 @@ def run_study(
     check_folder_writable(out)
     todo = arms(study, out)
     for arm in todo:  # every config is checked before the first run starts, finished arms against their records
-        cfg = arm_config(arm, out, config, overrides)
+        cfg = arm_config(arm, out, config, overrides=overrides)
         path = out / "records" / f"{arm.name}.json"
         if path.is_file():
-            check_same_config(arm, cfg, json.loads(path.read_text()), out)
+            check_same_config(arm, cfg, json.loads(path.read_text()), out=out)
     records = []
     for i, arm in enumerate(todo):
         path = out / "records" / f"{arm.name}.json"
@@ -407,8 +421,10 @@ def run_study(
             continue
         if progress:
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
-        records.append(run_arm(arm, out, config, overrides, study == "vs-mae", progress, study))
-    write_report(study, out, records, config, overrides)
+        records.append(
+            run_arm(arm, out, config, overrides=overrides, curve=study == "vs-mae", progress=progress, study=study)
+        )
+    write_report(study, out, records, config=config, overrides=overrides)
     return records
 
 
@@ -420,7 +436,7 @@ def verdicts(study: str, records: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(
-    study: str, out: Path, records: list[dict[str, Any]], config: str | None, overrides: list[str]
+    study: str, out: Path, records: list[dict[str, Any]], *, config: str | None, overrides: list[str]
 ) -> None:
     from kmim.runinfo import environment, write_text
     from kmim.studies import study_rules

@@ -55,7 +55,7 @@ class TokenizerReport:
         }
 
 
-def analyze(name: str, m: sp.csr_matrix, y1: np.ndarray, tokens: np.ndarray, cfg: BoundConfig) -> TokenizerReport:
+def analyze(name: str, m: sp.csr_matrix, y1: np.ndarray, *, tokens: np.ndarray, cfg: BoundConfig) -> TokenizerReport:
     """Merge M (N1, N2) by `tokens` (N2,), build the augmentation graph and compute every quantity of the report."""
     mt = tokenized_mask_graph(m, tokens)  # (N1, S)
     spec = augmentation_spectrum(mt, top=max(cfg.k + 1, N_EIGS))
@@ -71,7 +71,7 @@ def analyze(name: str, m: sp.csr_matrix, y1: np.ndarray, tokens: np.ndarray, cfg
         connectivity=metrics.class_connectivity(mt, y1),
         tail=tail,
         lam_k1=lam_k1,
-        bound=metrics.bound_zhang(tail, alpha, cfg.c1, cfg.c2),
+        bound=metrics.bound_zhang(tail, alpha, cfg.c1, c2=cfg.c2),
         bound_haochen=metrics.bound_haochen(alpha, lam_k1),
         eigenvalues=spec.top,
         frob_sq=spec.frob_sq,

@@ -66,7 +66,7 @@ def content_ids(patches: np.ndarray) -> np.ndarray:
     return inv.reshape(n, L)
 
 
-def kmeans_ids(train: np.ndarray, patches: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans_ids(train: np.ndarray, patches: np.ndarray, k: int, *, seed: int) -> np.ndarray:
     """Pixel K-means tokens: fit on the training patches (N, L, D), assign `patches` (n, L, D) -> (n, L)."""
     res = fit_kmeans(train.reshape(-1, train.shape[-1]), k, niter=20, seed=seed, progress=False)
     n, L, d = patches.shape
@@ -101,7 +101,7 @@ def build_empirical(per_class: int, ks: list[int], seed: int) -> EmpiricalGraph:
     bg = (0.0 - MNIST_MEAN) / MNIST_STD
     tokens = {"identity": content_ids(patches)}
     for k in ks:
-        tokens[f"kmeans-{k}"] = kmeans_ids(train, patches, k, seed)
+        tokens[f"kmeans-{k}"] = kmeans_ids(train, patches, k, seed=seed)
     tokens["class-wise"] = np.repeat(y[:, None], L, axis=1)
     if ks:
         kmax = max(ks)

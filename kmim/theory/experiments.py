@@ -60,14 +60,14 @@ def synthetic_tokenizers(pop: P.Population, spec: SyntheticSpec) -> dict[str, np
         f"class-wise-{n_tok}": P.class_wise_tokens(pop, n_tok),
         "cross-class-1": P.cross_class_tokens(pop, 1),
         f"cross-class-{n_tok}": P.cross_class_tokens(pop, n_tok),
-        f"kmeans-{k} (sep 3)": P.kmeans_tokens(P.patch_features(pop, 3.0, 0.1, spec.seed), k, spec.seed),
-        f"kmeans-{k} (sep 0.1)": P.kmeans_tokens(P.patch_features(pop, 0.1, 0.1, spec.seed), k, spec.seed),
+        f"kmeans-{k} (sep 3)": P.kmeans_tokens(P.patch_features(pop, 3.0, 0.1, seed=spec.seed), k, spec.seed),
+        f"kmeans-{k} (sep 0.1)": P.kmeans_tokens(P.patch_features(pop, 0.1, 0.1, seed=spec.seed), k, spec.seed),
     }
 
 
 def toy_case() -> Case:
     """The toy example of paper-notes section 7.3: 2 classes, a ring of 4 views each (window 2), no overlap, k = 2."""
-    pop = P.mask_population(2, 4, 2, 0.0)
+    pop = P.mask_population(2, 4, 2, overlap=0.0)
     bound = BoundConfig(k=2)
     case = Case("toy (paper-notes 7.3)", dict(pop.params), set_sizes(pop.m, pop.y1), bound.k)
     for name, tokens in (
@@ -75,16 +75,16 @@ def toy_case() -> Case:
         ("class-wise", P.class_wise_tokens(pop, 1)),
         ("cross-class-4", P.cross_class_tokens(pop, 4)),
     ):
-        case.reports.append(analyze(name, pop.m, pop.y1, tokens, bound))
+        case.reports.append(analyze(name, pop.m, pop.y1, tokens=tokens, cfg=bound))
     return case
 
 
-def synthetic_case(name: str, classes: int, spec: SyntheticSpec, bound: BoundConfig) -> Case:
+def synthetic_case(name: str, classes: int, spec: SyntheticSpec, *, bound: BoundConfig) -> Case:
     """Every synthetic tokenizer on the population with `classes` classes."""
-    pop = P.mask_population(classes, spec.views_per_class, spec.window, spec.overlap)
+    pop = P.mask_population(classes, spec.views_per_class, spec.window, overlap=spec.overlap)
     case = Case(name, dict(pop.params), set_sizes(pop.m, pop.y1), bound.k)
     for tok_name, tokens in synthetic_tokenizers(pop, spec).items():
-        case.reports.append(analyze(tok_name, pop.m, pop.y1, tokens, bound))
+        case.reports.append(analyze(tok_name, pop.m, pop.y1, tokens=tokens, cfg=bound))
     return case
 
 
@@ -109,20 +109,21 @@ def robustness_study(
     spec: SyntheticSpec,
     bound: BoundConfig,
     windows: tuple[int, ...] = (2, 4, 16),
+    *,
     overlaps: tuple[float, ...] = (0.05, 0.1, 0.3),
 ) -> list[dict[str, Any]]:
     """The ordering check of `ordering` on two-class populations over a grid of mask windows and overlaps."""
     cross, rows = f"cross-class-{spec.tokens_per_class}", []
     for w in windows:
         for ov in overlaps:
-            pop = P.mask_population(2, spec.views_per_class, min(w, spec.views_per_class), ov)
+            pop = P.mask_population(2, spec.views_per_class, min(w, spec.views_per_class), overlap=ov)
             case = Case("grid", dict(pop.params), {}, bound.k)
             for name, tokens in (
                 ("identity", P.identity_tokens(pop)),
                 ("class-wise", P.class_wise_tokens(pop, 1)),
                 (cross, P.cross_class_tokens(pop, spec.tokens_per_class)),
             ):
-                case.reports.append(analyze(name, pop.m, pop.y1, tokens, bound))
+                case.reports.append(analyze(name, pop.m, pop.y1, tokens=tokens, cfg=bound))
             row = {"window": pop.params["window"], "overlap": ov}
             for r in case.reports:
                 row[f"{r.name} bound"], row[f"{r.name} bound_haochen"] = r.bound, r.bound_haochen
@@ -143,8 +144,8 @@ def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[s
     ls = [2**e for e in range(int(np.log2(v)) + 1) if v % 2**e == 0]
     out = {}
     for label, window in (("exchangeable", v), ("local", spec.window)):
-        pop = P.mask_population(classes, v, window, spec.overlap)
-        reps = [analyze(f"cross-class-{n}", pop.m, pop.y1, P.cross_class_tokens(pop, n), bound) for n in ls]
+        pop = P.mask_population(classes, v, window, overlap=spec.overlap)
+        reps = [analyze(f"cross-class-{n}", pop.m, pop.y1, tokens=P.cross_class_tokens(pop, n), cfg=bound) for n in ls]
         a_one = augmentation_graph(tokenized_mask_graph(pop.m, P.cross_class_tokens(pop, 1)))
         a_max = augmentation_graph(tokenized_mask_graph(pop.m, P.cross_class_tokens(pop, ls[-1])))
         out[label] = {
@@ -156,8 +157,10 @@ def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[s
             "bound": [r.bound for r in reps],
             "bound_haochen": [r.bound_haochen for r in reps],
             "max_abs_dA": float(abs(a_one - a_max).max()),
-            "identity_bound": analyze("identity", pop.m, pop.y1, P.identity_tokens(pop), bound).bound,
-            "class_wise_bound": analyze("class-wise", pop.m, pop.y1, P.class_wise_tokens(pop, 1), bound).bound,
+            "identity_bound": analyze("identity", pop.m, pop.y1, tokens=P.identity_tokens(pop), cfg=bound).bound,
+            "class_wise_bound": analyze(
+                "class-wise", pop.m, pop.y1, tokens=P.class_wise_tokens(pop, 1), cfg=bound
+            ).bound,
         }
     return out
 
@@ -165,10 +168,13 @@ def merge_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[s
 def mixing_study(classes: int, spec: SyntheticSpec, bound: BoundConfig) -> dict[str, Any]:
     """From class-wise-l (fraction 0) to cross-class-l (fraction 1) by merging a growing random subset of the l arcs
     across classes; the subsets are nested because they are prefixes of one seeded permutation."""
-    pop = P.mask_population(classes, spec.views_per_class, spec.window, spec.overlap)
+    pop = P.mask_population(classes, spec.views_per_class, spec.window, overlap=spec.overlap)
     n_tok = spec.tokens_per_class
     fractions = [i / n_tok for i in range(n_tok + 1)]
-    reps = [analyze(f"mix {f:.3f}", pop.m, pop.y1, P.mixed_tokens(pop, n_tok, f, spec.seed), bound) for f in fractions]
+    reps = [
+        analyze(f"mix {f:.3f}", pop.m, pop.y1, tokens=P.mixed_tokens(pop, n_tok, f, seed=spec.seed), cfg=bound)
+        for f in fractions
+    ]
     return {
         "tokens_per_class": n_tok,
         "fraction": fractions,
@@ -189,5 +195,5 @@ def empirical_case(graph: EmpiricalGraph, bound: BoundConfig, ink_only: bool) ->
     case = Case(name, params, set_sizes(ident, graph.labels), bound.k)
     for tok_name, pt in graph.patch_tokens.items():
         mt = bag_of_tokens_graph(pt, keep)  # (n, S)
-        case.reports.append(analyze(tok_name, mt, graph.labels, np.arange(mt.shape[1]), bound))
+        case.reports.append(analyze(tok_name, mt, graph.labels, tokens=np.arange(mt.shape[1]), cfg=bound))
     return case

@@ -91,7 +91,7 @@ def eigenvalue(spec: Spectrum, i: int) -> float:
     raise KmimError(f"eigenvalue {i} was not computed: ask for more eigenvalues (top >= {i})")
 
 
-def bound_zhang(tail: float, alpha: float, c1: float = 1.0, c2: float = 1.0) -> float:
+def bound_zhang(tail: float, alpha: float, c1: float = 1.0, *, c2: float = 1.0) -> float:
     """Zhang et al. 2022 form of the downstream error bound:  E <= c1 sum_{i > k} lambda_i^2 + c2 alpha."""
     return c1 * tail + c2 * alpha
 

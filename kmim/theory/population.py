@@ -43,7 +43,7 @@ class Population:
         return int(self.params["views_per_class"])
 
 
-def _check_params(classes: int, views_per_class: int, window: int, overlap: float) -> None:
+def _check_params(classes: int, views_per_class: int, window: int, *, overlap: float) -> None:
     if classes < 2:
         raise KmimError(f"--classes={classes}: the population needs at least 2 classes")
     if views_per_class < 2:
@@ -54,9 +54,9 @@ def _check_params(classes: int, views_per_class: int, window: int, overlap: floa
         raise KmimError(f"--overlap={overlap}: the background probability must be in [0, 1)")
 
 
-def mask_population(classes: int, views_per_class: int, window: int, overlap: float) -> Population:
+def mask_population(classes: int, views_per_class: int, window: int, *, overlap: float) -> Population:
     """The population described in the module docstring; background parts exist only when overlap > 0."""
-    _check_params(classes, views_per_class, window, overlap)
+    _check_params(classes, views_per_class, window, overlap=overlap)
     c_n, v, w = classes, views_per_class, window
     n_pools = c_n + (1 if overlap > 0 else 0)  # foreground pools, then the background pool
     img_c, img_i, r = np.meshgrid(np.arange(c_n), np.arange(v), np.arange(w), indexing="ij")  # (C, V, w) each
@@ -110,7 +110,7 @@ def cross_class_tokens(pop: Population, tokens: int = 1) -> np.ndarray:
     return _block(pop.pos, pop.views_per_class, tokens)
 
 
-def mixed_tokens(pop: Population, per_class: int, fraction: float, seed: int = 0) -> np.ndarray:
+def mixed_tokens(pop: Population, per_class: int, fraction: float, *, seed: int = 0) -> np.ndarray:
     """Class-wise with `per_class` arcs, except that a random `fraction` of the arc indices are merged across classes
     (with the background arc of the same index): fraction 0 is `class_wise_tokens`, 1 is `cross_class_tokens`."""
     if not 0.0 <= fraction <= 1.0:
@@ -121,7 +121,7 @@ def mixed_tokens(pop: Population, per_class: int, fraction: float, seed: int = 0
     return np.where(is_mixed, blk, per_class + class_wise_tokens(pop, per_class))
 
 
-def patch_features(pop: Population, separation: float, noise: float, seed: int = 0) -> np.ndarray:
+def patch_features(pop: Population, separation: float, noise: float, *, seed: int = 0) -> np.ndarray:
     """Synthetic features (N2, P + 2) of the masked views: separation * one-hot(pool) + its ring angle + noise.
 
     P = number of pools. Large `separation` makes the pools (classes) far apart, so K-means finds class-wise tokens;

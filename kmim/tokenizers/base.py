@@ -67,7 +67,13 @@ class Tokenizer(nn.Module):
         atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
     def check_compatible(
-        self, patch_size: int, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...], where: str = "tokenizer"
+        self,
+        patch_size: int,
+        in_chans: int,
+        mean: tuple[float, ...],
+        *,
+        std: tuple[float, ...],
+        where: str = "tokenizer",
     ) -> None:
         """Refuse a tokenizer fitted for other patches or other image normalization than the model's data."""
         if self.patch_size != patch_size:
@@ -83,7 +89,7 @@ class Tokenizer(nn.Module):
 
 
 def base_meta(
-    k: int, patch_size: int, info: Any, dataset: str, feature_source: str, feature_dim: int, **extra: Any
+    k: int, patch_size: int, info: Any, *, dataset: str, feature_source: str, feature_dim: int, **extra: Any
 ) -> dict[str, Any]:
     """The fields every tokenizer file records (see the module docstring)."""
     return {

@@ -42,7 +42,9 @@ def orientation_histogram(gx: torch.Tensor, gy: torch.Tensor, bins: int) -> torc
     return hist
 
 
-def hog_descriptors(pixels: torch.Tensor, patch_size: int, cells: int, bins: int, eps: float = HOG_EPS) -> torch.Tensor:
+def hog_descriptors(
+    pixels: torch.Tensor, patch_size: int, cells: int, *, bins: int, eps: float = HOG_EPS
+) -> torch.Tensor:
     """(B, C, H, W) pixel images -> per-patch HOG (B, L, cells*cells*C*bins), patches row-major.
 
     Gradients: gx = I(x+1) - I(x-1), gy = I(y+1) - I(y-1), borders replicated. Cell histogram = sum of the

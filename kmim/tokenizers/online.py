@@ -37,6 +37,7 @@ def sinkhorn_knopp(
     scores: torch.Tensor,
     iters: int,
     reduce_sum: Reduce | None = None,
+    *,
     reduce_max: Reduce | None = None,
 ) -> torch.Tensor:
     """Position-wise Sinkhorn-Knopp: scores S (B, L, K) (logits / temperature) -> assignments Q (B, L, K).
@@ -138,7 +139,7 @@ class OnlineClusters(Tokenizer):
     ) -> torch.Tensor:
         """Soft targets (B, L, K) by Sinkhorn-Knopp on logits / target_temp (no gradient)."""
         iters, temp = int(self.meta["sinkhorn_iters"]), float(self.meta["target_temp"])
-        return sinkhorn_knopp(logits.detach() / temp, iters, reduce_sum, reduce_max)
+        return sinkhorn_knopp(logits.detach() / temp, iters, reduce_sum, reduce_max=reduce_max)
 
     def clustering_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The prototypes' own loss: soft cross-entropy of softmax(logits / pred_temp) against the assignments."""

@@ -16,7 +16,7 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, grid: tuple[int, int]) -> torch.Tensor:
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, *, grid: tuple[int, int]) -> torch.Tensor:
     """(B, L, p*p*C) -> (B, C, gh*p, gw*p); the inverse of `patchify`."""
     b = patches.shape[0]
     gh, gw = grid

@@ -72,7 +72,7 @@ class HOGSource(FeatureSource):
     std: torch.Tensor
 
     def __init__(
-        self, patch_size: int, in_chans: int, cells: int, bins: int, mean: list[float], std: list[float]
+        self, patch_size: int, in_chans: int, cells: int, *, bins: int, mean: list[float], std: list[float]
     ) -> None:
         check_hog_params(patch_size, cells, bins)
         super().__init__(cells**2 * in_chans * bins)
@@ -86,14 +86,14 @@ class HOGSource(FeatureSource):
             int(meta["patch_size"]),
             int(meta["in_chans"]),
             int(meta["hog_cells"]),
-            int(meta["hog_bins"]),
-            norm["mean"],
-            norm["std"],
+            bins=int(meta["hog_bins"]),
+            mean=norm["mean"],
+            std=norm["std"],
         )
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         pixels = imgs.float() * self.std + self.mean  # undo the dataset normalization
-        return hog_descriptors(pixels, self.patch_size, self.cells, self.bins)  # (B, L, cells^2*C*bins)
+        return hog_descriptors(pixels, self.patch_size, self.cells, bins=self.bins)  # (B, L, cells^2*C*bins)
 
 
 class EncoderSource(FeatureSource):

@@ -35,7 +35,7 @@ class VQVAE(nn.Module):
     ema_sum: torch.Tensor
     initialized: torch.Tensor
 
-    def __init__(self, in_chans: int, patch_size: int, k: int, dim: int, hidden: int) -> None:
+    def __init__(self, in_chans: int, patch_size: int, k: int, *, dim: int, hidden: int) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.encoder = nn.Sequential(
@@ -99,8 +99,8 @@ class VQTokenizer(Tokenizer):
             int(meta["in_chans"]),
             int(meta["patch_size"]),
             int(meta["k"]),
-            int(meta["feature_dim"]),
-            int(meta["vq_hidden"]),
+            dim=int(meta["feature_dim"]),
+            hidden=int(meta["vq_hidden"]),
         )
         tok = cls(meta, vae)
         try:

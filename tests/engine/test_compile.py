@@ -15,14 +15,14 @@ def test_compiled_step_equals_eager(tiny_overrides):
     cfg = load_config(None, tiny_overrides)
     tok = prepare_tokenizer(cfg, progress=False)
     torch.manual_seed(0)
-    model = build_mim(resolve_spec(cfg.model), 16, 1, tok.k)
+    model = build_mim(resolve_spec(cfg.model), 16, 1, out_dim=tok.k)
     imgs, noise = torch.randn(8, 1, 16, 16), torch.rand(8, 16)
-    targets = compute_targets(imgs, "tokens", 4, tok, True, None)
+    targets = compute_targets(imgs, "tokens", 4, tokenizer=tok, norm_pix=True, labels=None)
 
     def step(forward):
         model.zero_grad(set_to_none=True)
         pred, ids = forward(imgs, 0.75, noise, masked_only=True)
-        loss = mim_loss(pred, select_patches(targets, ids), torch.ones(ids.shape), "tokens", 0.0)
+        loss = mim_loss(pred, select_patches(targets, ids), torch.ones(ids.shape), target="tokens", label_smoothing=0.0)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 

@@ -31,7 +31,7 @@ def pretrained(tmp_path_factory):
 def test_layer_decay_scales_the_lr_of_each_block():
     from timm.optim import param_groups_layer_decay
 
-    model = build_classifier("vit_tiny_patch16_224", KW, 3, "avg", 0.0)
+    model = build_classifier("vit_tiny_patch16_224", KW, 3, pool="avg", drop_path=0.0)
     groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.5)
     opt = build_optimizer(model, 1.0, groups=groups)
     set_lr(opt, Schedule(1.0, 10, 0)(0))
@@ -106,7 +106,7 @@ def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):
 def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
     from kmim.engine.checkpoint import save_checkpoint
 
-    enc = build_classifier("vit_tiny_patch16_224", {**KW, "depth": 1}, 0, "token", 0.0)
+    enc = build_classifier("vit_tiny_patch16_224", {**KW, "depth": 1}, 0, pool="token", drop_path=0.0)
     spec = {"timm_name": "vit_tiny_patch16_224", "timm_kwargs": {**KW, "depth": 2}}  # says 2 blocks, holds 1
     save_checkpoint(tmp_path / "enc.pt", {"encoder": spec, "state_dict": enc.state_dict()})
     assert main(["finetune", str(tmp_path / "enc.pt"), "-q", *TINY, f"out_dir={tmp_path / 'r'}"]) == 2
@@ -129,7 +129,9 @@ def test_randaug_posterize_at_full_magnitude_gives_black_not_an_error():
     from kmim.config import DataConfig, FinetuneConfig
     from kmim.data.transforms import finetune_transform
 
-    tf = finetune_transform(DataConfig(img_size=32), FinetuneConfig(randaug="rand-m9-mstd0.5-inc1"), (0.5,), (0.5,), 28)
+    tf = finetune_transform(
+        DataConfig(img_size=32), FinetuneConfig(randaug="rand-m9-mstd0.5-inc1"), (0.5,), std=(0.5,), native=28
+    )
     ra = next(t for t in tf.transforms[-1].transforms if hasattr(t, "ops"))
     op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
     img = Image.fromarray(np.full((8, 8), 200, np.uint8), "L")

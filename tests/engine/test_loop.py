@@ -24,8 +24,10 @@ def test_accumulated_step_equals_one_big_batch():
     m2.load_state_dict(m1.state_dict())
     sched = Schedule(lr=0.1, total_steps=1, warmup_steps=0)
     o1, o2 = build_optimizer(m1, 0.1), build_optimizer(m2, 0.1)
-    r1 = run_epoch([torch.arange(8)], _loss(m1, x, y), o1, sched, 0, 1)
-    r2 = run_epoch([torch.arange(4), torch.arange(4, 8)], _loss(m2, x, y), o2, sched, 0, 2, accum=2)
+    r1 = run_epoch([torch.arange(8)], _loss(m1, x, y), o1, schedule=sched, step=0, n_batches=1)
+    r2 = run_epoch(
+        [torch.arange(4), torch.arange(4, 8)], _loss(m2, x, y), o2, schedule=sched, step=0, n_batches=2, accum=2
+    )
     assert r1.step == r2.step == 1 and len(r2.losses) == 2
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-7)
@@ -39,7 +41,9 @@ def test_lr_follows_the_schedule_per_step_and_on_step_sees_the_loss():
     def on_step(step, extras):
         seen.append((step, round(opt.param_groups[0]["lr"], 6), extras["loss"] > 0))
 
-    run_epoch([torch.arange(8)] * 4, _loss(m, x, y), opt, Schedule(1.0, 4, 2), 0, 4, on_step=on_step)
+    run_epoch(
+        [torch.arange(8)] * 4, _loss(m, x, y), opt, schedule=Schedule(1.0, 4, 2), step=0, n_batches=4, on_step=on_step
+    )
     assert seen == [(1, 0.0, True), (2, 0.5, True), (3, 1.0, True), (4, 0.5, True)]
 
 
@@ -53,7 +57,9 @@ def test_non_finite_loss_stops_before_the_weights_change():
         return (out * float("nan") if idx[0] == 4 else out), {}
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 1"):
-        run_epoch([torch.arange(4), torch.arange(4, 8)], loss_fn, opt, Schedule(0.1, 2, 0), 0, 2)
+        run_epoch(
+            [torch.arange(4), torch.arange(4, 8)], loss_fn, opt, schedule=Schedule(0.1, 2, 0), step=0, n_batches=2
+        )
     assert not all(torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))  # step 0 was applied
     assert all(p.grad is None for p in m.parameters())  # the bad micro-batch never reached backward
 
@@ -67,14 +73,14 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
     oa, ob = build_optimizer(ma, 0.1), build_optimizer(mb, 0.1)
     batches = [torch.arange(i % 2 * 4, i % 2 * 4 + 4) for i in range(7)]
     seen = []
-    ra = run_epoch(batches, _loss(ma, x, y), oa, Schedule(0.1, 7, 1), 0, 7)
+    ra = run_epoch(batches, _loss(ma, x, y), oa, schedule=Schedule(0.1, 7, 1), step=0, n_batches=7)
     rb = run_epoch(
         batches,
         _loss(mb, x, y),
         ob,
-        Schedule(0.1, 7, 1),
-        0,
-        7,
+        schedule=Schedule(0.1, 7, 1),
+        step=0,
+        n_batches=7,
         sync_every=3,
         on_step=lambda s, e: seen.append((s, "loss" in e)),
     )
@@ -90,7 +96,7 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
         return (out * float("nan") if calls[0] == 5 else out), {}
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 4"):
-        run_epoch(batches, loss_fn, opt, Schedule(0.1, 7, 0), 0, 7, sync_every=3)
+        run_epoch(batches, loss_fn, opt, schedule=Schedule(0.1, 7, 0), step=0, n_batches=7, sync_every=3)
 
 
 def test_a_deferred_nan_never_reaches_a_checkpoint(tiny_overrides, monkeypatch):

@@ -42,7 +42,7 @@ def test_head_on_masked_patches_only_gives_the_same_loss_and_gradients(target):
     torch.manual_seed(0)
     model, tok = _model_and_tok(k=5 if target == "tokens" else 16)
     imgs, noise = torch.randn(4, 1, 16, 16), torch.rand(4, 16)
-    targets = compute_targets(imgs, target, 4, tok)
+    targets = compute_targets(imgs, target, 4, tokenizer=tok)
     losses, grads = [], []
     for masked_only in (False, True):
         model.zero_grad()
@@ -50,7 +50,7 @@ def test_head_on_masked_patches_only_gives_the_same_loss_and_gradients(target):
         tgt, mask = targets, second
         if masked_only:
             tgt, mask = select_patches(targets, second), torch.ones(second.shape)
-        loss = mim_loss(pred, tgt, mask, target)
+        loss = mim_loss(pred, tgt, mask, target=target)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
@@ -60,7 +60,7 @@ def test_head_on_masked_patches_only_gives_the_same_loss_and_gradients(target):
 
 def _model_and_tok(k=4):
     spec = spec_of(ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_heads=2))
-    model = build_mim(spec, 16, 1, k)
+    model = build_mim(spec, 16, 1, out_dim=k)
     meta = {"k": k, "patch_size": 4, "in_chans": 1}
     tok = KMeansTokenizer(meta, PixelSource(4, 1), torch.randn(k, 16))
     return model, tok
@@ -70,7 +70,7 @@ def test_every_trainable_parameter_gets_a_gradient_and_tokenizer_none():
     torch.manual_seed(0)
     model, tok = _model_and_tok()
     imgs = torch.randn(4, 1, 16, 16, requires_grad=True)
-    targets = compute_targets(imgs, "tokens", 4, tok)
+    targets = compute_targets(imgs, "tokens", 4, tokenizer=tok)
     assert not targets.requires_grad and targets.shape == (4, 16)
     pred, mask = model(imgs, 0.75)
     masked_cross_entropy(pred, targets, mask).backward()
@@ -86,7 +86,7 @@ def test_loss_falls_on_a_repeated_batch():
     torch.manual_seed(0)
     model, tok = _model_and_tok()
     imgs = torch.randn(8, 1, 16, 16)
-    targets = compute_targets(imgs, "tokens", 4, tok)
+    targets = compute_targets(imgs, "tokens", 4, tokenizer=tok)
     opt = build_optimizer(model, 3e-3, weight_decay=0.0)
     losses = []
     for _ in range(40):
@@ -110,9 +110,9 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_lr_schedule_values():
-    assert lr_at(0, 100, 10, 1.0, 0.0) == 0.0
-    assert lr_at(5, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
-    assert lr_at(10, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)  # halfway through the cosine
-    assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert lr_at(0, 100, 10, lr=1.0, min_lr=0.0) == 0.0
+    assert lr_at(5, 100, 10, lr=1.0, min_lr=0.0) == pytest.approx(0.5)
+    assert lr_at(10, 100, 10, lr=1.0, min_lr=0.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, lr=1.0, min_lr=0.0) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_at(100, 100, 10, lr=1.0, min_lr=0.1) == pytest.approx(0.1)
     assert effective_lr(1e-3, 128) == pytest.approx(5e-4)

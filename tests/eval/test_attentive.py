@@ -67,6 +67,6 @@ def test_kmim_probe_with_the_attentive_head_records_its_result(tmp_path):
     from tests.helpers import pretrain_run
 
     run_dir, _ = pretrain_run(load_config(None, [*TINY, f"out_dir={tmp_path}", "name=r", "train.epochs=1"]))
-    res = evaluate(str(run_dir), False, None, ATT[len(TINY) :], ("probe",), progress=False)
+    res = evaluate(str(run_dir), False, None, overrides=ATT[len(TINY) :], methods=("probe",), progress=False)
     assert 0 <= res["attentive_top1"] <= 100 and res["attentive_probe"].startswith("attentive")
     assert json.loads((run_dir / "evaluations.json").read_text())["probe"]["attentive_top1"] == res["attentive_top1"]

@@ -12,11 +12,11 @@ def test_weighted_knn_hand_bank():
     bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
     labels = torch.tensor([0, 0, 1, 1, 1])
     q = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
-    assert weighted_knn_predict(bank, labels, q, 2, k=2).tolist() == [0, 1]
+    assert weighted_knn_predict(bank, labels, q, num_classes=2, k=2).tolist() == [0, 1]
     # with k = 5 every point votes; a low temperature makes the nearest ones dominate
-    assert weighted_knn_predict(bank, labels, q, 2, k=5, temperature=0.01).tolist() == [0, 1]
+    assert weighted_knn_predict(bank, labels, q, num_classes=2, k=5, temperature=0.01).tolist() == [0, 1]
     # a high temperature makes votes nearly equal: 3 of 5 are class 1
-    assert weighted_knn_predict(bank, labels, q, 2, k=5, temperature=100.0).tolist() == [1, 1]
+    assert weighted_knn_predict(bank, labels, q, num_classes=2, k=5, temperature=100.0).tolist() == [1, 1]
 
 
 def test_top1():
@@ -34,7 +34,7 @@ def test_linear_probe_separable_data():
     centers = torch.eye(3) * 4
     y = torch.arange(3).repeat_interleave(40)
     x = centers[y] + 0.3 * torch.randn(120, 3)
-    res = linear_probe(x, y, x, y, 3, lrs=[0.01, 0.1], epochs=30, batch_size=32)
+    res = linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.01, 0.1], epochs=30, batch_size=32)
     assert res["top1"] == 100.0 and res["lr"] in (0.01, 0.1)
 
 
@@ -61,5 +61,7 @@ def test_the_default_probe_says_when_the_split_is_too_small_for_its_lr_choice():
 
     x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])  # one image per class
     with pytest.raises(KmimError, match=r"too small for the probe's held-out lr choice.*eval.probe_lrs=\[0.1\]"):
-        linear_probe(x, y, x, y, 3, [0.01, 0.1], epochs=1)
-    assert linear_probe(x, y, x, y, 3, [0.1], epochs=1)["lr"] == 0.1  # one lr: nothing to choose, no split
+        linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.01, 0.1], epochs=1)
+    assert (
+        linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.1], epochs=1)["lr"] == 0.1
+    )  # one lr: nothing to choose, no split

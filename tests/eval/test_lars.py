@@ -87,7 +87,7 @@ def test_the_training_crop_is_taken_from_the_full_image(tmp_path):
     from kmim.data.transforms import lars_probe_transform
 
     cfg = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path}", "data.img_size=32"])
-    tf = lars_probe_transform(cfg.data, (0.5,) * 3, (0.5,) * 3, None)
+    tf = lars_probe_transform(cfg.data, (0.5,) * 3, (0.5,) * 3, native=None)
     assert type(tf.transforms[0]).__name__ == "RandomResizedCrop"
     img = Image.new("RGB", (80, 40))
     img.paste((255, 255, 255), (0, 0, 8, 40))  # a white band at the far left, outside any 40 x 40 centre crop

@@ -147,7 +147,9 @@ def test_supervised_training_learns_the_labels(tiny_cfg):
     spec = resolve_spec(ModelConfig(patch_size=4, embed_dim=32, depth=1, num_heads=2))
     torch.manual_seed(0)
     enc = build_encoder(spec, 16, 1)
-    stats = train_supervised(enc, 3, ds, 40, 3e-3, 8, torch.device("cpu"), patch_drop=0.0, progress=False)
+    stats = train_supervised(
+        enc, 3, ds, epochs=40, lr=3e-3, batch_size=8, device=torch.device("cpu"), patch_drop=0.0, progress=False
+    )
     assert stats["final_loss"] < 0.2 * 1.0986 and stats["train_top1"] > 90  # ln 3 = chance; 0.07 and 100 when written
     assert not enc.training and not any(p.requires_grad for p in enc.parameters())
 
@@ -175,7 +177,7 @@ def test_incompatible_tokenizers_are_refused(tmp_path, tiny_overrides, vit_file)
     with pytest.raises(KmimError, match="fitted for 16x16 images .* got 32x32"):
         tok.encode(torch.zeros(1, 1, 32, 32))
     with pytest.raises(KmimError, match="patch size 4 does not match the model's patch size 8"):
-        tok.check_compatible(8, 1, (0.5,), (0.25,))
+        tok.check_compatible(8, 1, (0.5,), std=(0.25,))
 
 
 def test_fit_images_bounds_the_extraction(tiny_overrides, vit_file):

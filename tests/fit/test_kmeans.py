@@ -18,10 +18,10 @@ def test_fit_kmeans_recovers_separated_clusters():
 
 
 def test_fit_kmeans_subsamples_by_points_per_centroid():
-    assert subsample(100, 4, 256, 0) is None
-    idx = subsample(10_000, 4, 100, 0)
+    assert subsample(100, 4, 256, seed=0) is None
+    idx = subsample(10_000, 4, 100, seed=0)
     assert len(idx) == 400 and len(set(idx.tolist())) == 400
-    assert np.array_equal(idx, subsample(10_000, 4, 100, 0))  # seeded
+    assert np.array_equal(idx, subsample(10_000, 4, 100, seed=0))  # seeded
 
 
 def test_fit_kmeans_needs_k_points():

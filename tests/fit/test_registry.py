@@ -37,12 +37,12 @@ def test_fit_encode_save_load_roundtrip(name, tmp_path, tiny_overrides):
     d = back.describe()
     assert d["kind"] == kind and d["k"] == 8 and d["patch_size"] == 4 and d["in_chans"] == 1
     assert d["fit"]["inertia"] >= 0 and "git_sha" in d  # `kmim tokenize` prints the inertia
-    assert torch.equal(compute_targets(imgs, "tokens", 4, back), ids)
-    back.check_compatible(4, 1, info.mean, info.std)
+    assert torch.equal(compute_targets(imgs, "tokens", 4, tokenizer=back), ids)
+    back.check_compatible(4, 1, info.mean, std=info.std)
     with pytest.raises(KmimError, match="patch size 4 does not match the model's patch size 8"):
-        back.check_compatible(8, 1, info.mean, info.std)
+        back.check_compatible(8, 1, info.mean, std=info.std)
     with pytest.raises(KmimError, match="1-channel images, the data has 3 channels"):
-        back.check_compatible(4, 3, info.mean, info.std)
+        back.check_compatible(4, 3, info.mean, std=info.std)
 
 
 @pytest.mark.parametrize("name", ["kmeans-hog", "vq"])

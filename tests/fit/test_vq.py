@@ -43,16 +43,18 @@ def test_dead_codes_restart_at_batch_vectors():
 
 def test_init_needs_k_vectors():
     with pytest.raises(KmimError, match="fewer than K=8"):
-        init_codebook(VQVAE(1, 2, 8, 4, 4), torch.zeros(5, 4))
+        init_codebook(VQVAE(1, 2, 8, dim=4, hidden=4), torch.zeros(5, 4))
 
 
 def test_training_lowers_reconstruction_error(tiny_cfg):
     ds, _ = build_dataset(tiny_cfg.data, "train")
     torch.manual_seed(0)
-    vae = VQVAE(1, 4, 8, 8, 16)
+    vae = VQVAE(1, 4, 8, dim=8, hidden=16)
     init_codebook(vae, torch.cat([vae.latents(ds[i][0][None]).flatten(0, 1).detach() for i in range(2)]))
-    before = codebook_stats(vae, ds, 8, torch.device("cpu"), progress=False)["recon_mse"]
-    fit = train_vqvae(vae, ds, 30, 3e-3, 8, 0.25, 0.9, torch.device("cpu"), progress=False)
+    before = codebook_stats(vae, ds, 8, device=torch.device("cpu"), progress=False)["recon_mse"]
+    fit = train_vqvae(
+        vae, ds, 30, lr=3e-3, batch_size=8, beta=0.25, decay=0.9, device=torch.device("cpu"), progress=False
+    )
     assert fit["recon_mse"] < 0.3 * before  # 2.83 -> 0.50 when written
     assert fit["steps"] == 30 * 3 and 1 <= fit["used_codes"] <= 8 and 1.0 <= fit["perplexity"] <= 8.0
 
@@ -63,5 +65,5 @@ def test_vq_train_checks_its_settings(tiny_cfg):
     with pytest.raises(KmimError, match=r"tokenizer.vq.decay=1.0 is not valid: must be in \(0, 1\)"):
         load_config(None, ["tokenizer.vq.decay=1.0"])
     with pytest.raises(KmimError, match="batch_size=100 exceeds the 24 training images"):
-        train_vqvae(_vae(), ds, 1, 1e-3, 100, 0.25, 0.9, cpu, progress=False)
+        train_vqvae(_vae(), ds, 1, lr=1e-3, batch_size=100, beta=0.25, decay=0.9, device=cpu, progress=False)
     assert load_config(None, ["tokenizer.vq.dim=4"]).tokenizer.vq.dim == 4

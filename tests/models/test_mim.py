@@ -10,7 +10,7 @@ from kmim.models.mim import num_visible, random_masking
 
 def _tiny(out_dim=5):
     spec = resolve_spec(ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_heads=2))
-    return build_mim(spec, 16, 1, out_dim)
+    return build_mim(spec, 16, 1, out_dim=out_dim)
 
 
 def test_presets_follow_image_and_patch_size():

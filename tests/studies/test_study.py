@@ -86,7 +86,7 @@ def test_interrupted_study_resumes_without_redoing_finished_arms(tmp_path, monke
 def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     """A rerun with other overrides is refused in one line naming the field; it trains nothing, rewrites nothing."""
     out = tmp_path / "k"
-    S.run_arm(S.arms("k-ablation", out)[0], out, None, FAST, False, False)  # one finished arm
+    S.run_arm(S.arms("k-ablation", out)[0], out, None, overrides=FAST, curve=False, progress=False)  # one finished arm
     report_before = sorted(p.name for p in out.iterdir())
     capsys.readouterr()
     assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST, "train.epochs=3"]) == 2
@@ -95,7 +95,7 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == report_before and not (out / "report.md").exists()
     rec = json.loads((out / "records" / "pixels-k10-s0.json").read_text())
     assert rec["tokenizer_seed"] == 0 and rec["tokenizer_inertia"] > 0
-    seed1 = S.arm_config(S.arms("k-ablation", out)[6], out, None, FAST)
+    seed1 = S.arm_config(S.arms("k-ablation", out)[6], out, None, overrides=FAST)
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
 
 

@@ -176,12 +176,12 @@ def test_toy_table__paper_notes_7_3():
 )
 def test_toy_ring__identity_spectrum_is_cos_squared(n, tail_identity, tail_cross):
     # identity on a ring of width 2: per class Abar = (I + (P + P^T)/2) / 2, eigenvalues cos^2(pi j / n)
-    pop = P.mask_population(2, n, 2, 0.0)
-    ident = analyze("identity", pop.m, pop.y1, P.identity_tokens(pop), BoundConfig(k=2))
+    pop = P.mask_population(2, n, 2, overlap=0.0)
+    ident = analyze("identity", pop.m, pop.y1, tokens=P.identity_tokens(pop), cfg=BoundConfig(k=2))
     expect = np.sort(np.tile(np.cos(np.pi * np.arange(n) / n) ** 2, 2))[::-1]
     np.testing.assert_allclose(ident.eigenvalues, expect, atol=1e-12)
     assert ident.tail == pytest.approx(tail_identity, abs=1e-3)
-    cross = analyze("cross", pop.m, pop.y1, P.cross_class_tokens(pop, n), BoundConfig(k=2))
+    cross = analyze("cross", pop.m, pop.y1, tokens=P.cross_class_tokens(pop, n), cfg=BoundConfig(k=2))
     assert cross.tail == pytest.approx(tail_cross, abs=1e-3)
     assert cross.alpha == pytest.approx(0.5)
 
@@ -190,29 +190,29 @@ def test_toy_ring__identity_spectrum_is_cos_squared(n, tail_identity, tail_cross
 
 
 def test_population__sets_and_no_overlap_disconnects_classes():
-    pop = P.mask_population(3, 6, 2, 0.0)
+    pop = P.mask_population(3, 6, 2, overlap=0.0)
     assert pop.m.shape == (18, 18) and pop.m.sum() == pytest.approx(1.0)
     assert set(P.masked_view_sets(pop.m, pop.y1).tolist()) == {0, 1, 2}  # no intersection without overlap
-    r = analyze("identity", pop.m, pop.y1, P.identity_tokens(pop), BoundConfig(k=3))
+    r = analyze("identity", pop.m, pop.y1, tokens=P.identity_tokens(pop), cfg=BoundConfig(k=3))
     assert r.alpha == 0.0 and r.lam_k1 < 1.0
     np.testing.assert_allclose(r.connectivity, np.eye(3) / 3, atol=1e-12)
     np.testing.assert_allclose(r.eigenvalues[:3], 1.0)  # one eigenvalue 1 per class (component)
-    shared = P.mask_population(3, 6, 2, 0.2)
+    shared = P.mask_population(3, 6, 2, overlap=0.2)
     assert np.sum(P.masked_view_sets(shared.m, shared.y1) == P.SHARED) == 6
 
 
 def test_population__rejects_bad_parameters():
     with pytest.raises(KmimError, match="--window"):
-        P.mask_population(2, 4, 5, 0.1)
+        P.mask_population(2, 4, 5, overlap=0.1)
     with pytest.raises(KmimError, match="--overlap"):
-        P.mask_population(2, 4, 2, 1.0)
+        P.mask_population(2, 4, 2, overlap=1.0)
 
 
 def test_tokenizers__class_wise_keeps_alpha_cross_class_raises_it():
-    pop = P.mask_population(2, 16, 4, 0.1)
+    pop = P.mask_population(2, 16, 4, overlap=0.1)
     cfg = BoundConfig(k=2)
     ident, cw, cc = (
-        analyze(n, pop.m, pop.y1, t, cfg)
+        analyze(n, pop.m, pop.y1, tokens=t, cfg=cfg)
         for n, t in (
             ("identity", P.identity_tokens(pop)),
             ("class-wise", P.class_wise_tokens(pop)),
@@ -225,7 +225,7 @@ def test_tokenizers__class_wise_keeps_alpha_cross_class_raises_it():
 
 
 def test_mixed_tokens__endpoints_are_class_wise_and_cross_class():
-    pop = P.mask_population(2, 16, 4, 0.1)
+    pop = P.mask_population(2, 16, 4, overlap=0.1)
 
     def same_partition(a, b):
         return len(np.unique(a)) == len(np.unique(b)) == np.unique(np.stack([a, b]), axis=1).shape[1]
@@ -235,12 +235,12 @@ def test_mixed_tokens__endpoints_are_class_wise_and_cross_class():
 
 
 def test_kmeans_tokens__separation_decides_class_alignment():
-    pop = P.mask_population(2, 16, 4, 0.0)
+    pop = P.mask_population(2, 16, 4, overlap=0.0)
     far = P.kmeans_tokens(P.patch_features(pop, 5.0, 0.05, seed=0), 4, seed=0)
     near = P.kmeans_tokens(P.patch_features(pop, 0.0, 0.05, seed=0), 4, seed=0)
     cfg = BoundConfig(k=2)
-    assert analyze("far", pop.m, pop.y1, far, cfg).alpha == pytest.approx(0.0)
-    assert analyze("near", pop.m, pop.y1, near, cfg).alpha == pytest.approx(0.5, abs=0.05)
+    assert analyze("far", pop.m, pop.y1, tokens=far, cfg=cfg).alpha == pytest.approx(0.0)
+    assert analyze("near", pop.m, pop.y1, tokens=near, cfg=cfg).alpha == pytest.approx(0.5, abs=0.05)
 
 
 # ---------------------------------------------------------------- the properties the issue asks to show
@@ -285,7 +285,7 @@ def test_merge_study__equal_ratios_invariant_only_when_exchangeable():
 def test_ordering__class_wise_identity_cross_class():
     spec = SyntheticSpec(views_per_class=32, window=4, overlap=0.1, tokens_per_class=8, kmeans_k=4)
     for classes in (2, 4):
-        case = synthetic_case("t", classes, spec, BoundConfig(k=classes))
+        case = synthetic_case("t", classes, spec, bound=BoundConfig(k=classes))
         ord_ = ordering(case, "cross-class-8")
         assert ord_["haochen_holds"]
         assert case.get("class-wise").bound < case.get("identity").bound  # every c1, c2 > 0: same alpha, less tail

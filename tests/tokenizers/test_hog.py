@@ -39,8 +39,8 @@ def test_hog_of_a_vertical_edge():
 def test_hog_is_invariant_to_contrast_and_offset():
     torch.manual_seed(0)
     img = torch.rand(2, 3, 8, 8)
-    a = hog_descriptors(img, 4, 2, 9, eps=1e-6)
-    b = hog_descriptors(3 * img + 0.2, 4, 2, 9, eps=1e-6)
+    a = hog_descriptors(img, 4, 2, bins=9, eps=1e-6)
+    b = hog_descriptors(3 * img + 0.2, 4, 2, bins=9, eps=1e-6)
     assert a.shape == (2, 4, 2 * 2 * 3 * 9)
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a.norm(dim=-1), torch.ones(2, 4), atol=1e-5)

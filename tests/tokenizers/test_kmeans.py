@@ -47,11 +47,11 @@ def test_tokenizer_save_load_roundtrip_and_refusals(tmp_path, tiny_cfg):
     assert torch.equal(back.encode(imgs), tok.encode(imgs))
     assert back.describe()["k"] == 8 and back.describe()["kind"] == "kmeans-pixels"
     with pytest.raises(KmimError, match="patch size 4 does not match the model's patch size 8"):
-        back.check_compatible(8, 1, info.mean, info.std)
+        back.check_compatible(8, 1, info.mean, std=info.std)
     with pytest.raises(KmimError, match="1-channel images, the data has 3 channels"):
-        back.check_compatible(4, 3, info.mean, info.std)
+        back.check_compatible(4, 3, info.mean, std=info.std)
     with pytest.raises(KmimError, match="refit it"):
-        back.check_compatible(4, 1, (0.1,), (0.2,))
+        back.check_compatible(4, 1, (0.1,), std=(0.2,))
 
 
 def test_load_tokenizer_bad_files(tmp_path):

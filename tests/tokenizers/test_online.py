@@ -102,11 +102,11 @@ def test_ema_update_equals_its_formula_on_a_tiny_model():
 
 
 def test_ema_momentum_schedule():
-    assert ema_momentum(0, 100, 10, 0.99) == 1.0
-    assert ema_momentum(5, 100, 10, 0.99) == pytest.approx(0.995)
-    assert ema_momentum(10, 100, 10, 0.99) == pytest.approx(0.99)
-    assert ema_momentum(55, 100, 10, 0.99) == pytest.approx(0.995)
-    assert ema_momentum(100, 100, 10, 0.99) == pytest.approx(1.0)
+    assert ema_momentum(0, 100, 10, base=0.99) == 1.0
+    assert ema_momentum(5, 100, 10, base=0.99) == pytest.approx(0.995)
+    assert ema_momentum(10, 100, 10, base=0.99) == pytest.approx(0.99)
+    assert ema_momentum(55, 100, 10, base=0.99) == pytest.approx(0.995)
+    assert ema_momentum(100, 100, 10, base=0.99) == pytest.approx(1.0)
 
 
 def test_encode_round_trips_through_a_tokenizer_file(tmp_path):

@@ -89,7 +89,7 @@ def test_fit_encode_save_load_roundtrip(name, tiny_data, tmp_path):
     back = load_tokenizer(tmp_path / "tok.pt")
     assert type(back) is type(tok) and back.k == tok.k and back.describe()["kind"] == name
     assert torch.equal(back.encode(imgs, labels), ids)
-    back.check_compatible(4, 1, info.mean, info.std)
+    back.check_compatible(4, 1, info.mean, std=info.std)
 
 
 def test_class_wise_never_shares_tokens(tiny_data):

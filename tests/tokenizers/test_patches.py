@@ -15,7 +15,7 @@ def test_patchify_layout_by_hand():
 
 def test_patchify_roundtrip():
     img = torch.randn(3, 3, 8, 12)
-    assert torch.equal(unpatchify(patchify(img, 4), 4, 3, (2, 3)), img)
+    assert torch.equal(unpatchify(patchify(img, 4), 4, 3, grid=(2, 3)), img)
 
 
 def test_normalize_patches_zero_mean_unit_var():

@@ -21,6 +21,6 @@ def test_vq_forward_shapes_and_straight_through():
 def test_vq_tokenizer_refuses_a_mismatched_codebook():
     meta = {"k": 8, "patch_size": 4, "in_chans": 1, "feature_dim": 16, "vq_hidden": 4}
     with pytest.raises(KmimError, match=r"codebook of shape \(8, 6\) does not match K=8, D=16"):
-        VQTokenizer(meta, VQVAE(1, 4, 8, 6, 4))
+        VQTokenizer(meta, VQVAE(1, 4, 8, dim=6, hidden=4))
     with pytest.raises(KmimError, match="patch size 2 does not match the tokenizer's 4"):
-        VQTokenizer(meta, VQVAE(1, 2, 8, 16, 4))
+        VQTokenizer(meta, VQVAE(1, 2, 8, dim=16, hidden=4))
