@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     if main:
-        inertia = tok.meta.get("fit", {}).get("inertia")
+        inertia = tok.meta.fit.get("inertia")
         fit = f", inertia {inertia:.4g}" if inertia is not None else ""
         print(f"saved {tok.kind} tokenizer (K={tok.k}{fit}) to {args.out}")
     return 0

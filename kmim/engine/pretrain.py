@@ -48,7 +48,7 @@ from kmim.metrics import token_metrics
 from kmim.models import MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
-from kmim.tokenizers.base import base_meta, provenance
+from kmim.tokenizers.base import base_meta
 from kmim.tokenizers.online import OnlineClusters, assignment_entropy, soft_cross_entropy
 
 ONLINE = "online-clusters"
@@ -119,8 +119,7 @@ class Pretrainer(Trainer):
             target_temp=t.online.target_temp,
             pred_temp=t.online.pred_temp,
             sinkhorn_iters=t.online.sinkhorn_iters,
-            **provenance(),
-        )
+        ).stamp({})
         with torch.random.fork_rng(devices=[]):  # building the teacher draws weights it then overwrites
             target = OnlineClusters.create(meta, self.cfg.tokenizer.seed)
         target.copy_from(enc)

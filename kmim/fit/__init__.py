@@ -28,7 +28,9 @@ from kmim.tokenizers import (
     PixelSource,
     RandomTokenizer,
     Tokenizer,
+    TokenizerMeta,
     VQTokenizer,
+    as_meta,
     read_tokenizer_file,
     upgrade,
 )
@@ -40,7 +42,7 @@ class TokenizerEntry:
     name: str
     options: type | None  # the sub-config of TokenizerConfig this kind reads (tokenizer.<options>.*), if any
     fit: Callable[[TokenizerConfig, FitData, bool], Tokenizer]
-    load: Callable[[dict[str, Any], dict[str, Any]], Tokenizer]
+    load: Callable[[TokenizerMeta, dict[str, Any]], Tokenizer]
     summary: str
 
 
@@ -101,9 +103,9 @@ def entry(name: str) -> TokenizerEntry:
 
 
 def fit_tokenizer(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> Tokenizer:
-    """Fit tokenizer `cfg.name` on `data` (the eval-transformed training split); meta['config'] records `cfg`."""
+    """Fit tokenizer `cfg.name` on `data` (the eval-transformed training split); meta.config records `cfg`."""
     tok = entry(cfg.name).fit(cfg, data, progress)
-    tok.meta["config"] = config_to_dict(cfg)
+    tok.meta.config = config_to_dict(cfg)
     return tok
 
 
@@ -111,10 +113,10 @@ def from_blob(blob: dict[str, Any], where: str) -> Tokenizer:
     """A tokenizer from a file's or checkpoint's {kind, meta, state[, version]}."""
     blob = upgrade(blob)
     if blob["kind"] == OnlineClusters.kind:  # learned during pretraining (train.target=online-clusters), not fitted
-        return OnlineClusters.from_state(blob["meta"], blob["state"])
+        return OnlineClusters.from_state(as_meta(blob["meta"]), blob["state"])
     if blob["kind"] not in TOKENIZERS:
         raise KmimError(f"{where}: tokenizer kind {blob['kind']!r} is unknown: valid kinds are {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[blob["kind"]].load(blob["meta"], blob["state"])
+    return TOKENIZERS[blob["kind"]].load(as_meta(blob["meta"]), blob["state"])
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

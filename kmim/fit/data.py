@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from kmim.data import DatasetInfo
-from kmim.tokenizers.base import base_meta
+from kmim.tokenizers.base import TokenizerMeta, base_meta
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class FitData:
     world: int = 1
     num_workers: int = 0  # DataLoader workers that decode the images
 
-    def meta(self, k: int, feature_source: str, feature_dim: int, **extra: Any) -> dict[str, Any]:
+    def meta(self, k: int, feature_source: str, feature_dim: int, **extra: Any) -> TokenizerMeta:
         """The fields every tokenizer file records (kmim.tokenizers.base), plus `extra`."""
         return base_meta(
             k,

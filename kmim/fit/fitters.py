@@ -7,7 +7,7 @@ split (`fit_patch_kmeans`), run K-means, and record the source's meta, the fit s
 from __future__ import annotations
 
 from collections.abc import Sized
-from typing import Any, cast
+from typing import cast
 
 import torch
 
@@ -26,7 +26,7 @@ from kmim.fit.encoders import (
 from kmim.fit.kmeans import fit_patch_kmeans
 from kmim.fit.vq import train_vqvae
 from kmim.tokenizers import EncoderSource, FeatureSource, HOGSource, KMeansTokenizer, PixelSource, VQTokenizer
-from kmim.tokenizers.base import provenance
+from kmim.tokenizers.base import TokenizerMeta
 from kmim.tokenizers.hog import HOG_EPS, check_hog_params
 from kmim.tokenizers.vq import VQVAE
 
@@ -36,7 +36,7 @@ def fit_kmeans_tokenizer(
     data: FitData,
     source: FeatureSource,
     *,
-    meta: dict[str, Any],
+    meta: TokenizerMeta,
     device: torch.device,
     progress: bool,
 ) -> KMeansTokenizer:
@@ -51,7 +51,7 @@ def fit_kmeans_tokenizer(
         world=data.world,
         num_workers=data.num_workers,
     )
-    meta.update(fit=fit, **provenance())
+    meta.stamp(fit)
     return KMeansTokenizer(meta, source.cpu(), centroids)
 
 
@@ -121,7 +121,7 @@ def fit_vq(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> VQToke
             progress=progress,
         )
     meta = data.meta(cfg.k, "vq-vae", v.dim, **hparams)
-    meta.update(fit=fit, **provenance())
+    meta.stamp(fit)
     return VQTokenizer(meta, vae.cpu().eval())
 
 

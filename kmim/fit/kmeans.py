@@ -157,7 +157,7 @@ def fit_subset(ds: Dataset[Any], n: int, seed: int) -> Dataset[Any]:
 
 
 def kmeans_fit_meta(cfg: TokenizerConfig, res: KMeansResult) -> dict[str, Any]:
-    """Fit statistics recorded in meta['fit'] by every K-means tokenizer."""
+    """Fit statistics recorded in meta.fit by every K-means tokenizer."""
     return {
         "inertia": res.inertia,
         "n_fit": res.n_fit,
@@ -180,7 +180,7 @@ def fit_patch_kmeans(
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """K-means centroids (K, D) over a seeded sample of patch features of a seeded subset of `tokenizer.fit_images`
-    images of ds, and the fit statistics for meta['fit']. With world > 1 every process reads its share of the
+    images of ds, and the fit statistics for meta.fit. With world > 1 every process reads its share of the
     images (`sample_patches`), rank 0 runs K-means and sends the result, so all processes return the same."""
     sub = fit_subset(ds, cfg.fit_images, cfg.seed)
     cap = cfg.k * cfg.max_points_per_centroid

@@ -17,7 +17,7 @@ from kmim.errors import KmimError
 from kmim.fit.data import FitData
 from kmim.fit.kmeans import KMeansResult, fit_kmeans
 from kmim.progress import progress_bar
-from kmim.tokenizers.base import provenance
+from kmim.tokenizers.base import TokenizerMeta
 from kmim.tokenizers.oracle import HASH_PRIME, QUANT_STEP, ClassWiseTokenizer, CrossClassTokenizer, RandomTokenizer
 from kmim.tokenizers.sources import PixelSource
 
@@ -85,7 +85,7 @@ def _oracle_fit_meta(cfg: TokenizerConfig, results: list[KMeansResult]) -> dict[
 
 def _fit_oracle(
     cfg: TokenizerConfig, data: FitData, clusters: int, *, k: int, progress: bool
-) -> tuple[dict[str, Any], torch.Tensor, list[KMeansResult]]:
+) -> tuple[TokenizerMeta, torch.Tensor, list[KMeansResult]]:
     num_classes = len(data.info.classes)
     source = PixelSource(data.patch_size, data.info.channels, cfg.patch_norm)
     meta = data.meta(
@@ -100,7 +100,7 @@ def _fit_oracle(
     cap = clusters * cfg.max_points_per_centroid
     x, y = sample_class_patches(data.ds, source, cap, num_classes=num_classes, seed=cfg.seed, progress=progress)
     cents, results = _fit_per_class(cfg, x, y, num_classes=num_classes, clusters=clusters, progress=progress)
-    meta.update(fit=_oracle_fit_meta(cfg, results), **provenance())
+    meta.stamp(_oracle_fit_meta(cfg, results))
     return meta, cents, results
 
 
@@ -134,7 +134,7 @@ def fit_random(cfg: TokenizerConfig, data: FitData, progress: bool = True) -> Ra
     """Draw the hash parameters from tokenizer.seed; nothing is learned from the data."""
     dim = data.patch_size**2 * data.info.channels
     meta = data.meta(cfg.k, "pixels", dim, patch_norm=cfg.patch_norm, quant_step=QUANT_STEP)
-    meta.update(fit={"seed": cfg.seed, "hash_prime": HASH_PRIME}, **provenance())
+    meta.stamp({"seed": cfg.seed, "hash_prime": HASH_PRIME})
     g = torch.Generator().manual_seed(cfg.seed)
     a = torch.randint(1, HASH_PRIME, (dim,), generator=g, dtype=torch.long)
     b = torch.randint(0, HASH_PRIME, (1,), generator=g, dtype=torch.long)

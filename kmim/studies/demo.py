@@ -41,7 +41,7 @@ def _method_cfgs(base: RunConfig, out: Path) -> dict[str, RunConfig]:
 
 def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
     """An earlier demo's tokenizer is reused only when it was fitted with this config's tokenizer settings."""
-    recorded = load_tokenizer(path).meta.get("config")
+    recorded = load_tokenizer(path).meta.config
     if recorded != config_to_dict(base.tokenizer):
         raise KmimError(
             f"{path} was fitted with other tokenizer settings than this demo's (tokenizer.k="

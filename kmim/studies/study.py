@@ -253,7 +253,7 @@ def _inertia(run_dir: Path) -> float | None:
     """The K-means inertia its tokenizer file records (None for kinds without one)."""
     from kmim.fit import load_tokenizer
 
-    return cast("float | None", load_tokenizer(run_dir / "tokenizer.pt").meta.get("fit", {}).get("inertia"))
+    return cast("float | None", load_tokenizer(run_dir / "tokenizer.pt").meta.fit.get("inertia"))
 
 
 def probe_epochs(cfg: RunConfig) -> set[int]:

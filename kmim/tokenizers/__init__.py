@@ -4,7 +4,7 @@ A tokenizer maps each image patch to a discrete id in [0, K). Fitting one (K-mea
 sits above the engine, in kmim.fit, which also holds the registry of tokenizer kinds.
 """
 
-from kmim.tokenizers.base import Tokenizer, read_tokenizer_file, to_blob, upgrade
+from kmim.tokenizers.base import MetaLike, Tokenizer, TokenizerMeta, as_meta, read_tokenizer_file, to_blob, upgrade
 from kmim.tokenizers.kmeans import KMeansTokenizer
 from kmim.tokenizers.oracle import ClassWiseTokenizer, CrossClassTokenizer, RandomTokenizer
 from kmim.tokenizers.sources import SOURCES, EncoderSource, FeatureSource, HOGSource, PixelSource
@@ -19,10 +19,13 @@ __all__ = [
     "FeatureSource",
     "HOGSource",
     "KMeansTokenizer",
+    "MetaLike",
     "PixelSource",
     "RandomTokenizer",
     "Tokenizer",
+    "TokenizerMeta",
     "VQTokenizer",
+    "as_meta",
     "read_tokenizer_file",
     "to_blob",
     "upgrade",

@@ -16,6 +16,7 @@ Version 1 files (kmim 0.1.0) load: the only layout change is that a frozen encod
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +32,74 @@ FORMAT, VERSION = "kmim-tokenizer", 2
 READABLE_VERSIONS = (1, 2)
 
 
+@dataclass
+class TokenizerMeta:
+    """What every tokenizer file records, typed; `extra` holds the fields of one kind (patch_norm; hog_cells,
+    hog_bins; vq_hidden, vq_epochs, ...; an encoder source's grid, layer, timm_name, timm_kwargs, encoder_input;
+    an online target's encoder and temperatures). The file stores `to_dict()`: one flat dict, as format version 2
+    always did, so files written before this class existed load unchanged."""
+
+    k: int
+    patch_size: int
+    in_chans: int
+    feature_dim: int = 0
+    feature_source: str = ""
+    dataset: str = ""
+    mean: list[float] | None = None  # the image normalization the tokenizer was fitted under
+    std: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)  # fit statistics (inertia, n_fit, codebook use, ...)
+    kmim_version: str | None = None
+    git_sha: str | None = None
+    config: dict[str, Any] | None = None  # the tokenizer section it was fitted with
+
+    FLAT: ClassVar[tuple[str, ...]] = ("k", "patch_size", "in_chans", "feature_dim", "feature_source")
+    LATE: ClassVar[tuple[str, ...]] = ("fit", "kmim_version", "git_sha", "config")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerMeta:
+        """The inverse of `to_dict` (a file's meta); unknown keys go to `extra`."""
+        d = dict(d)
+        norm = d.pop("normalization", None) or {}
+        core = {key: d.pop(key) for key in (*cls.FLAT, "dataset", *cls.LATE) if key in d}
+        mean, std = norm.get("mean"), norm.get("std")
+        return cls(
+            **core,
+            mean=None if mean is None else list(mean),
+            std=None if std is None else list(std),
+            extra=d,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict a file holds: the common fields, the normalization, the dataset, the kind's fields, then
+        the fit statistics, provenance and config (the order the fitters always wrote)."""
+        out: dict[str, Any] = {key: getattr(self, key) for key in self.FLAT}
+        if self.mean is not None:
+            out["normalization"] = {"mean": list(self.mean), "std": list(self.std or [])}
+        out["dataset"] = self.dataset
+        out.update(self.extra)
+        if self.fit:
+            out["fit"] = self.fit
+        if self.kmim_version is not None:
+            out.update(kmim_version=self.kmim_version, git_sha=self.git_sha)
+        if self.config is not None:
+            out["config"] = self.config
+        return out
+
+    def stamp(self, fit: dict[str, Any]) -> TokenizerMeta:
+        """Record the fit statistics and this kmim's version and git SHA (at the end of every fit)."""
+        self.fit = fit
+        self.kmim_version, self.git_sha = kmim.__version__, git_sha()
+        return self
+
+
+MetaLike = TokenizerMeta | dict[str, Any]  # a TokenizerMeta, or the flat dict a file holds
+
+
+def as_meta(meta: MetaLike) -> TokenizerMeta:
+    return meta if isinstance(meta, TokenizerMeta) else TokenizerMeta.from_dict(meta)
+
+
 class Tokenizer(nn.Module):
     """Subclasses set `kind`, implement `encode`; `needs_labels` marks label-using oracles. How a tokenizer is
     rebuilt from a file is the loader named by its registry entry (kmim.fit.TOKENIZERS)."""
@@ -38,28 +107,28 @@ class Tokenizer(nn.Module):
     kind: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False  # oracle tokenizers (class-wise, cross-class) read the image labels
 
-    def __init__(self, meta: dict[str, Any]) -> None:
+    def __init__(self, meta: MetaLike) -> None:
         super().__init__()
-        self.meta = dict(meta)
+        self.meta = as_meta(meta)
 
     @property
     def k(self) -> int:
-        return int(self.meta["k"])
+        return int(self.meta.k)
 
     @property
     def patch_size(self) -> int:
-        return int(self.meta["patch_size"])
+        return int(self.meta.patch_size)
 
     @property
     def in_chans(self) -> int:
-        return int(self.meta["in_chans"])
+        return int(self.meta.in_chans)
 
     def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) normalized images [and (B,) labels] -> token ids (B, L) int64, patches in row-major order."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, **self.meta}
+        return {"kind": self.kind, **self.meta.to_dict()}
 
     def save(self, path: str | Path) -> None:
         blob = to_blob(self)
@@ -80,32 +149,29 @@ class Tokenizer(nn.Module):
             raise KmimError(f"{where}: patch size {self.patch_size} does not match the model's patch size {patch_size}")
         if self.in_chans != in_chans:
             raise KmimError(f"{where}: fitted on {self.in_chans}-channel images, the data has {in_chans} channels")
-        norm = self.meta.get("normalization")
-        if norm is not None and (_rounded(norm["mean"]) != _rounded(mean) or _rounded(norm["std"]) != _rounded(std)):
+        m = self.meta
+        if m.mean is not None and (_rounded(m.mean) != _rounded(mean) or _rounded(m.std or []) != _rounded(std)):
             raise KmimError(
-                f"{where}: fitted under normalization mean={norm['mean']} std={norm['std']}, "
+                f"{where}: fitted under normalization mean={m.mean} std={m.std}, "
                 f"the data uses mean={list(mean)} std={list(std)}: refit it on this dataset"
             )
 
 
 def base_meta(
     k: int, patch_size: int, info: Any, *, dataset: str, feature_source: str, feature_dim: int, **extra: Any
-) -> dict[str, Any]:
-    """The fields every tokenizer file records (see the module docstring)."""
-    return {
-        "k": k,
-        "patch_size": patch_size,
-        "in_chans": info.channels,
-        "feature_dim": feature_dim,
-        "feature_source": feature_source,
-        "normalization": {"mean": list(info.mean), "std": list(info.std)},
-        "dataset": dataset,
-        **extra,
-    }
-
-
-def provenance() -> dict[str, Any]:
-    return {"kmim_version": kmim.__version__, "git_sha": git_sha()}
+) -> TokenizerMeta:
+    """The fields every tokenizer file records (see the module docstring); `extra`: the kind's own."""
+    return TokenizerMeta(
+        k=k,
+        patch_size=patch_size,
+        in_chans=info.channels,
+        feature_dim=feature_dim,
+        feature_source=feature_source,
+        dataset=dataset,
+        mean=list(info.mean),
+        std=list(info.std),
+        extra=extra,
+    )
 
 
 def _rounded(v: Any) -> list[float]:
@@ -148,4 +214,10 @@ def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
 
 def to_blob(tok: Tokenizer) -> dict[str, Any]:
     """What a tokenizer file (and a checkpoint's `tokenizer` entry) holds."""
-    return {"format": FORMAT, "version": VERSION, "kind": tok.kind, "meta": tok.meta, "state": tok.state_dict()}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": tok.kind,
+        "meta": tok.meta.to_dict(),
+        "state": tok.state_dict(),
+    }

@@ -7,12 +7,12 @@ token of a patch = argmin_k ||f(patch) - c_k||^2 over the centroids c (K, D) of 
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
 
 from kmim.errors import KmimError
-from kmim.tokenizers.base import Tokenizer
+from kmim.tokenizers.base import MetaLike, Tokenizer, as_meta
 from kmim.tokenizers.codebook import assign, check_finite
 from kmim.tokenizers.sources import FeatureSource
 
@@ -22,7 +22,7 @@ class KMeansTokenizer(Tokenizer):
 
     centroids: torch.Tensor  # registered buffer (K, D)
 
-    def __init__(self, meta: dict[str, Any], source: FeatureSource, centroids: torch.Tensor) -> None:
+    def __init__(self, meta: MetaLike, source: FeatureSource, centroids: torch.Tensor) -> None:
         super().__init__(meta)
         if centroids.shape != (self.k, source.dim):
             raise KmimError(
@@ -52,9 +52,10 @@ class KMeansTokenizer(Tokenizer):
 
     @classmethod
     def from_state(
-        cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source_cls: type[FeatureSource]
+        cls, meta: MetaLike, state: dict[str, torch.Tensor], source_cls: type[FeatureSource]
     ) -> KMeansTokenizer:
         """Rebuild from a file: the source from meta, then centroids (and a frozen encoder's weights) from state."""
+        meta = as_meta(meta)
         tok = cls(meta, source_cls.from_meta(meta), state["centroids"])
         try:
             tok.load_state_dict(state)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from kmim.tokenizers.base import Tokenizer
+from kmim.tokenizers.base import MetaLike, Tokenizer, as_meta
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 EXP_OFFSET = 60.0  # each column's largest entry becomes exp(60): sums of up to ~1e12 of them stay finite in fp32
@@ -82,25 +82,26 @@ class OnlineClusters(Tokenizer):
 
     kind = "online-clusters"
 
-    def __init__(self, meta: dict[str, Any], teacher: VisionTransformer, prototypes: nn.Linear) -> None:
+    def __init__(self, meta: MetaLike, teacher: VisionTransformer, prototypes: nn.Linear) -> None:
         super().__init__(meta)
         self.teacher: VisionTransformer = teacher.requires_grad_(False).eval()
         self.prototypes = prototypes
 
     @classmethod
-    def create(cls, meta: dict[str, Any], seed: int) -> OnlineClusters:
-        """A fresh one: the teacher rebuilt from meta["encoder"] (its weights are set by `copy_from` or a state
+    def create(cls, meta: MetaLike, seed: int) -> OnlineClusters:
+        """A fresh one: the teacher rebuilt from meta.extra["encoder"] (its weights are set by `copy_from` or a state
         dict), the prototypes drawn from N(0, 1) with bias 0 under a generator seeded by `seed`."""
-        enc = meta["encoder"]
+        meta = as_meta(meta)
+        enc = meta.extra["encoder"]
         teacher = cast(VisionTransformer, timm.create_model(enc["timm_name"], pretrained=False, **enc["timm_kwargs"]))
-        protos = nn.Linear(int(meta["feature_dim"]), int(meta["k"]), bias=True)
+        protos = nn.Linear(meta.feature_dim, meta.k, bias=True)
         with torch.no_grad():
             protos.weight.copy_(torch.randn(protos.weight.shape, generator=torch.Generator().manual_seed(seed)))
             protos.bias.zero_()
         return cls(meta, teacher, protos)
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], state: dict[str, Any]) -> OnlineClusters:
+    def from_state(cls, meta: MetaLike, state: dict[str, Any]) -> OnlineClusters:
         tok = cls.create(meta, seed=0)
         tok.load_state_dict(state)
         return tok
@@ -138,12 +139,12 @@ class OnlineClusters(Tokenizer):
         self, logits: torch.Tensor, reduce_sum: Reduce | None = None, reduce_max: Reduce | None = None
     ) -> torch.Tensor:
         """Soft targets (B, L, K) by Sinkhorn-Knopp on logits / target_temp (no gradient)."""
-        iters, temp = int(self.meta["sinkhorn_iters"]), float(self.meta["target_temp"])
+        iters, temp = int(self.meta.extra["sinkhorn_iters"]), float(self.meta.extra["target_temp"])
         return sinkhorn_knopp(logits.detach() / temp, iters, reduce_sum, reduce_max=reduce_max)
 
     def clustering_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The prototypes' own loss: soft cross-entropy of softmax(logits / pred_temp) against the assignments."""
-        return soft_cross_entropy(logits, q, float(self.meta["pred_temp"]))
+        return soft_cross_entropy(logits, q, float(self.meta.extra["pred_temp"]))
 
     @torch.no_grad()
     def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

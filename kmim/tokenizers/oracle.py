@@ -15,12 +15,12 @@ All three work on pixel patches (standardized per patch when tokenizer.patch_nor
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
 
 from kmim.errors import KmimError
-from kmim.tokenizers.base import Tokenizer
+from kmim.tokenizers.base import MetaLike, Tokenizer
 from kmim.tokenizers.codebook import check_finite
 from kmim.tokenizers.sources import PixelSource
 
@@ -29,16 +29,16 @@ QUANT_STEP = 1e-3  # in units of the normalized image; uint8 images differ by >=
 
 
 class _PixelTokenizer(Tokenizer):
-    def __init__(self, meta: dict[str, Any]) -> None:
+    def __init__(self, meta: MetaLike) -> None:
         super().__init__(meta)
-        self.source = PixelSource.from_meta(meta)
+        self.source = PixelSource.from_meta(self.meta)
 
     @property
     def feature_dim(self) -> int:
         return self.source.dim
 
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> patch vectors (B, P, p*p*C), standardized per patch when meta['patch_norm']."""
+        """(B, C, H, W) -> patch vectors (B, P, p*p*C), standardized per patch when meta.extra['patch_norm']."""
         return cast(torch.Tensor, self.source(imgs))
 
 
@@ -48,9 +48,9 @@ class _LabelOracle(_PixelTokenizer):
     needs_labels = True
     centroids: torch.Tensor  # registered buffer (L, M, D)
 
-    def __init__(self, meta: dict[str, Any], centroids: torch.Tensor) -> None:
+    def __init__(self, meta: MetaLike, centroids: torch.Tensor) -> None:
         super().__init__(meta)
-        want = (int(meta["num_classes"]), int(meta["clusters_per_class"]), self.feature_dim)
+        want = (int(self.meta.extra["num_classes"]), int(self.meta.extra["clusters_per_class"]), self.feature_dim)
         if tuple(centroids.shape) != want:
             raise KmimError(f"{self.kind} centroids of shape {tuple(centroids.shape)} do not match (L, M, D) = {want}")
         self.register_buffer("centroids", check_finite(centroids.float(), f"the {self.kind} centroids"))  # (L, M, D)
@@ -91,7 +91,7 @@ class CrossClassTokenizer(_LabelOracle):
     kind = "cross-class"
     ranks: torch.Tensor  # registered buffer (L, K)
 
-    def __init__(self, meta: dict[str, Any], centroids: torch.Tensor, ranks: torch.Tensor) -> None:
+    def __init__(self, meta: MetaLike, centroids: torch.Tensor, ranks: torch.Tensor) -> None:
         super().__init__(meta, centroids)
         if ranks.shape != centroids.shape[:2]:
             raise KmimError(f"cross-class ranks of shape {tuple(ranks.shape)} do not match (L, K)")
@@ -110,7 +110,7 @@ class RandomTokenizer(_PixelTokenizer):
     hash_a: torch.Tensor  # registered buffers
     hash_b: torch.Tensor
 
-    def __init__(self, meta: dict[str, Any], hash_a: torch.Tensor, hash_b: torch.Tensor) -> None:
+    def __init__(self, meta: MetaLike, hash_a: torch.Tensor, hash_b: torch.Tensor) -> None:
         super().__init__(meta)
         if hash_a.shape != (self.feature_dim,) or hash_b.shape != (1,):
             raise KmimError(f"random tokenizer hash of shape {tuple(hash_a.shape)} does not match D={self.feature_dim}")
@@ -120,6 +120,6 @@ class RandomTokenizer(_PixelTokenizer):
     @torch.no_grad()
     def encode(self, imgs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(imgs).clamp(-1e6, 1e6)  # (B, P, D)
-        q = torch.round(x / float(self.meta["quant_step"])).long().remainder(HASH_PRIME)  # (B, P, D)
+        q = torch.round(x / float(self.meta.extra["quant_step"])).long().remainder(HASH_PRIME)  # (B, P, D)
         h = (q * self.hash_a).remainder(HASH_PRIME).sum(dim=-1)  # (B, P), D terms < 2^31 each
         return (h + self.hash_b).remainder(HASH_PRIME).remainder(self.k)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kmim.errors import KmimError
+from kmim.tokenizers.base import TokenizerMeta
 from kmim.tokenizers.hog import check_hog_params, hog_descriptors
 from kmim.tokenizers.patches import normalize_patches, patchify
 
@@ -40,7 +41,7 @@ class FeatureSource(nn.Module):
         self.dim = dim
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> FeatureSource:
+    def from_meta(cls, meta: TokenizerMeta) -> FeatureSource:
         raise NotImplementedError
 
     def _norm_buffers(self, mean: list[float], std: list[float], prefix: str = "") -> None:
@@ -58,8 +59,8 @@ class PixelSource(FeatureSource):
         self.patch_size, self.patch_norm = patch_size, patch_norm
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> PixelSource:
-        return cls(int(meta["patch_size"]), int(meta["in_chans"]), bool(meta.get("patch_norm")))
+    def from_meta(cls, meta: TokenizerMeta) -> PixelSource:
+        return cls(meta.patch_size, meta.in_chans, bool(meta.extra.get("patch_norm")))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         x = patchify(imgs.float(), self.patch_size)  # (B, L, p*p*C)
@@ -80,16 +81,9 @@ class HOGSource(FeatureSource):
         self._norm_buffers(mean, std)
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> HOGSource:
-        norm = meta["normalization"]
-        return cls(
-            int(meta["patch_size"]),
-            int(meta["in_chans"]),
-            int(meta["hog_cells"]),
-            bins=int(meta["hog_bins"]),
-            mean=norm["mean"],
-            std=norm["std"],
-        )
+    def from_meta(cls, meta: TokenizerMeta) -> HOGSource:
+        cells, bins = int(meta.extra["hog_cells"]), int(meta.extra["hog_bins"])
+        return cls(meta.patch_size, meta.in_chans, cells, bins=bins, mean=_required(meta.mean), std=_required(meta.std))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         pixels = imgs.float() * self.std + self.mean  # undo the dataset normalization
@@ -107,23 +101,24 @@ class EncoderSource(FeatureSource):
     enc_mean: torch.Tensor
     enc_std: torch.Tensor
 
-    def __init__(self, encoder: nn.Module, meta: dict[str, Any]) -> None:
+    def __init__(self, encoder: nn.Module, meta: TokenizerMeta) -> None:
         super().__init__(int(cast(int, encoder.embed_dim)))
-        if tuple(cast(Any, encoder.patch_embed).grid_size) != tuple(meta["grid"]):
+        x = meta.extra
+        if tuple(cast(Any, encoder.patch_embed).grid_size) != tuple(x["grid"]):
             raise KmimError(
                 f"the encoder's patch grid is {grid_str(cast(Any, encoder.patch_embed).grid_size)}, the tokenizer's is "
-                f"{grid_str(meta['grid'])}: one token per patch needs equal grids"
+                f"{grid_str(x['grid'])}: one token per patch needs equal grids"
             )
         self.encoder = cast("VisionTransformer", encoder.requires_grad_(False).eval())
-        self.patch_size, self.grid, self.layer = int(meta["patch_size"]), tuple(meta["grid"]), int(meta["layer"])
-        inp = meta["encoder_input"]
+        self.patch_size, self.grid, self.layer = meta.patch_size, tuple(x["grid"]), int(x["layer"])
+        inp = x["encoder_input"]
         self.size, self.enc_chans, self.repeat = tuple(inp["size"]), int(inp["in_chans"]), bool(inp["repeat_channels"])
-        self._norm_buffers(meta["normalization"]["mean"], meta["normalization"]["std"], "data_")
+        self._norm_buffers(_required(meta.mean), _required(meta.std), "data_")
         self._norm_buffers(inp["mean"], inp["std"], "enc_")
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> EncoderSource:
-        return cls(timm.create_model(meta["timm_name"], pretrained=False, **meta["timm_kwargs"]), meta)
+    def from_meta(cls, meta: TokenizerMeta) -> EncoderSource:
+        return cls(timm.create_model(meta.extra["timm_name"], pretrained=False, **meta.extra["timm_kwargs"]), meta)
 
     def train(self, mode: bool = True) -> EncoderSource:
         """The encoder stays frozen in eval mode whatever the tokenizer's mode."""
@@ -165,3 +160,10 @@ def grid_str(grid: Any) -> str:
 
 
 SOURCES: dict[str, type[FeatureSource]] = {s.name: s for s in (PixelSource, HOGSource, EncoderSource)}
+
+
+def _required(values: list[float] | None) -> list[float]:
+    """A normalization every HOG or encoder tokenizer file records."""
+    if values is None:
+        raise KmimError("the tokenizer file records no image normalization: refit it with `kmim tokenize`")
+    return values

@@ -11,18 +11,18 @@ are restarted at random encoder outputs of the current batch (Dhariwal et al. 20
 K random encoder outputs of the first batch. The default EMA decay is 0.9, not the usual 0.99: a fit has only
 hundreds of steps, and at 0.99 codes that fell out of use kept counts above the restart threshold for the whole run
 (fewer codes used on mnist5k). Training (codebook initialisation, EMA and restarts included) is
-`kmim.fit.vq.train_vqvae`; meta['fit'] reports codebook usage and perplexity on the training split.
+`kmim.fit.vq.train_vqvae`; meta.fit reports codebook usage and perplexity on the training split.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
 
 from kmim.errors import KmimError
-from kmim.tokenizers.base import Tokenizer
+from kmim.tokenizers.base import MetaLike, Tokenizer, as_meta
 from kmim.tokenizers.codebook import assign, check_finite
 from kmim.tokenizers.patches import patchify
 
@@ -78,11 +78,11 @@ class VQTokenizer(Tokenizer):
 
     kind = "vq"
 
-    def __init__(self, meta: dict[str, Any], vae: VQVAE) -> None:
+    def __init__(self, meta: MetaLike, vae: VQVAE) -> None:
         super().__init__(meta)
-        if tuple(vae.codebook.shape) != (self.k, int(meta["feature_dim"])):
+        if tuple(vae.codebook.shape) != (self.k, self.meta.feature_dim):
             raise KmimError(
-                f"VQ codebook of shape {tuple(vae.codebook.shape)} does not match K={self.k}, D={meta['feature_dim']}"
+                f"VQ codebook of shape {tuple(vae.codebook.shape)} does not match K={self.k}, D={self.meta.feature_dim}"
             )
         if vae.patch_size != self.patch_size:
             raise KmimError(f"VQ-VAE patch size {vae.patch_size} does not match the tokenizer's {self.patch_size}")
@@ -93,15 +93,10 @@ class VQTokenizer(Tokenizer):
         return self.vae.quantize(self.vae.latents(imgs))  # (B, L)
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> VQTokenizer:
+    def from_state(cls, meta: MetaLike, state: dict[str, torch.Tensor]) -> VQTokenizer:
         """Rebuild from a file's meta (architecture) and state (weights, codebook)."""
-        vae = VQVAE(
-            int(meta["in_chans"]),
-            int(meta["patch_size"]),
-            int(meta["k"]),
-            dim=int(meta["feature_dim"]),
-            hidden=int(meta["vq_hidden"]),
-        )
+        meta = as_meta(meta)
+        vae = VQVAE(meta.in_chans, meta.patch_size, meta.k, dim=meta.feature_dim, hidden=int(meta.extra["vq_hidden"]))
         tok = cls(meta, vae)
         try:
             tok.load_state_dict(state)

@@ -60,7 +60,7 @@ def _imgs(ds, n=4):
 
 def test_timm_encoder_from_a_local_file(tmp_path, tiny_overrides, vit_file):
     tok, ds = _fit(tiny_overrides, _timm_overrides(vit_file))
-    m = tok.meta
+    m = tok.meta.to_dict()  # the flat dict the file holds
     # 16 px images, MIM patch 4 -> 4x4 grid; the /8 encoder sees them resized to 32 px, gray repeated to RGB
     assert m["grid"] == [4, 4] and m["feature_dim"] == 16 and m["source"] == "timm"
     assert m["encoder_input"] == {
@@ -99,8 +99,8 @@ def test_layer_picks_a_block_output(tiny_overrides, vit_file):
 def test_kmim_checkpoint_encoder(tmp_path, tiny_overrides):
     enc = _kmim_encoder_file(tmp_path / "encoder.pt").eval()
     tok, ds = _fit(tiny_overrides, ["tokenizer.name=kmeans-features", f"tokenizer.encoder={tmp_path / 'encoder.pt'}"])
-    assert tok.meta["source"] == "kmim" and tok.meta["weights"] == str(tmp_path / "encoder.pt")
-    assert tok.meta["encoder_input"]["size"] == [16, 16] and tok.meta["feature_dim"] == 32
+    assert tok.meta.extra["source"] == "kmim" and tok.meta.extra["weights"] == str(tmp_path / "encoder.pt")
+    assert tok.meta.extra["encoder_input"]["size"] == [16, 16] and tok.meta.feature_dim == 32
     imgs = _imgs(ds)
     with torch.no_grad():
         expect = enc.forward_features(imgs)[:, 1:]  # same size, same normalization: the images as they are
@@ -134,9 +134,9 @@ def test_supervised_encoder(tmp_path, tiny_overrides):
     ]
     tok, ds = _fit(tiny_overrides, extra)
     assert torch.equal(torch.rand(3), expect)  # fitting left the global RNG as it was
-    sup = tok.meta["supervised"]
-    assert sup["steps"] == 3 and sup["epochs"] == 1 and tok.meta["timm_kwargs"]["patch_size"] == 4
-    assert tok.meta["feature_dim"] == 128 and tok.meta["feature_source"] == "supervised:mnist-tiny"
+    sup = tok.meta.extra["supervised"]
+    assert sup["steps"] == 3 and sup["epochs"] == 1 and tok.meta.extra["timm_kwargs"]["patch_size"] == 4
+    assert tok.meta.feature_dim == 128 and tok.meta.feature_source == "supervised:mnist-tiny"
     tok.save(tmp_path / "sup.pt")
     imgs = _imgs(ds)
     assert torch.equal(load_tokenizer(tmp_path / "sup.pt").encode(imgs), tok.encode(imgs))
@@ -182,7 +182,7 @@ def test_incompatible_tokenizers_are_refused(tmp_path, tiny_overrides, vit_file)
 
 def test_fit_images_bounds_the_extraction(tiny_overrides, vit_file):
     tok, _ = _fit(tiny_overrides, [*_timm_overrides(vit_file), "tokenizer.fit_images=10"])
-    assert tok.meta["fit"]["fit_images"] == 10
+    assert tok.meta.fit["fit_images"] == 10
     ds = list(range(24))
     sub = fit_subset(ds, 10, 0)
     assert len(sub) == 10 and len(set(sub.indices)) == 10 and sub.indices == sorted(sub.indices)

@@ -60,8 +60,11 @@ def test_self_bootstrapped_feature_tokenizer(tiny_overrides):
     feats = ["tokenizer.name=kmeans-features", f"tokenizer.encoder={mae}"]
     run, res = pretrain_run(load_config(None, [*tiny_overrides, *feats, "name=round1", "train.epochs=1"]), False)
     tok = load_tokenizer(run / "tokenizer.pt")
-    assert res["steps"] == 3 and tok.meta["source"] == "kmim"
-    assert tok.meta["weights"] == str(mae / "checkpoints" / "last.pt") and tok.meta["encoder_dataset"] == "synthetic"
+    assert res["steps"] == 3 and tok.meta.extra["source"] == "kmim"
+    assert (
+        tok.meta.extra["weights"] == str(mae / "checkpoints" / "last.pt")
+        and tok.meta.extra["encoder_dataset"] == "synthetic"
+    )
 
 
 def test_unknown_name_lists_the_zoo(tiny_overrides):

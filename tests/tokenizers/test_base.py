@@ -43,7 +43,7 @@ def test_version_1_feature_tokenizer_layout_is_upgraded(tmp_path, tiny_overrides
         "format": "kmim-tokenizer",
         "version": 1,
         "kind": tok.kind,
-        "meta": tok.meta,
+        "meta": tok.meta.to_dict(),
         "state": {k.removeprefix("source."): v for k, v in tok.state_dict().items()},
     }
     assert any(k.startswith("encoder.") for k in v1["state"])
@@ -62,3 +62,37 @@ def test_nan_or_inf_centroids_are_refused(tmp_path):
     tok.save(tmp_path / "nan.pt")
     with pytest.raises(KmimError, match="centroids has 1 NaN/Inf values: the tokenizer file is damaged"):
         load_tokenizer(tmp_path / "nan.pt")
+
+
+def test_tokenizer_meta_is_typed_and_the_file_keeps_its_flat_layout():
+    from kmim.tokenizers.base import TokenizerMeta
+
+    flat = {  # the meta of a version-2 file as the fitters wrote it before the class existed
+        "k": 8,
+        "patch_size": 4,
+        "in_chans": 1,
+        "feature_dim": 144,
+        "feature_source": "hog",
+        "normalization": {"mean": [0.5], "std": [0.25]},
+        "dataset": "synthetic",
+        "hog_cells": 2,
+        "hog_bins": 9,
+        "fit": {"inertia": 1.5},
+        "kmim_version": "0.1.0",
+        "git_sha": None,
+        "config": {"name": "kmeans-hog"},
+    }
+    meta = TokenizerMeta.from_dict(flat)
+    assert (meta.k, meta.patch_size, meta.feature_dim, meta.mean, meta.std) == (8, 4, 144, [0.5], [0.25])
+    assert meta.extra == {"hog_cells": 2, "hog_bins": 9} and meta.fit == {"inertia": 1.5}
+    assert meta.config == {"name": "kmeans-hog"} and meta.kmim_version == "0.1.0"
+    back = meta.to_dict()
+    assert back == flat and list(back) == list(flat)  # same keys, same order: the file's bytes do not change
+    assert TokenizerMeta.from_dict({"k": 2, "patch_size": 2, "in_chans": 1}).to_dict() == {
+        "k": 2,
+        "patch_size": 2,
+        "in_chans": 1,
+        "feature_dim": 0,
+        "feature_source": "",
+        "dataset": "",
+    }

@@ -5,7 +5,7 @@ from kmim.config import TokenizerConfig
 from kmim.data import build_dataset
 from kmim.errors import KmimError
 from kmim.fit import FitData, fit_tokenizer, load_tokenizer
-from kmim.tokenizers import KMeansTokenizer, PixelSource
+from kmim.tokenizers import KMeansTokenizer, PixelSource, TokenizerMeta
 from kmim.tokenizers.codebook import assign
 
 
@@ -28,7 +28,9 @@ def _meta(k=2, p=2, c=1, patch_norm=False):
 
 
 def test_pixel_tokenizer_encodes_patches():
-    tok = KMeansTokenizer(_meta(), PixelSource.from_meta(_meta()), torch.stack([torch.zeros(4), torch.ones(4)]))
+    tok = KMeansTokenizer(
+        _meta(), PixelSource.from_meta(TokenizerMeta.from_dict(_meta())), torch.stack([torch.zeros(4), torch.ones(4)])
+    )
     img = torch.zeros(1, 1, 4, 4)
     img[0, 0, :2, 2:] = 1.0  # top-right patch bright
     img[0, 0, 2:, 2:] = 0.6  # bottom-right nearer 1 than 0
@@ -38,8 +40,8 @@ def test_pixel_tokenizer_encodes_patches():
 def test_tokenizer_save_load_roundtrip_and_refusals(tmp_path, tiny_cfg):
     ds, info = build_dataset(tiny_cfg.data, "train")
     tok = fit_tokenizer(tiny_cfg.tokenizer, FitData(ds, info, 4, "synthetic"), progress=False)
-    assert tok.meta["fit"]["n_fit"] == 3 * 8 * 16  # every patch: 24 images x 16 patches < K * 256
-    assert tok.meta["git_sha"] is None or isinstance(tok.meta["git_sha"], str)
+    assert tok.meta.fit["n_fit"] == 3 * 8 * 16  # every patch: 24 images x 16 patches < K * 256
+    assert tok.meta.git_sha is None or isinstance(tok.meta.git_sha, str)
     path = tmp_path / "tok.pt"
     tok.save(path)
     back = load_tokenizer(path)

@@ -133,7 +133,7 @@ def test_random_is_deterministic_and_uniform_over_distinct_patches(tiny_data):
     assert counts.min() > 400 and counts.max() < 600
     other = fit_random(TokenizerConfig(name="random", k=8, seed=1), FitData(ds, info, 4, "synthetic"))
     assert not torch.equal(other.encode(imgs), same)
-    assert tok.meta["fit"]["seed"] == 0 and math.isclose(tok.meta["quant_step"], 1e-3)
+    assert tok.meta.fit["seed"] == 0 and math.isclose(tok.meta.extra["quant_step"], 1e-3)
 
 
 @pytest.mark.parametrize("name", ORACLES)
