@@ -226,7 +226,7 @@ def flops_per_image() -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from kmim.config import ModelConfig
-    from kmim.models import build_classifier, build_mim, encoder_kwargs, resolve_spec
+    from kmim.models import EncoderSpec, build_classifier, build_mim, encoder_kwargs, resolve_spec
 
     out = {}
     x = torch.randn(2, 3, 224, 224)
@@ -240,7 +240,9 @@ def flops_per_image() -> dict[str, float]:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             mim.encoder.forward_features(x)
         out[f"{preset} forward"] = fc.get_total_flops() / 2
-        clf = build_classifier(spec.timm_name, encoder_kwargs(spec, 224, 3), 100, pool="avg", drop_path=0.0)
+        clf = build_classifier(
+            EncoderSpec(spec.timm_name, encoder_kwargs(spec, 224, 3)), 100, pool="avg", drop_path=0.0
+        )
         with FlopCounterMode(display=False) as fc:
             clf(x).sum().backward()
         out[f"{preset} finetune"] = fc.get_total_flops() / 2

@@ -10,11 +10,11 @@ from typing import Any, cast
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, is_main
-from kmim.engine.finetune import Finetuner
+from kmim.engine.finetune import Finetuner, FinetuneSource
 from kmim.engine.trainer import reopen_run, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
-from kmim.models import encoder_kwargs, resolve_spec
+from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, check_images, load_run_config
 from kmim.runs import RunDir, check_resume
@@ -22,7 +22,7 @@ from kmim.runs import RunDir, check_resume
 __all__ = ["continue_run", "start"]
 
 
-def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _source(path: str, allow_unfinished: bool = False) -> tuple[FinetuneSource, dict[str, Any] | None]:
     enc, info = load_encoder(path)
     total = ((info["config"] or {}).get("train") or {}).get("epochs")
     done = info["epochs_done"]
@@ -31,14 +31,9 @@ def _source(path: str, allow_unfinished: bool = False) -> tuple[dict[str, Any], 
             f"{path} is an unfinished pretraining run (epoch {done} of {total}): finish it with `kmim "
             f"pretrain --resume {path}`, or pass --allow-unfinished to fine-tune it as it is"
         )
-    spec = info["encoder"]
-    source = {
-        "timm_name": spec["timm_name"],
-        "timm_kwargs": dict(spec["timm_kwargs"]),
-        "state_dict": enc.state_dict(),
-        "path": str(info["checkpoint"]),
-    }
-    return source, info["config"]
+    return FinetuneSource(EncoderSpec.from_dict(info["encoder"]), enc.state_dict(), str(info["checkpoint"])), info[
+        "config"
+    ]
 
 
 def _config(path: str, config: str | None, overrides: list[str], *, saved: dict[str, Any] | None) -> RunConfig:
@@ -52,7 +47,7 @@ def _config(path: str, config: str | None, overrides: list[str], *, saved: dict[
     return cfg
 
 
-def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
+def _random_source(config: str | None, overrides: list[str]) -> tuple[FinetuneSource, RunConfig]:
     cfg = load_run_config(config, overrides)
     enc = random_encoder(cfg, cfg.finetune.seed)
     spec = resolve_spec(cfg.model)
@@ -60,7 +55,7 @@ def _random_source(config: str | None, overrides: list[str]) -> tuple[dict[str, 
     if not any(o.startswith("name=") for o in overrides):
         cfg.name = "random-init-finetune"
     path = f"random-init (seed {cfg.finetune.seed})"
-    return {"timm_name": spec.timm_name, "timm_kwargs": kwargs, "state_dict": enc.state_dict(), "path": path}, cfg
+    return FinetuneSource(EncoderSpec(spec.timm_name, kwargs), enc.state_dict(), path), cfg
 
 
 def start(
@@ -101,9 +96,7 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     agree(lambda: check_batch(cfg, "finetune"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
-    spec = ckpt["classifier"]
-    kwargs = {k: v for k, v in spec["timm_kwargs"].items() if k not in ("num_classes", "global_pool")}
-    source = {"timm_name": spec["timm_name"], "timm_kwargs": kwargs, "state_dict": None, "path": ckpt["source"]}
+    source = FinetuneSource(EncoderSpec.from_dict(ckpt["classifier"]).without_head(), None, ckpt["source"])
     trainer = Finetuner(cfg, path, source, progress=progress, resume_from=ckpt)
     scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
     reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)

@@ -10,7 +10,7 @@ import kmim
 
 LAYERS = [
     {"__init__", "errors", "argtypes", "progress"},
-    {"config", "runinfo", "paths", "digest"},
+    {"config", "runinfo", "paths", "digest", "spec"},
     {"data", "models", "metrics", "tokenizers", "tracking", "runs"},
     {"engine"},
     {"eval"},

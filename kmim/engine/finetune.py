@@ -8,6 +8,7 @@ timm architecture with a head for the dataset's classes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,7 +31,7 @@ from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import build_optimizer, effective_lr
 from kmim.engine.trainer import Trainer, autocast_ctx, write_results
 from kmim.errors import KmimError
-from kmim.models import build_classifier
+from kmim.models import EncoderSpec, build_classifier
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -92,6 +93,16 @@ def holdout_split(
     return Subset(train, sorted(fit.tolist())), Subset(train_eval, sorted(held.tolist()))
 
 
+@dataclass(frozen=True)
+class FinetuneSource:
+    """The pretrained encoder a fine-tuning run starts from: its architecture, its weights (None on a resume: the
+    checkpoint's are loaded) and where it came from (a checkpoint path, or "random-init (seed s)")."""
+
+    spec: EncoderSpec
+    state_dict: dict[str, torch.Tensor] | None
+    path: str
+
+
 class Finetuner(Trainer):
     """Owns the classifier, optimizer (layer decay), data, Mixup, EMA and run directory of one fine-tuning run."""
 
@@ -102,12 +113,11 @@ class Finetuner(Trainer):
         self,
         cfg: RunConfig,
         run_dir: Path,
-        source: dict[str, Any],
+        source: FinetuneSource,
         *,
         progress: bool = True,
         resume_from: dict[str, Any] | None = None,
     ) -> None:
-        """`source`: {"timm_name", "timm_kwargs", "state_dict", "path"} of the pretrained encoder."""
         ft = cfg.finetune
         super().__init__(cfg, run_dir, ft, progress=progress)
         ds, info = build_dataset(cfg.data, "train")
@@ -117,21 +127,19 @@ class Finetuner(Trainer):
         if ft.holdout > 0:
             ds, self.test = holdout_split(ds, build_dataset(cfg.data, "train")[0], ft.holdout, seed=ft.seed)
             self.eval_split = f"a held-out {ft.holdout:.0%} of {cfg.data.name}'s train split (finetune.holdout)"
-        self.num_classes, self.source_path = len(info.classes), source["path"]
+        self.num_classes, self.source_path = len(info.classes), source.path
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
         self.sampler = GlobalBatchSampler(
             len(cast(Sized, ds)), self.plan.micro, ft.seed, rank=get_rank(), world_size=get_world_size()
         )
-        self.spec = {
-            "timm_name": source["timm_name"],
-            "timm_kwargs": {**source["timm_kwargs"], "num_classes": self.num_classes, "global_pool": ft.pool},
-        }
-        self.model = build_classifier(
-            source["timm_name"], source["timm_kwargs"], self.num_classes, pool=ft.pool, drop_path=ft.drop_path
+        enc = source.spec
+        self.spec = EncoderSpec(
+            enc.timm_name, {**enc.timm_kwargs, "num_classes": self.num_classes, "global_pool": ft.pool}
         )
-        if source["state_dict"] is not None:  # None on a resume: the checkpoint's weights are loaded below
-            load_encoder_weights(self.model, source["state_dict"], source["path"])
+        self.model = build_classifier(enc, self.num_classes, pool=ft.pool, drop_path=ft.drop_path)
+        if source.state_dict is not None:  # None on a resume: the checkpoint's weights are loaded below
+            load_encoder_weights(self.model, source.state_dict, source.path)
         self.model.to(self.device)
         self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
         self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
@@ -152,16 +160,16 @@ class Finetuner(Trainer):
         self.best: dict[str, float] = {}  # best test top-1 over the evaluated epochs (MAE reports it) and its epoch
         self._ready(resume_from)
 
-    def _check_source(self, source: dict[str, Any], channels: int) -> None:
-        kw = source["timm_kwargs"]
+    def _check_source(self, source: FinetuneSource, channels: int) -> None:
+        kw = source.spec.timm_kwargs
         if kw.get("img_size") != self.cfg.data.img_size:
             raise KmimError(
-                f"data.img_size={self.cfg.data.img_size} but {source['path']} was pretrained at "
+                f"data.img_size={self.cfg.data.img_size} but {source.path} was pretrained at "
                 f"{kw.get('img_size')} px: set data.img_size={kw.get('img_size')}"
             )
         if kw.get("in_chans", 3) != channels:
             raise KmimError(
-                f"{source['path']} takes {kw.get('in_chans')}-channel images, data.name="
+                f"{source.path} takes {kw.get('in_chans')}-channel images, data.name="
                 f"{self.cfg.data.name} has {channels}"
             )
 
@@ -236,7 +244,7 @@ class Finetuner(Trainer):
         ema = self.ema.state_dict() if self.ema is not None else None
         return {
             **super().checkpoint_state(),
-            "classifier": self.spec,
+            "classifier": self.spec.to_dict(),
             "num_classes": self.num_classes,
             "source": self.source_path,
             "ema": ema,
@@ -248,7 +256,9 @@ class Finetuner(Trainer):
             self._after_epoch(self.state.epoch)
         if is_main():
             model = self.ema.module if self.ema is not None else self.model
-            save_checkpoint(self.run_dir / "model.pt", {"classifier": self.spec, "state_dict": model.state_dict()})
+            save_checkpoint(
+                self.run_dir / "model.pt", {"classifier": self.spec.to_dict(), "state_dict": model.state_dict()}
+            )
         results = {
             "finetune_top1": round(self.top1["test_top1"], 2),
             "finetune_best_top1": round(self.best["top1"], 2),
@@ -259,7 +269,7 @@ class Finetuner(Trainer):
             "number, chosen on the test split)",
             "source": self.source_path,
             **super()._finish(),
-            "classifier": self.spec,
+            "classifier": self.spec.to_dict(),
         }
         write_results(self.run_dir, results)
         return results

@@ -45,7 +45,7 @@ from kmim.engine.trainer import (
 )
 from kmim.errors import KmimError
 from kmim.metrics import token_metrics
-from kmim.models import MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
+from kmim.models import EncoderSpec, MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 from kmim.tokenizers.base import base_meta
@@ -115,7 +115,7 @@ class Pretrainer(Trainer):
             dataset=self.cfg.data.name,
             feature_source="online-teacher",
             feature_dim=int(enc.embed_dim),
-            encoder=self.encoder_spec,
+            encoder=self.encoder_spec.to_dict(),
             target_temp=t.online.target_temp,
             pred_temp=t.online.pred_temp,
             sinkhorn_iters=t.online.sinkhorn_iters,
@@ -144,8 +144,8 @@ class Pretrainer(Trainer):
             self.online.load_state_dict(ckpt["online"]["state"])
 
     @property
-    def encoder_spec(self) -> dict[str, Any]:
-        return {"timm_name": resolve_spec(self.cfg.model).timm_name, "timm_kwargs": self.enc_kwargs}
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec(resolve_spec(self.cfg.model).timm_name, self.enc_kwargs)
 
     def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
         t = self.cfg.train
@@ -264,15 +264,22 @@ class Pretrainer(Trainer):
     def checkpoint_state(self) -> dict[str, Any]:
         tok = None if self.tok is None else to_blob(self.tok)
         online = None if self.online is None else to_blob(self.online)
-        return {**super().checkpoint_state(), "encoder": self.encoder_spec, "tokenizer": tok, "online": online}
+        return {
+            **super().checkpoint_state(),
+            "encoder": self.encoder_spec.to_dict(),
+            "tokenizer": tok,
+            "online": online,
+        }
 
     def _finish(self) -> dict[str, Any]:
         if is_main():
             enc_state = self.model.encoder.state_dict()
-            save_checkpoint(self.run_dir / "encoder.pt", {"encoder": self.encoder_spec, "state_dict": enc_state})
+            save_checkpoint(
+                self.run_dir / "encoder.pt", {"encoder": self.encoder_spec.to_dict(), "state_dict": enc_state}
+            )
             if self.online is not None:  # the learned online tokenizer: scored like any other (kmim tcas)
                 self.online.save(self.run_dir / "tokenizer.pt")
-        results = {"target": self.cfg.train.target, **super()._finish(), "encoder": self.encoder_spec}
+        results = {"target": self.cfg.train.target, **super()._finish(), "encoder": self.encoder_spec.to_dict()}
         write_results(self.run_dir, results)
         return results
 

@@ -6,7 +6,6 @@ from collections.abc import Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
@@ -17,6 +16,7 @@ from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
+from kmim.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -65,7 +65,7 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if "encoder" not in ckpt or "timm_name" not in ckpt.get("encoder", {}):
         raise KmimError(f"{p} does not describe an encoder (no timm architecture recorded)")
     spec = ckpt["encoder"]
-    enc = timm.create_model(spec["timm_name"], pretrained=False, **spec["timm_kwargs"])
+    enc = EncoderSpec.from_dict(spec).create()
     if "state_dict" in ckpt:  # encoder.pt
         state = ckpt["state_dict"]
     else:

@@ -11,12 +11,14 @@ from torch import nn
 from kmim.config import ModelConfig
 from kmim.errors import KmimError
 from kmim.models.mim import MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
+from kmim.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
 __all__ = [
     "PRESETS",
+    "EncoderSpec",
     "MaskedImageModel",
     "ModelSpec",
     "build_classifier",
@@ -108,14 +110,12 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, *, out_dim: int) ->
     return model
 
 
-def build_classifier(
-    timm_name: str, timm_kwargs: dict[str, Any], num_classes: int, *, pool: str, drop_path: float
-) -> nn.Module:
+def build_classifier(spec: EncoderSpec, num_classes: int, *, pool: str, drop_path: float) -> nn.Module:
     """A timm ViT for fine-tuning: the pretrained encoder's architecture with a `num_classes` head, global pool
     `avg` (mean of the patch tokens + fc_norm, MAE's global_pool) or `token` (CLS), and stochastic depth; the head
     starts at trunc_normal(std=2e-5) and zero bias, as MAE's."""
-    kwargs = {**timm_kwargs, "num_classes": num_classes, "global_pool": pool, "drop_path_rate": drop_path}
-    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    kwargs = {**spec.timm_kwargs, "num_classes": num_classes, "global_pool": pool, "drop_path_rate": drop_path}
+    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     if num_classes > 0:
         nn.init.trunc_normal_(cast(nn.Linear, model.head).weight, std=2e-5)
         nn.init.zeros_(cast(nn.Linear, model.head).bias)

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from kmim.spec import EncoderSpec
 from kmim.tokenizers.base import MetaLike, Tokenizer, as_meta
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -92,8 +92,7 @@ class OnlineClusters(Tokenizer):
         """A fresh one: the teacher rebuilt from meta.extra["encoder"] (its weights are set by `copy_from` or a state
         dict), the prototypes drawn from N(0, 1) with bias 0 under a generator seeded by `seed`."""
         meta = as_meta(meta)
-        enc = meta.extra["encoder"]
-        teacher = cast(VisionTransformer, timm.create_model(enc["timm_name"], pretrained=False, **enc["timm_kwargs"]))
+        teacher = cast(VisionTransformer, EncoderSpec.from_dict(meta.extra["encoder"]).create())
         protos = nn.Linear(meta.feature_dim, meta.k, bias=True)
         with torch.no_grad():
             protos.weight.copy_(torch.randn(protos.weight.shape, generator=torch.Generator().manual_seed(seed)))

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kmim.errors import KmimError
+from kmim.spec import EncoderSpec
 from kmim.tokenizers.base import TokenizerMeta
 from kmim.tokenizers.hog import check_hog_params, hog_descriptors
 from kmim.tokenizers.patches import normalize_patches, patchify
@@ -118,7 +118,7 @@ class EncoderSource(FeatureSource):
 
     @classmethod
     def from_meta(cls, meta: TokenizerMeta) -> EncoderSource:
-        return cls(timm.create_model(meta.extra["timm_name"], pretrained=False, **meta.extra["timm_kwargs"]), meta)
+        return cls(EncoderSpec.from_dict(meta.extra).create(), meta)
 
     def train(self, mode: bool = True) -> EncoderSource:
         """The encoder stays frozen in eval mode whatever the tokenizer's mode."""

@@ -7,7 +7,7 @@ import torch
 
 from kmim.cli import main
 from kmim.engine.optim import Schedule, build_optimizer, set_lr
-from kmim.models import build_classifier
+from kmim.models import EncoderSpec, build_classifier
 from tests.conftest import TINY
 
 FT = [
@@ -31,7 +31,7 @@ def pretrained(tmp_path_factory):
 def test_layer_decay_scales_the_lr_of_each_block():
     from timm.optim import param_groups_layer_decay
 
-    model = build_classifier("vit_tiny_patch16_224", KW, 3, pool="avg", drop_path=0.0)
+    model = build_classifier(EncoderSpec("vit_tiny_patch16_224", KW), 3, pool="avg", drop_path=0.0)
     groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.5)
     opt = build_optimizer(model, 1.0, groups=groups)
     set_lr(opt, Schedule(1.0, 10, 0)(0))
@@ -106,7 +106,7 @@ def test_bad_finetune_inputs(argv, message, pretrained, tmp_path, capsys):
 def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
     from kmim.engine.checkpoint import save_checkpoint
 
-    enc = build_classifier("vit_tiny_patch16_224", {**KW, "depth": 1}, 0, pool="token", drop_path=0.0)
+    enc = build_classifier(EncoderSpec("vit_tiny_patch16_224", {**KW, "depth": 1}), 0, pool="token", drop_path=0.0)
     spec = {"timm_name": "vit_tiny_patch16_224", "timm_kwargs": {**KW, "depth": 2}}  # says 2 blocks, holds 1
     save_checkpoint(tmp_path / "enc.pt", {"encoder": spec, "state_dict": enc.state_dict()})
     assert main(["finetune", str(tmp_path / "enc.pt"), "-q", *TINY, f"out_dir={tmp_path / 'r'}"]) == 2
