@@ -35,10 +35,7 @@ METRICS = (("knn_top1", "kNN"), ("linear_probe_top1", "linear probe"), ("lowshot
 
 
 def _by_group(records: list[dict[str, Any]], key: str) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for r in records:
-        out.setdefault(r["group"], []).append(r[key])
-    return out
+    return {g: [r[key] for r in recs] for g, recs in _groups(records).items()}
 
 
 def _mean_sd(v: list[float]) -> tuple[float, float]:
@@ -64,15 +61,16 @@ def _tcas_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _groups(records: Iterable[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+def _groups(records: Iterable[dict[str, Any]], by: str = "group") -> dict[Any, list[dict[str, Any]]]:
+    """Records by the value of their field `by`, in first-seen order."""
     out: dict[Any, list[dict[str, Any]]] = {}
     for r in records:
-        out.setdefault(r["group"], []).append(r)
+        out.setdefault(r.get(by), []).append(r)
     return out
 
 
 def _rho_per_seed(records: list[dict[str, Any]], key: str) -> str:
-    by_seed = _groups({**r, "group": r.get("seed", 0)} for r in records if r["tcas"] is not None)
+    by_seed = _groups((r for r in records if r["tcas"] is not None), by="seed")
     if len(by_seed) < 2:
         return ""
     parts = [f"seed {s} {spearman([r['tcas'] for r in v], [r[key] for r in v]):+.2f}" for s, v in by_seed.items()]
