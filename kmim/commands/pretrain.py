@@ -15,7 +15,7 @@ from typing import Any, cast
 from kmim.argtypes import add_config_arguments, print_json
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, in_process_group, is_main
+from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, in_process_group, is_main, on_main
 from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
@@ -39,13 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
     """The same tokenizer on every process: each reads tokenizer.path; or all processes fit a K-means tokenizer
     together (each reads its share of the images, rank 0 runs K-means and sends the centroids); or rank 0 fits a
-    kind that trains a model first alone and sends it."""
+    kind that trains a model first alone and sends it (the others wait with `on_main`, past the 30-min PG timeout)."""
     if cfg.train.target != "tokens" or cfg.tokenizer.path:
         return agree(lambda: prepare_tokenizer(cfg, progress and is_main()))
     if shards_fit(cfg.tokenizer):  # the data is agreed on first: the fit itself runs collectives
         data = agree(lambda: training_split(cfg, get_rank(), get_world_size()))
         return fit_tokenizer(cfg.tokenizer, data, progress and is_main())
-    blob = agree(lambda: to_blob(cast(Tokenizer, prepare_tokenizer(cfg, progress))) if is_main() else None)
+    blob = on_main(lambda: to_blob(cast(Tokenizer, prepare_tokenizer(cfg, progress))))  # hours for vq: no PG timeout
     return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")
 
 

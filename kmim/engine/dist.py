@@ -56,19 +56,31 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 PG_TIMEOUT_ENV = "KMIM_PG_TIMEOUT_S"
 PG_TIMEOUT_S = 1800  # how long a collective may wait for the slowest rank before the run stops
+MAIN_WAIT_ENV = "KMIM_MAIN_WAIT_S"
+MAIN_WAIT_S = 48 * 3600  # how long the other ranks wait for work that rank 0 does alone (`on_main`)
 
 
-def pg_timeout() -> timedelta:
-    """The process group's timeout, set explicitly (torch's defaults differ by backend and version): 30 min, or
-    KMIM_PG_TIMEOUT_S seconds. Every stage that reads a dataset is split over the ranks, so none waits for long."""
-    raw = os.environ.get(PG_TIMEOUT_ENV, str(PG_TIMEOUT_S))
+def _seconds(env: str, default: float) -> timedelta:
+    raw = os.environ.get(env, str(default))
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise KmimError(f"{PG_TIMEOUT_ENV}={raw!r} is not a positive number of seconds: unset it or give e.g. 3600")
+        raise KmimError(f"{env}={raw!r} is not a positive number of seconds: unset it or give e.g. 3600")
     return timedelta(seconds=seconds)
+
+
+def pg_timeout() -> timedelta:
+    """The process group's timeout, set explicitly (torch's defaults differ by backend and version): 30 min, or
+    KMIM_PG_TIMEOUT_S seconds. Every stage that reads a dataset is split over the ranks, so none waits for long;
+    work that rank 0 does alone (fitting a tokenizer that trains a model first) is waited for by `on_main`."""
+    return _seconds(PG_TIMEOUT_ENV, PG_TIMEOUT_S)
+
+
+def main_wait() -> timedelta:
+    """How long `on_main` lets the other ranks wait for rank 0: 48 h, or KMIM_MAIN_WAIT_S seconds."""
+    return _seconds(MAIN_WAIT_ENV, MAIN_WAIT_S)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +132,34 @@ def local_device(device: torch.device) -> torch.device:
 def teardown_distributed() -> None:
     if is_dist():
         dist.destroy_process_group()
+    _WAIT_GROUP.clear()
+
+
+_WAIT_GROUP: list[Any] = []  # the gloo group `on_main` waits on, created on first use by every rank
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """fn() on rank 0 alone while the other processes wait for it on a gloo group whose timeout is `main_wait()`
+    (48 h) instead of the process group's 30 min: a VQ-VAE or a supervised encoder trained before its K-means can
+    take hours. A KmimError on rank 0 is raised on every rank (rank 0 prints it). Returns fn's result on rank 0 and
+    None on the others (send it with `broadcast_object`); fn() itself on one process. fn must run no collective."""
+    if not is_dist():
+        return fn()
+    if not _WAIT_GROUP:
+        _WAIT_GROUP.append(dist.new_group(backend="gloo", timeout=main_wait()))
+    out, problem = None, None
+    if is_main():
+        try:
+            out = fn()
+        except KmimError as e:
+            problem = str(e)
+    box = [problem]
+    dist.broadcast_object_list(box, src=0, group=_WAIT_GROUP[0])
+    if box[0] is not None:
+        err = KmimError(box[0] if is_main() else f"rank 0: {box[0]}")
+        err.agreed = True  # type: ignore[attr-defined]  # every rank raises it: rank 0 alone prints it
+        raise err
+    return out
 
 
 def agree(fn: Callable[[], T]) -> T:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from kmim.config import TokenizerConfig
 from kmim.data import make_loader
-from kmim.engine.dist import broadcast_object, gather_in_order
+from kmim.engine.dist import broadcast_object, gather_in_order, on_main
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 
@@ -197,8 +197,8 @@ def fit_patch_kmeans(
             num_workers=num_workers,
         )
     check_enough(len(x), cfg.k)  # on every process (each holds the whole sample) before rank 0 alone goes on
-    fitted = None
-    if rank == 0:
+
+    def run() -> tuple[torch.Tensor, dict[str, Any]]:
         res = fit_kmeans(
             x,
             cfg.k,
@@ -208,5 +208,6 @@ def fit_patch_kmeans(
             init=cfg.init,
             progress=progress,
         )
-        fitted = (torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(cast(Sized, sub))})
-    return broadcast_object(fitted) if world > 1 else fitted  # type: ignore[return-value]
+        return torch.from_numpy(res.centroids), {**kmeans_fit_meta(cfg, res), "fit_images": len(cast(Sized, sub))}
+
+    return broadcast_object(on_main(run)) if world > 1 else run()
