@@ -12,7 +12,7 @@ from kmim.engine.trainer import seed_everything
 from kmim.eval.attentive import RECIPE as ATTENTIVE_RECIPE
 from kmim.eval.attentive import attentive_probe
 from kmim.eval.features import extract_features, load_encoder, pool_tokens
-from kmim.eval.knn import top1, weighted_knn_predict
+from kmim.eval.knn import knn_top1
 from kmim.eval.lars import RECIPE, lars_probe
 from kmim.eval.probe import linear_probe, probe_recipe
 from kmim.models import build_mim, resolve_spec
@@ -102,10 +102,14 @@ def _cached_feature_methods(
     for pool in POOLS:
         res: dict[str, Any] = {}
         if "knn" in methods:
-            pred = weighted_knn_predict(
-                trf[pool], try_, tef[pool], num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature
+            res["knn_top1"] = knn_top1(
+                (trf[pool], try_),
+                (tef[pool], tey),
+                num_classes=n_cls,
+                k=e.knn_k,
+                temperature=e.knn_temperature,
+                device=device,
             )
-            res["knn_top1"] = top1(pred, tey)
         if "probe" in methods and e.probe == "adamw":
             lp = linear_probe(
                 trf[pool],

@@ -215,13 +215,11 @@ def _knn_and_probe(
     probe: bool = True,
 ) -> tuple[float, float | None]:
     """kNN top-1 and (when `probe`) linear-probe top-1 on cached features train = (X, y), test = (X, y)."""
-    from kmim.eval.knn import top1, weighted_knn_predict
+    from kmim.eval.knn import knn_top1
     from kmim.eval.probe import linear_probe, probe_recipe
 
     e = cfg.eval
-    knn = top1(
-        weighted_knn_predict(*train, test[0], num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature), test[1]
-    )
+    knn = knn_top1(train, test, num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature, device=_device(cfg))
     if not probe:
         return knn, None
     res = linear_probe(
