@@ -204,6 +204,8 @@ class Finetuner(Trainer):
         if self.mixup is not None:  # Mixup draws from numpy: seeded per micro-batch, so a resume redraws the same
             np.random.seed(sample_seed(ft.seed + 1, get_rank(), self.state.images) % 2**32)
             imgs, labels = self.mixup(imgs, labels)
+        if ft.drop_path > 0 and get_world_size() > 1:  # drop path draws from torch's RNG, seeded alike on every
+            torch.manual_seed(sample_seed(ft.seed + 2, get_rank(), self.state.images))  # rank: give each its own
         with autocast_ctx(ft.amp, self.device):
             loss = self.criterion(self.forward(imgs), labels)
         self.state.images += imgs.shape[0] * get_world_size()

@@ -7,6 +7,7 @@ micro-batch -> (loss, extras)) and, where it needs one, `on_step` (called after 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ def run_epoch(
     sync_every: int = 1,
     reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     before_step: Callable[[], None] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
@@ -70,7 +72,8 @@ def run_epoch(
     before the epoch ends, so it can reach the weights in memory but never a checkpoint written after the epoch.
 
     `before_step()`, if given, runs after the last backward of each step, before its gradient norm and update (the
-    online target all-reduces its prototypes' gradients there).
+    online target all-reduces its prototypes' gradients there). `no_sync()`, if given (DDP's), wraps the forward and
+    backward of every micro-batch but a step's last, so gradients are all-reduced once per step, not per micro-batch.
     """
     res = EpochResult(step)
     pending = _PendingLosses(res, reduce_tensor)
@@ -81,14 +84,16 @@ def run_epoch(
                 break
             if i % accum == 0:
                 set_lr(opt, schedule(res.step))
-            loss, extras = loss_fn(batch)
-            value = (
-                _checked(loss, res.step, reduce)
-                if sync_every == 1
-                else cast("float | None", pending.add(loss.detach(), res.step))
-            )
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
+            local = no_sync is not None and (i + 1) % accum != 0  # not the step's last micro-batch
+            with no_sync() if local else contextlib.nullcontext():  # type: ignore[misc]
+                loss, extras = loss_fn(batch)
+                value = (
+                    _checked(loss, res.step, reduce)
+                    if sync_every == 1
+                    else cast("float | None", pending.add(loss.detach(), res.step))
+                )
+                scaled = loss / accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             if value is not None:
                 res.losses.append(value)
                 extras["loss"] = value

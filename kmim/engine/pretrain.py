@@ -105,6 +105,12 @@ class Pretrainer(Trainer):
         self._target_hits = torch.zeros((), dtype=torch.long, device=self.device)  # argmax == target
         self._online_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # entropy, clustering, steps
 
+    def _count_targets(self, ids: torch.Tensor) -> None:
+        """Add the ids (B, M) to the per-id counts: index_add_, which (unlike bincount on CUDA, which reads the
+        largest id back to the host) does not stop the host each micro-step."""
+        flat = ids.flatten()  # (B * M,)
+        self._target_counts.index_add_(0, flat, torch.ones_like(flat, dtype=self._target_counts.dtype))
+
     def _online_target(self, patch_size: int) -> OnlineClusters:
         """Teacher = a copy of the fresh student's encoder; prototypes N(0, 1) seeded by tokenizer.seed."""
         t, enc = self.cfg.train, self.model.encoder
@@ -162,7 +168,7 @@ class Pretrainer(Trainer):
             loss = mim_loss(pred, targets, mask, target=t.target, label_smoothing=t.label_smoothing)
         if self.tok is not None:
             with torch.no_grad():
-                self._target_counts += torch.bincount(targets.flatten(), minlength=self.tok.k)
+                self._count_targets(targets)
                 self._target_hits += (pred.argmax(dim=-1) == targets).sum()
         self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
@@ -180,7 +186,7 @@ class Pretrainer(Trainer):
         loss = soft_cross_entropy(pred, q_masked, t.online.student_temp) + clustering
         with torch.no_grad():
             hard = q_masked.argmax(dim=-1)  # (B, M)
-            self._target_counts += torch.bincount(hard.flatten(), minlength=self.k)
+            self._count_targets(hard)
             self._target_hits += (pred.argmax(dim=-1) == hard).sum()
             self._online_sums += torch.stack(
                 [

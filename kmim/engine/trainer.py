@@ -179,6 +179,7 @@ class Trainer:
                 sync_every=hp.sync_every,
                 reduce_tensor=all_reduce_mean,
                 before_step=self._before_step,
+                no_sync=getattr(getattr(self, "forward", None), "no_sync", None),  # DDP: one all-reduce per step
             )
         except NonFiniteLoss as e:
             raise KmimError(
@@ -257,9 +258,11 @@ class Trainer:
         state = self.checkpoint_state()
         ckpt_dir = self.run_dir / "checkpoints"
         e = self.state.epoch
-        if e % self.hp.save_every == 0 or e == self.hp.epochs:  # first: a kill leaves last.pt behind,
-            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)  # so the resume redoes this epoch and file
-        save_checkpoint(ckpt_dir / "last.pt", state)
+        numbered = e % self.hp.save_every == 0 or e == self.hp.epochs
+        if numbered:  # first: a kill leaves last.pt behind, so the resume redoes this epoch and file
+            save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)
+        if numbered or e % self.hp.last_every == 0:  # last.pt is never older than the newest numbered one
+            save_checkpoint(ckpt_dir / "last.pt", state)
 
     def _finish(self) -> dict[str, Any]:
         st = self.state

@@ -173,3 +173,27 @@ def test_a_resumed_finetune_logs_each_epoch_once_and_rewrites_its_config(pretrai
     capsys.readouterr()
     assert main(["pretrain", "-q", "--resume", str(out / "r")]) == 2
     assert "is a fine-tuning run: resume it with `kmim finetune --resume" in capsys.readouterr().err
+
+
+def test_each_rank_draws_its_own_drop_path_reproducibly(tmp_path, monkeypatch):
+    """Under torchrun every rank seeds torch alike (the model's init), so drop path would drop the same blocks of
+    the same batch positions on every rank: each rank reseeds it per micro-batch from (seed, rank, images seen)."""
+    from kmim.config import load_config
+    from kmim.engine import finetune as ft_module
+    from kmim.launch import _random_source
+
+    source, cfg = _random_source(None, [*TINY, f"out_dir={tmp_path}", *FT, "finetune.drop_path=0.5"])
+    trainer = ft_module.Finetuner(cfg, tmp_path / "r", source, progress=False)
+    trainer.model.train()
+    torch.nn.init.normal_(trainer.model.head.weight)  # MAE's 2e-5 head makes every loss ln(3)
+    imgs, labels = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
+    monkeypatch.setattr(ft_module, "get_world_size", lambda: 2)
+
+    def loss(rank):
+        monkeypatch.setattr(ft_module, "get_rank", lambda: rank)
+        trainer.state.images = 0
+        with torch.no_grad():
+            return float(trainer._micro_step((imgs.clone(), labels))[0])  # Mixup mixes the batch in place
+
+    assert loss(0) == loss(0) != loss(1)
+    assert load_config(None, ()).finetune.drop_path > 0  # the default recipe uses it

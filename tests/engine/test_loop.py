@@ -33,6 +33,31 @@ def test_accumulated_step_equals_one_big_batch():
         assert torch.allclose(a, b, atol=1e-7)
 
 
+def test_no_sync_wraps_every_micro_batch_but_the_last_of_each_step():
+    """DDP's no_sync around micro-batches 1..accum-1 of a step: its gradients are all-reduced once per step."""
+    import contextlib
+
+    m, x, y = _regression()
+    opt = build_optimizer(m, 0.1)
+    calls, inside = [], []
+
+    @contextlib.contextmanager
+    def no_sync():
+        inside.append(True)
+        yield
+        inside.pop()
+
+    def loss_fn(idx):
+        calls.append((int(idx[0]), bool(inside)))
+        return ((m(x[idx]) - y[idx]) ** 2).mean(), {}
+
+    batches = [torch.arange(i, i + 2) for i in range(0, 8, 2)] * 2  # 8 micro-batches of 2
+    sched = Schedule(lr=0.1, total_steps=3, warmup_steps=0)
+    res = run_epoch(batches, loss_fn, opt, schedule=sched, step=0, n_batches=6, accum=3, no_sync=no_sync)
+    assert res.step == 2
+    assert [local for _, local in calls] == [True, True, False, True, True, False]
+
+
 def test_lr_follows_the_schedule_per_step_and_on_step_sees_the_loss():
     m, x, y = _regression()
     opt = build_optimizer(m, 1.0)
