@@ -99,6 +99,39 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
 
 
+def test_a_study_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Every rank would run and write the whole study alone: one line naming the one-process launch, nothing made."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert main(["study", "vs-mae", "--out", str(tmp_path / "s"), "-q", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1
+        and "kmim study runs in one process (WORLD_SIZE=8 here)" in err
+        and "--commands" in err
+    )
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_arms_commands_train_the_runs_that_the_study_then_only_evaluates(tmp_path, capsys, monkeypatch):
+    """`--commands` prints each arm's `kmim pretrain` (to run under torchrun); the study, rerun in one process,
+    finds those finished runs, trains nothing more and evaluates them."""
+    import shlex
+
+    out, real = tmp_path / "k", S.arms
+    monkeypatch.setattr(S, "arms", lambda study, out: real(study, out)[:1])  # one arm: pixels-k10-s0
+    assert main(["study", "k-ablation", "--out", str(out), "--commands", *FAST]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kmim pretrain ") and "name=pixels-k10-s0" in lines[0]
+    assert not out.exists()  # printing ran nothing
+    assert main([*shlex.split(lines[0])[1:], "-q"]) == 0
+    metrics = (out / "runs" / "pixels-k10-s0" / "metrics.jsonl").read_text()
+    rec = S.run_arm(
+        S.arms("k-ablation", out)[0], out, None, overrides=FAST, curve=False, progress=False
+    )  # as the study
+    assert (out / "runs" / "pixels-k10-s0" / "metrics.jsonl").read_text() == metrics  # not trained again
+    assert rec["knn_top1"] >= 0 and (out / "records" / "pixels-k10-s0.json").is_file()
+
+
 @pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
 def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders(tmp_path, capsys):
     out = tmp_path / "recipe"
