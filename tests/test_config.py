@@ -103,6 +103,7 @@ BAD_VALUES = {
     "train.device": "bogus",
     "train.amp": "bogus",
     "train.save_every": "0",
+    "train.last_every": "0",
     "train.log_every": "0",
     "train.sync_every": "0",
     "train.wandb_project": "a/b",
@@ -160,6 +161,7 @@ BAD_VALUES = {
     "finetune.seed": "-1",
     "finetune.amp": "fp8",
     "finetune.save_every": "0",
+    "finetune.last_every": "0",
     "finetune.log_every": "0",
     "finetune.sync_every": "0",
 }
@@ -255,6 +257,7 @@ def test_presets_resolve_to_the_same_recipe_on_one_and_two_processes():
         "in100_vits16_kmim",
         "in100_vits16_mae",
         "in1k_vitb16_kmim",
+        "in1k_vitb16_mae",
         "in100_vits16_finetune",
         "in1k_vitb16_finetune",
         "in100_vits16_online",

@@ -40,6 +40,28 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_overrides):
     assert [r["epoch"] for r in rows if "epoch_loss" in r] == [0, 1, 2]  # the re-run epoch is logged once
 
 
+def test_last_every_writes_last_pt_at_its_epochs_each_numbered_one_and_the_end(tiny_overrides, monkeypatch):
+    """train.last_every=2 over 5 epochs (save_every=3): last.pt after epochs 2, 3 (numbered), 4 and 5 (the end)."""
+    from kmim.engine import trainer
+
+    written, real = [], trainer.save_checkpoint
+    monkeypatch.setattr(
+        trainer,
+        "save_checkpoint",
+        lambda path, state: written.append((path.name, state["train_state"]["epoch"])) or real(path, state),
+    )
+    over = [*tiny_overrides, "name=le", "train.epochs=5", "train.save_every=3", "train.last_every=2"]
+    pretrain_run(load_config(None, over), progress=False)
+    assert written == [
+        ("last.pt", 2),
+        ("checkpoint-0003.pt", 3),
+        ("last.pt", 3),
+        ("last.pt", 4),
+        ("checkpoint-0005.pt", 5),
+        ("last.pt", 5),
+    ]
+
+
 def test_resume_extends_a_finished_run(tiny_overrides):
     run, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=c", "train.epochs=1"]), progress=False)
     _, res = resume_run(run, ["train.epochs=2"], progress=False)
