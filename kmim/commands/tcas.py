@@ -313,9 +313,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         tok = build_tokenizer(entry, cfg, data, progress=progress)
         fit_s = time.perf_counter() - t0 if entry.file is None else 0.0
-        rows.append(
-            _row(entry, tok, token_counts(tok, ds, len(info.classes), device=device, progress=progress), fit_s=fit_s)
+        counts = token_counts(
+            tok, ds, len(info.classes), device=device, progress=progress, num_workers=cfg.data.num_workers
         )
+        rows.append(_row(entry, tok, counts, fit_s=fit_s))
         if progress:
             print(f"{entry.label}: TCAS {rows[-1]['tcas']:.4f}  NMI {rows[-1]['nmi']:.4f}")
     if not rows:

@@ -243,7 +243,8 @@ def _token_scores(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, An
 
     data = training_split(cfg)
     tok = load_tokenizer(run_dir / "tokenizer.pt")
-    counts = token_counts(tok, data.ds, len(data.info.classes), device=_device(cfg), progress=False)
+    n_cls, workers = len(data.info.classes), cfg.data.num_workers
+    counts = token_counts(tok, data.ds, n_cls, device=_device(cfg), progress=False, num_workers=workers)
     return {"tcas": tcas_from_counts(counts), "nmi": nmi(counts)}
 
 
