@@ -21,25 +21,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--commands",
         action="store_true",
-        help="print each arm's training command (run them under torchrun; the study, rerun without --commands in "
+        help="print each arm's training commands (run them under torchrun; the study, rerun without --commands in "
         "one process, then evaluates the finished runs) and exit",
     )
 
 
 def arm_commands(name: str, out: Path, config: str | None, *, overrides: list[str]) -> list[str]:
-    """Each arm's training command, in the study's order (feature tokenizers read earlier arms' runs): its
+    """Each arm's training commands, in the study's order (feature tokenizers read earlier arms' runs): its
     pretraining (finetune-recipe: its random-init fine-tuning) with the study's and the arm's overrides, into the
-    study folder's runs/. Run them under torchrun; the study, rerun in one process, then finds the finished runs,
-    trains nothing more and evaluates them."""
-    from kmim.studies.study import RECIPES, arm_overrides, arms
+    study folder's runs/, and for vs-mae the fine-tuning of that run (into RUN-finetune, as the study does). Run them
+    under torchrun; the study, rerun in one process, then finds the finished runs, trains nothing more and
+    evaluates them."""
+    from kmim.studies.study import FINETUNE_SEEDS, RECIPES, arm_overrides, arms
 
     conf = ["-c", config] if config else []
-    return [
-        shlex.join(["kmim", "finetune", "--random-init"] if arm.name in RECIPES else ["kmim", "pretrain"])
-        + " "
-        + shlex.join([*conf, *arm_overrides(arm, out, overrides, config=config)])
-        for arm in arms(name, out)
-    ]
+    lines = []
+    for arm in arms(name, out):
+        ov = arm_overrides(arm, out, overrides, config=config)
+        if arm.name in RECIPES:
+            lines.append(shlex.join(["kmim", "finetune", "--random-init", *conf, *ov]))
+            continue
+        lines.append(shlex.join(["kmim", "pretrain", *conf, *ov]))
+        if name == "vs-mae" and arm.seed in FINETUNE_SEEDS:
+            lines.append(shlex.join(["kmim", "finetune", str(out / "runs" / arm.name)]))
+    return lines
 
 
 def refuse_torchrun() -> None:

@@ -123,6 +123,10 @@ def test_the_arms_commands_train_the_runs_that_the_study_then_only_evaluates(tmp
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kmim pretrain ") and "name=pixels-k10-s0" in lines[0]
     assert not out.exists()  # printing ran nothing
+    capsys.readouterr()
+    assert main(["study", "vs-mae", "--out", str(tmp_path / "v"), "--commands", *FAST]) == 0
+    vs = capsys.readouterr().out.strip().splitlines()  # the arm's fine-tuning beside its pretraining
+    assert vs[:2] == [vs[0], f"kmim finetune {tmp_path / 'v' / 'runs' / 'kmim-pixels-k200-s0'}"]
     assert main([*shlex.split(lines[0])[1:], "-q"]) == 0
     metrics = (out / "runs" / "pixels-k10-s0" / "metrics.jsonl").read_text()
     rec = S.run_arm(
