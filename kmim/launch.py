@@ -1,5 +1,6 @@
 """Start or continue a fine-tuning run from user inputs (a pretrained encoder path or a random-init encoder, a config
-and overrides): what `kmim finetune` and the studies share."""
+and overrides), and the one tokenizer every process of a pretraining run shares: what `kmim finetune`,
+`kmim pretrain` and the studies share."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from typing import Any, cast
 
 from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, is_main
+from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.finetune import Finetuner, FinetuneSource
 from kmim.engine.trainer import reopen_run, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
+from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, check_images, load_run_config
 from kmim.runs import RunDir, check_resume
+from kmim.tokenizers import Tokenizer, to_blob
 
-__all__ = ["continue_run", "start"]
+__all__ = ["continue_run", "shared_tokenizer", "start"]
 
 
 def _source(path: str, allow_unfinished: bool = False) -> tuple[FinetuneSource, dict[str, Any] | None]:
@@ -101,3 +104,16 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
     reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return path, trainer.run()
+
+
+def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
+    """The same tokenizer on every process: each reads tokenizer.path; or all processes fit a K-means tokenizer
+    together (each reads its share of the images, rank 0 runs K-means and sends the centroids); or rank 0 fits a
+    kind that trains a model first alone and sends it (the others wait with `on_main`, past the 30-min PG timeout)."""
+    if cfg.train.target != "tokens" or cfg.tokenizer.path:
+        return agree(lambda: prepare_tokenizer(cfg, progress and is_main()))
+    if shards_fit(cfg.tokenizer):  # the data is agreed on first: the fit itself runs collectives
+        data = agree(lambda: training_split(cfg, get_rank(), get_world_size()))
+        return fit_tokenizer(cfg.tokenizer, data, progress and is_main())
+    blob = on_main(lambda: to_blob(cast(Tokenizer, prepare_tokenizer(cfg, progress))))  # hours for vq: no PG timeout
+    return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")

@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, in_process_group, is_main, on_main
+from kmim.engine.dist import agree, in_process_group, is_main
 from kmim.engine.pretrain import pretrain, resume
 from kmim.errors import KmimError
-from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
+from kmim.fit import from_blob
+from kmim.launch import shared_tokenizer
 from kmim.paths import check_folder_writable
 from kmim.resolve import check_batch, check_images, check_tokenizer_path, load_run_config
 from kmim.runs import RunDir
-from kmim.tokenizers import Tokenizer, to_blob
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,19 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "overrides (e.g. train.epochs=80); -c is refused with --resume",
     )
     p.add_argument("--overwrite", action="store_true", help="replace what the run directory holds (fresh runs only)")
-
-
-def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:
-    """The same tokenizer on every process: each reads tokenizer.path; or all processes fit a K-means tokenizer
-    together (each reads its share of the images, rank 0 runs K-means and sends the centroids); or rank 0 fits a
-    kind that trains a model first alone and sends it (the others wait with `on_main`, past the 30-min PG timeout)."""
-    if cfg.train.target != "tokens" or cfg.tokenizer.path:
-        return agree(lambda: prepare_tokenizer(cfg, progress and is_main()))
-    if shards_fit(cfg.tokenizer):  # the data is agreed on first: the fit itself runs collectives
-        data = agree(lambda: training_split(cfg, get_rank(), get_world_size()))
-        return fit_tokenizer(cfg.tokenizer, data, progress and is_main())
-    blob = on_main(lambda: to_blob(cast(Tokenizer, prepare_tokenizer(cfg, progress))))  # hours for vq: no PG timeout
-    return from_blob(broadcast_object(blob), "the tokenizer fitted on rank 0")
 
 
 def start(
@@ -105,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "continue_run", "run", "shared_tokenizer", "start"]
+__all__ = ["add_arguments", "continue_run", "run", "start"]

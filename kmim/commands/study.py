@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from kmim.argtypes import add_config_arguments
-from kmim.errors import KmimError
+from kmim.engine.dist import in_process_group, is_main
 from kmim.studies.study import STUDIES, run_study
 
 
@@ -21,16 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--commands",
         action="store_true",
-        help="print each arm's training commands (run them under torchrun; the study, rerun without --commands in "
-        "one process, then evaluates the finished runs) and exit",
+        help="print each arm's training commands (to run them one by one, e.g. as separate jobs; the study, rerun "
+        "without --commands, then evaluates the finished runs) and exit",
     )
 
 
 def arm_commands(name: str, out: Path, config: str | None, *, overrides: list[str]) -> list[str]:
     """Each arm's training commands, in the study's order (feature tokenizers read earlier arms' runs): its
     pretraining (finetune-recipe: its random-init fine-tuning) with the study's and the arm's overrides, into the
-    study folder's runs/, and for vs-mae the fine-tuning of that run (into RUN-finetune, as the study does). Run them
-    under torchrun; the study, rerun in one process, then finds the finished runs, trains nothing more and
+    study folder's runs/, and for vs-mae the fine-tuning of that run (into RUN-finetune, as the study does), to run
+    as separate (e.g. scheduler) jobs; the study, rerun, then finds the finished runs, trains nothing more and
     evaluates them."""
     from kmim.studies.study import FINETUNE_SEEDS, RECIPES, arm_overrides, arms
 
@@ -47,27 +46,19 @@ def arm_commands(name: str, out: Path, config: str | None, *, overrides: list[st
     return lines
 
 
-def refuse_torchrun() -> None:
-    """A study runs its arms one after another in one process: under torchrun every rank would run (and write) the
-    whole study on its own, so it is refused before any work."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
-        raise KmimError(
-            f"kmim study runs in one process (WORLD_SIZE={world} here): launch it without torchrun (one GPU), or "
-            "run its arms one by one under torchrun: `kmim study ... --commands` prints their kmim commands"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     names = STUDIES if args.name == "all" else (args.name,)
+    folders = [Path(args.out) / name if args.name == "all" else Path(args.out) for name in names]
     if args.commands:
-        for name in names:
-            out = Path(args.out) / name if args.name == "all" else Path(args.out)
+        for name, out in zip(names, folders, strict=True):
             print("\n".join(arm_commands(name, out, args.config, overrides=list(args.overrides))))
         return 0
-    refuse_torchrun()
-    for name in names:
-        out = Path(args.out) / name if args.name == "all" else Path(args.out)
-        run_study(name, out, args.config, overrides=list(args.overrides), progress=not args.quiet)
-        print(f"wrote {out / 'report.md'}", file=sys.stdout)
+
+    def run_all() -> None:
+        for name, out in zip(names, folders, strict=True):
+            run_study(name, out, args.config, overrides=list(args.overrides), progress=not args.quiet)
+            if is_main():
+                print(f"wrote {out / 'report.md'}", file=sys.stdout)
+
+    in_process_group(run_all)  # under torchrun every rank runs the arms together; rank 0 writes
     return 0

@@ -190,10 +190,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def gather_in_order(x: torch.Tensor, indices: torch.Tensor, n: int) -> torch.Tensor:
+def gather_in_order(x: torch.Tensor, indices: torch.Tensor, n: int, *, world: int | None = None) -> torch.Tensor:
     """Rows x (m, ...) that this process computed for dataset `indices` (m,), gathered from every process into
-    dataset order (n, ...). On one process: x placed at indices."""
-    if is_dist():
+    dataset order (n, ...). On one process, or when `world` = 1 (rank 0 computed every row alone, e.g. inside
+    `on_main`): x placed at indices, with no collective."""
+    if is_dist() and world != 1:
         world = get_world_size()
         size = torch.tensor([x.shape[0]], device=x.device)
         sizes = [torch.zeros_like(size) for _ in range(world)]

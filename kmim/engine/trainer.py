@@ -25,6 +25,7 @@ from kmim.data.sampling import GlobalBatchSampler
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.dist import (
     all_reduce_mean,
+    barrier,
     get_world_size,
     is_main,
     local_device,
@@ -127,7 +128,9 @@ class Trainer:
                 self._after_epoch(self.state.epoch)
                 self.tracker.flush()
                 self._save()
-            return self._finish()
+            out = self._finish()
+            barrier()  # every rank returns once rank 0 has written the run directory: callers may read it
+            return out
         finally:
             self.tracker.close()
 

@@ -144,7 +144,7 @@ def sample_patches(
         pick = np.stack([np.argsort(patch_draw(seed, int(p), x.shape[1]))[:per_img] for p in pos])  # (B, per_img)
         out.append(torch.gather(x, 1, torch.from_numpy(pick)[..., None].expand(-1, -1, x.shape[2])))
         seen.append(pos)
-    rows = gather_in_order(torch.cat(out), torch.cat(seen), n_img)  # (N, per_img, D) in image order
+    rows = gather_in_order(torch.cat(out), torch.cat(seen), n_img, world=world)  # (N, per_img, D) in image order
     return rows.flatten(0, 1).numpy().astype(np.float32)
 
 

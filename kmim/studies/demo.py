@@ -18,6 +18,7 @@ from kmim.engine.trainer import EpochHook
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
+from kmim.launch import shared_tokenizer
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 from kmim.runinfo import environment, read_jsonl, write_json, write_text
@@ -54,8 +55,8 @@ def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | Non
     `on_epoch(row)` is called after each epoch trained here."""
     run_dir = Path(cfg.out_dir) / cfg.name
     last = RunDir(run_dir).last
-    if not last.exists():
-        return pretrain(cfg, prepare_tokenizer(cfg, progress), progress, on_epoch=on_epoch)[0]
+    if not last.exists():  # the tokenizer is fitted as `kmim pretrain` does: shared by every torchrun process
+        return pretrain(cfg, shared_tokenizer(cfg, progress), progress, on_epoch=on_epoch)[0]
     ckpt = load_checkpoint(last)
     if config_to_dict(load_config(None, (), base=ckpt["config"])) != config_to_dict(cfg):  # same defaults/layout
         raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")

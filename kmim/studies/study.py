@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from kmim.config import RunConfig, config_to_dict
+from kmim.engine.dist import is_main, on_main
 from kmim.errors import KmimError
 from kmim.runs import RunDir
 
@@ -296,9 +297,10 @@ def _finetune(run_dir: Path, progress: bool) -> float:
 
 
 def _device(cfg: RunConfig) -> str:
-    from kmim.engine.dist import resolve_device
+    """train.device, resolved to this process's GPU under torchrun."""
+    from kmim.engine.dist import local_device, resolve_device
 
-    return str(resolve_device(cfg.train.device))
+    return str(local_device(resolve_device(cfg.train.device)))
 
 
 def run_recipe_arm(
@@ -325,7 +327,7 @@ def run_recipe_arm(
         "finetune_s": round(time.perf_counter() - t0, 1),
         "config": config_to_dict(cfg),
     }
-    write_json(out / "records" / f"{arm.name}.json", rec)
+    on_main(lambda: write_json(out / "records" / f"{arm.name}.json", rec))  # rank 0 writes
     return rec
 
 
@@ -392,7 +394,7 @@ def run_arm(
         t2 = time.perf_counter()
         rec["finetune_top1"] = _finetune(run_dir, progress)
         rec["finetune_s"] = round(time.perf_counter() - t2, 1)
-    write_json(out / "records" / f"{arm.name}.json", rec)
+    on_main(lambda: write_json(out / "records" / f"{arm.name}.json", rec))  # rank 0 writes
     return rec
 
 
@@ -402,7 +404,9 @@ def run_arm(
 def run_study(
     study: str, out: Path, config: str | None, *, overrides: list[str], progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Run (or continue) every arm of `study` and write its report; returns the records."""
+    """Run (or continue) every arm of `study` and write its report; returns the records. Under torchrun every
+    process runs every arm together (pretraining, features, fine-tuning split over them; the small probes on
+    cached features repeated on each) and rank 0 alone writes the records and the report."""
     from kmim.paths import check_folder_writable
 
     check_folder_writable(out)
@@ -418,12 +422,12 @@ def run_study(
         if path.is_file():
             records.append(json.loads(path.read_text()))
             continue
-        if progress:
+        if progress and is_main():
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
         records.append(
             run_arm(arm, out, config, overrides=overrides, curve=study == "vs-mae", progress=progress, study=study)
         )
-    write_report(study, out, records, config=config, overrides=overrides)
+    on_main(lambda: write_report(study, out, records, config=config, overrides=overrides))
     return records
 
 

@@ -99,19 +99,6 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
 
 
-def test_a_study_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    """Every rank would run and write the whole study alone: one line naming the one-process launch, nothing made."""
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    assert main(["study", "vs-mae", "--out", str(tmp_path / "s"), "-q", *FAST]) == 2
-    err = capsys.readouterr().err.strip()
-    assert (
-        len(err.splitlines()) == 1
-        and "kmim study runs in one process (WORLD_SIZE=8 here)" in err
-        and "--commands" in err
-    )
-    assert not (tmp_path / "s").exists()
-
-
 def test_the_arms_commands_train_the_runs_that_the_study_then_only_evaluates(tmp_path, capsys, monkeypatch):
     """`--commands` prints each arm's `kmim pretrain` (to run under torchrun); the study, rerun in one process,
     finds those finished runs, trains nothing more and evaluates them."""
@@ -225,3 +212,32 @@ def test_tcas_vs_probe_has_two_seeds_and_each_feature_arm_reads_its_own_seed(tmp
     assert feat["kmim-features-k200-s0"] == f"tokenizer.encoder={tmp_path / 'runs' / 'pixels-k200-s0'}"
     names = [x.name for x in a]  # the runs a feature tokenizer reads come earlier
     assert names.index("pixels-k200-s1") < names.index("kmim-features-k200-s1")
+
+
+@pytest.mark.slow  # ~110 s on 2 cores; runs in make test-all
+def test_a_study_under_torchrun_gives_the_records_of_one_process(tmp_path):
+    """2 gloo processes run tcas-vs-probe's 22 arms together (the fits rank 0 does alone, vq, the supervised encoder
+    and the oracles, included) and rank 0 alone writes: the accuracies, TCAS and NMI of the 1-process study."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["study", "tcas-vs-probe", "-q", *FAST, "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "kmim"]
+    two = subprocess.run(
+        [*torchrun, *args[:2], "--out", str(tmp_path / "two"), *args[2:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 prints
+    assert main([*args[:2], "--out", str(tmp_path / "one"), *args[2:]]) == 0
+    keys = ("knn_top1", "linear_probe_top1", "lowshot_top1", "tcas", "nmi")
+    one = sorted((tmp_path / "one" / "records").glob("*.json"))
+    assert len(one) == 22
+    for path in one:
+        a, b = json.loads(path.read_text()), json.loads((tmp_path / "two" / "records" / path.name).read_text())
+        assert [a[k] for k in keys] == [b[k] for k in keys], path.name
