@@ -9,7 +9,7 @@ import os
 import sys
 from typing import cast
 
-from kmim.errors import KmimError, one_line
+from kmim.errors import PREEMPTED_EXIT, KmimError, Preempted, one_line
 
 COMMANDS = {
     "prepare": (
@@ -25,7 +25,10 @@ COMMANDS = {
         "linear probe (eval.probe=adamw | lars) or attentive probe (eval.probe=attentive) top-1 on the test split",
     ),
     "export": ("kmim.commands.export", "hub-ready folder of a run's encoder (model.safetensors, config.json, card)"),
-    "demo": ("kmim.commands.demo", "K-MIM vs MAE vs random init on mnist5k; writes report.md and results.json"),
+    "demo": (
+        "kmim.commands.demo",
+        "K-MIM vs MAE vs random init (mnist5k or Imagenette); writes report.md, results.json",
+    ),
     "study": (
         "kmim.commands.study",
         "the paper's claims as resumable studies: tcas-vs-probe, k-ablation, vs-mae, online-vs-offline, all",
@@ -74,10 +77,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    rank = os.environ.get("RANK", "0")
     try:
         return cast(int, importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KmimError as e:
+        rank = os.environ.get("RANK", "0")  # read now: a SLURM launch sets it when the command joins its group
         if not getattr(e, "agreed", False):  # this process alone hit it (e.g. an image decoded mid-run)
             where = f"rank {rank}: " if rank != "0" else ""
             print(f"kmim {args.command}: error: {where}{one_line(e)}", file=sys.stderr)
@@ -85,24 +88,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kmim {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        if not _peer_gone(e):
-            raise
-        print(
-            f"kmim {args.command}: error: rank {rank} stopped because another process did (its error is above)",
-            file=sys.stderr,
-        )
-        return 2
+        rank = os.environ.get("RANK", "0")
+        if _peer_gone(e):
+            print(
+                f"kmim {args.command}: error: rank {rank} stopped because another process did (its error is above)",
+                file=sys.stderr,
+            )
+            return 2
+        if _collective_failed(e):  # NCCL / gloo's own failure (bring-up, timeout): its message, on this rank
+            print(f"kmim {args.command}: error: rank {rank}: a collective failed: {one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+    except Preempted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"kmim {args.command}: preempted: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print("kmim: interrupted", file=sys.stderr)
         return 130
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo's words when the other end exited
+
+
 def _peer_gone(e: RuntimeError) -> bool:
-    """A collective failed because another torchrun process exited (gloo / NCCL report it as a RuntimeError)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return False
-    text = str(e)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo"))
+    """A collective failed because another process exited: its own error is printed where it happened."""
+    return int(os.environ.get("WORLD_SIZE", "1")) >= 2 and any(s in str(e) for s in PEER_GONE)
+
+
+def _collective_failed(e: RuntimeError) -> bool:
+    """NCCL or gloo failed for a reason of its own (a node that cannot be reached, a timeout): shown, not hidden."""
+    return int(os.environ.get("WORLD_SIZE", "1")) >= 2 and any(s in str(e) for s in ("NCCL", "nccl", "gloo", "Gloo"))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from kmim.errors import KmimError
 
 # choices of the enum-like fields; the modules that act on them import these tuples
 AUGS = ("rrc", "crop", "none")
+CACHES = ("none", "ram")
 INITS = ("kmeans++", "random")
 TARGETS = ("tokens", "pixels", "online-clusters")
 AMPS = ("auto", "bf16", "fp16", "off")
@@ -35,7 +36,7 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist5k"  # registry name: mnist5k | imagefolder | cifar10 | cifar100 | synthetic
+    name: str = "mnist5k"  # registry name: mnist5k | imagenette | imagefolder | cifar10 | cifar100 | synthetic
     root: str | None = None  # local folder for imagefolder / cifar*; never downloaded
     img_size: int = 32  # side of the square model input; mnist5k's 28x28 digits are padded with background
     aug: str = "crop"  # pretraining augmentation: rrc (RandomResizedCrop, the paper's) | crop (pad+random crop) | none
@@ -43,6 +44,8 @@ class DataConfig:
     crop_pad: int = 2  # padding for aug=crop
     hflip: bool = False  # random horizontal flip (on for natural images, off for digits)
     num_workers: int = 0  # DataLoader workers; 0 keeps everything in the main process
+    cache: str = "none"  # imagefolder / imagenette: none (decode the JPEGs every epoch) | ram (decode each split once
+    # into a uint8 buffer the workers share: same views, no decoding; 3*H*W bytes per image, for small datasets)
     prefetch_factor: int = 2  # batches each worker prepares ahead (with num_workers > 0)
     synthetic_per_class: int = 24  # images per class and split for data.name=synthetic
     synthetic_classes: int = 4
@@ -303,6 +306,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.crop_scale_min": _in_range(0, 1, lo_open=True, hi_open=False),
     "data.crop_pad": _at_least(0),
     "data.num_workers": _at_least(0),
+    "data.cache": _one_of(CACHES),
     "data.prefetch_factor": _at_least(1),
     "data.synthetic_per_class": _at_least(1),
     "data.synthetic_classes": _at_least(2),

@@ -12,3 +12,11 @@ def one_line(e: BaseException) -> str:
     if "Original Traceback" in text:
         text = text.splitlines()[-1].removeprefix("kmim.errors.KmimError: ")
     return " ".join(text.split("\n"))
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h), "try again later": a run stopped on a preemption signal after writing
+# its checkpoint; scripts/slurm/kmim.sbatch requeues the job on it (kmim.engine.preempt)
+
+
+class Preempted(Exception):
+    """A run stopped on a preemption signal after writing its checkpoint; the message says where and how to go on."""

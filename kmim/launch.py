@@ -76,6 +76,10 @@ def start(
         source, saved = agree(lambda: _source(path, allow_unfinished))
         cfg = agree(lambda: _config(path, config, overrides, saved=saved))
     run_dir = Path(cfg.out_dir) / cfg.name
+    if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):  # the same command line, run again
+        if progress and is_main():
+            print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
+        return continue_run(str(run_dir), [], progress)
 
     def check_output() -> None:
         check_batch(cfg, "finetune")

@@ -7,12 +7,13 @@ any work.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan_batch
 from kmim.data import DATASETS
+from kmim.data.datasets import FOLDER_DATASETS
 from kmim.engine.dist import get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
@@ -33,6 +34,11 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     _choice("tokenizer.name", cfg.tokenizer.name, TOKENIZERS)
     _choice("tokenizer.supervised.preset", cfg.tokenizer.supervised.preset, PRESETS)
     check_randaug(cfg.finetune.randaug)
+    if cfg.data.cache == "ram" and cfg.data.name not in FOLDER_DATASETS:
+        raise KmimError(
+            f"data.cache=ram reads image folders ({', '.join(FOLDER_DATASETS)}); data.name={cfg.data.name} is already "
+            "held in memory: remove data.cache"
+        )
     spec = resolve_spec(cfg.model)
     for width, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
         w, h = getattr(spec, width), getattr(spec, heads)
@@ -87,12 +93,13 @@ def check_images(
     processes and data.num_workers workers; one line for the first bad file. Returns the scan's key, for the run
     directory's image_scan.json (a later scan of the same files is skipped); None for other datasets. `min_side`
     defaults to the patch size (pretraining's least side)."""
-    if cfg.data.name != "imagefolder":
-        return None
     from kmim.data import build_dataset
     from kmim.data.scan import scan_headers
 
-    paths = [path for split in splits for path, _ in build_dataset(cfg.data, split)[0].samples]  # type: ignore[attr-defined]
+    if cfg.data.name not in FOLDER_DATASETS:
+        return None
+    listed = replace(cfg.data, cache="none")  # the file list alone (the RAM cache would decode here)
+    paths = [path for split in splits for path, _ in build_dataset(listed, split)[0].samples]  # type: ignore[attr-defined]
     side = resolve_spec(cfg.model).patch_size if min_side is None else min_side
     problem, key = scan_headers(
         paths,

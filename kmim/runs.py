@@ -69,6 +69,12 @@ class RunDir:
         """checkpoint-NNNN.pt files, by epoch."""
         return sorted(self.checkpoints.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
+    def same_run(self, cfg: RunConfig) -> bool:
+        """This folder holds a checkpoint of a run started with exactly `cfg` (its config.yaml): the same command
+        line, run again, continues it (auto-resume after a preemption or a kill)."""
+        saved = self.path / "config.yaml"
+        return self.last.exists() and saved.is_file() and saved.read_text() == config_to_yaml(cfg)
+
     def check_new(self, cfg: RunConfig, overwrite: bool = False) -> None:
         """A fresh run may use the folder when it is empty or missing, when it holds only the config.yaml of the
         same config (a run killed before its first checkpoint), or with `overwrite`. Anything else is refused."""
@@ -77,8 +83,8 @@ class RunDir:
             return
         if self.last.exists():
             raise KmimError(
-                f"run directory {run_dir} already holds a run: pass --resume {run_dir}, choose another "
-                "name= or pass --overwrite to replace it"
+                f"run directory {run_dir} already holds a run: pass --resume {run_dir} (or the command that started "
+                "it, unchanged) to continue it, choose another name= or pass --overwrite to replace it"
             )
         found = [f for f in RESULT_FILES if (run_dir / f).exists()]
         if found:

@@ -38,9 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def start(
     config: str | None, overrides: list[str], *, progress: bool, overwrite: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """A fresh run: check the config and the output, load or fit the tokenizer, then train."""
+    """A fresh run: check the config and the output, load or fit the tokenizer, then train. When the run folder
+    holds a checkpoint of this very config (the same command line, run again after a preemption or a kill), it is
+    continued instead."""
     cfg = agree(lambda: load_run_config(config, overrides))
     run_dir = Path(cfg.out_dir) / cfg.name
+    if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):
+        if progress and is_main():
+            print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
+        return continue_run(str(run_dir), [], progress)
 
     def check_output() -> None:
         check_batch(cfg, "train")

@@ -18,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (rerun the same command to continue)")
     add_config_arguments(p)
     p.add_argument(
+        "--runs",
+        metavar="POOL",
+        help="train the arms in this folder, shared by the studies of one round: a run two studies have (same "
+        "method, K and seed) is trained once (default: DIR/runs, per study)",
+    )
+    p.add_argument(
         "--commands",
         action="store_true",
         help="print each arm's training commands (to run them one by one, e.g. as separate jobs; the study, rerun "
@@ -25,24 +31,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def arm_commands(name: str, out: Path, config: str | None, *, overrides: list[str]) -> list[str]:
+def arm_commands(
+    name: str, out: Path, config: str | None, *, overrides: list[str], runs: str | None = None
+) -> list[str]:
     """Each arm's training commands, in the study's order (feature tokenizers read earlier arms' runs): its
     pretraining (finetune-recipe: its random-init fine-tuning) with the study's and the arm's overrides, into the
     study folder's runs/, and for vs-mae the fine-tuning of that run (into RUN-finetune, as the study does), to run
     as separate (e.g. scheduler) jobs; the study, rerun, then finds the finished runs, trains nothing more and
     evaluates them."""
-    from kmim.studies.study import FINETUNE_SEEDS, RECIPES, arm_overrides, arms
+    from kmim.studies.study import FINETUNE_SEEDS, RECIPES, arm_overrides, arms, layout
 
     conf = ["-c", config] if config else []
     lines = []
-    for arm in arms(name, out):
-        ov = arm_overrides(arm, out, overrides, config=config)
+    lay = layout(out, config, runs)
+    for arm in arms(name, out, lay):
+        ov = arm_overrides(arm, out, overrides, config=config, lay=lay)
         if arm.name in RECIPES:
             lines.append(shlex.join(["kmim", "finetune", "--random-init", *conf, *ov]))
             continue
         lines.append(shlex.join(["kmim", "pretrain", *conf, *ov]))
         if name == "vs-mae" and arm.seed in FINETUNE_SEEDS:
-            lines.append(shlex.join(["kmim", "finetune", str(out / "runs" / arm.name)]))
+            lines.append(shlex.join(["kmim", "finetune", str(lay.runs / lay.run_name(arm))]))
     return lines
 
 
@@ -51,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     folders = [Path(args.out) / name if args.name == "all" else Path(args.out) for name in names]
     if args.commands:
         for name, out in zip(names, folders, strict=True):
-            print("\n".join(arm_commands(name, out, args.config, overrides=list(args.overrides))))
+            print("\n".join(arm_commands(name, out, args.config, overrides=list(args.overrides), runs=args.runs)))
         return 0
 
     def run_all() -> None:
         for name, out in zip(names, folders, strict=True):
-            run_study(name, out, args.config, overrides=list(args.overrides), progress=not args.quiet)
+            run_study(name, out, args.config, overrides=list(args.overrides), progress=not args.quiet, runs=args.runs)
             if is_main():
                 print(f"wrote {out / 'report.md'}", file=sys.stdout)
 

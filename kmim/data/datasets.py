@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,12 +15,27 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
 from kmim.config import DataConfig
+from kmim.data.decoded import decoded_folder
 from kmim.data.mnist5k import load_mnist5k
 from kmim.data.transforms import eval_transform, pretrain_transform
 from kmim.errors import KmimError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = ("train", "test")
+SPLIT_FOLDERS = {"train": "train", "test": "val"}  # an ImageFolder root's split folders
+IMAGENETTE = {  # Imagenette's 10 ImageNet wnids and their names (fastai/imagenette README), in wnid order
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+FOLDER_DATASETS = ("imagefolder", "imagenette")  # read from data.root's train/ and val/ (header scan, RAM cache)
 
 
 @dataclass(frozen=True)
@@ -186,17 +201,73 @@ def _on_black(rgba: Image.Image) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset[Any], DatasetInfo]:
-    folder = _root(cfg) / ("train" if split == "train" else "val")
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def _split_folder(cfg: DataConfig, split: str) -> Path:
+    """train/ or val/ of data.root, with one line when it is missing, has no class folders, or numbers other classes
+    than the other split (ImageFolder numbers each split's classes on its own: the labels would not match)."""
+    root = _root(cfg)
+    folder = root / SPLIT_FOLDERS[split]
     if not folder.is_dir():
         raise KmimError(f"{folder} does not exist: an ImageFolder root needs train/ and val/ with one folder per class")
-    if not any(p.is_dir() for p in folder.iterdir()):
+    classes = _class_folders(folder)
+    if not classes:
         raise KmimError(f"{folder} has no class folders: put images in {folder}/<class>/*.jpg")
+    other = root / SPLIT_FOLDERS["test" if split == "train" else "train"]
+    if other.is_dir() and (theirs := _class_folders(other)) != classes:
+        only_here, only_there = sorted(set(classes) - set(theirs)), sorted(set(theirs) - set(classes))
+        raise KmimError(
+            f"{root}: train/ and val/ hold different class folders ({_diff(folder, only_here, other, only_there)}): "
+            "each split numbers its classes on its own, so the labels would not match; give both splits the same "
+            "class folders"
+        )
+    return folder
+
+
+def _diff(a: Path, only_a: list[str], b: Path, only_b: list[str]) -> str:
+    parts = [
+        f"only in {p.name}/: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for p, names in ((a, only_a), (b, only_b))
+        if names
+    ]
+    return "; ".join(parts)
+
+
+def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset[Any], DatasetInfo]:
+    folder = _split_folder(cfg, split)
     try:
         ds = tvd.ImageFolder(str(folder), loader=_CheckedLoader(min_side), allow_empty=False)
     except FileNotFoundError as e:
         raise KmimError(f"{folder}: {str(e).splitlines()[0]}: every class folder needs at least one image") from None
+    if cfg.cache == "ram":
+        ds = decoded_folder(ds, num_workers=cfg.num_workers, min_side=min_side)
     return ds, DatasetInfo(3, IMAGENET_MEAN, IMAGENET_STD, None, tuple(ds.classes))
+
+
+def _imagenette(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset[Any], DatasetInfo]:
+    """Imagenette (any of its sizes: imagenette2, -160, -320, or a `kmim prepare` copy): an ImageFolder whose two
+    splits hold exactly the 10 wnids of IMAGENETTE; class names are their human names."""
+    root = _root(cfg)
+    for name in SPLIT_FOLDERS.values():
+        folder = root / name
+        if not folder.is_dir():
+            raise KmimError(
+                f"data.name=imagenette: {folder} does not exist: data.root must be an Imagenette folder with train/ "
+                "and val/ (e.g. imagenette2-160 from github.com/fastai/imagenette)"
+            )
+        found = _class_folders(folder)
+        if found != sorted(IMAGENETTE):
+            missing, extra = sorted(set(IMAGENETTE) - set(found)), sorted(set(found) - set(IMAGENETTE))
+            raise KmimError(
+                f"data.name=imagenette: {folder} is not Imagenette's ({len(missing)} of its 10 wnids missing"
+                f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} other folders"
+                f"{': ' + ', '.join(extra[:3]) if extra else ''}): point data.root at Imagenette, or use "
+                "data.name=imagefolder for another dataset"
+            )
+    ds, info = _imagefolder(cfg, split, min_side)
+    return ds, replace(info, classes=tuple(IMAGENETTE[w] for w in info.classes))
 
 
 DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset[Any], DatasetInfo]]] = {
@@ -205,6 +276,7 @@ DATASETS: dict[str, Callable[[DataConfig, str], tuple[Dataset[Any], DatasetInfo]
     "cifar10": lambda cfg, split: _cifar(cfg, split, hundred=False),
     "cifar100": lambda cfg, split: _cifar(cfg, split, hundred=True),
     "imagefolder": _imagefolder,
+    "imagenette": _imagenette,
 }
 
 
@@ -216,7 +288,10 @@ def build_dataset(
         raise KmimError(f"data.name={cfg.name!r} is unknown: valid names are {', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    ds, info = _imagefolder(cfg, split, min_side) if cfg.name == "imagefolder" else DATASETS[cfg.name](cfg, split)
+    if cfg.name in FOLDER_DATASETS:
+        ds, info = (_imagenette if cfg.name == "imagenette" else _imagefolder)(cfg, split, min_side)
+    else:
+        ds, info = DATASETS[cfg.name](cfg, split)
     make = pretrain_transform if train else eval_transform
     tf = make(cfg, info.mean, info.std, native=info.native_size)
     cast(Any, ds).transform = tf  # ArrayDataset and torchvision datasets both apply .transform to each image

@@ -26,10 +26,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededViews(Dataset[tuple[torch.Tensor, Any, torch.Tensor]]):
-    """(i, epoch) -> (view, label, mask noise (num_patches,)) with every random draw seeded by (seed, epoch, i)."""
+    """(i, epoch) -> (view, label, mask noise (num_patches,)) with every random draw seeded by (seed, epoch, i).
 
-    def __init__(self, ds: Dataset[Any], seed: int, num_patches: int) -> None:
-        self.ds, self.seed, self.num_patches = ds, seed, num_patches
+    `python_rngs=False` seeds (and saves / restores) torch's CPU generator alone: for transforms that draw from torch
+    only (torchvision's), whose views are then the same, at a fraction of the cost (NumPy's get/set_state alone
+    took 135 us per sample: benchmarks/bench_decoded.py). timm's RandAugment and RandomErasing draw from Python's
+    `random` and NumPy's global RNG: the fine-tuning views keep `python_rngs=True`.
+    """
+
+    def __init__(self, ds: Dataset[Any], seed: int, num_patches: int, *, python_rngs: bool = True) -> None:
+        self.ds, self.seed, self.num_patches, self.python_rngs = ds, seed, num_patches, python_rngs
 
     def __len__(self) -> int:
         return len(self.ds)  # type: ignore[arg-type]
@@ -37,16 +43,22 @@ class SeededViews(Dataset[tuple[torch.Tensor, Any, torch.Tensor]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Any, torch.Tensor]:
         index, epoch = key
         seed = sample_seed(self.seed, epoch, index)
+        if not self.python_rngs:
+            return self._draw(index, seed)
         py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(seed)  # timm's RandAugment and crops draw from Python's `random`
+        np.random.seed(seed % 2**32)
+        out = self._draw(index, seed)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        return out
+
+    def _draw(self, index: int, seed: int) -> tuple[torch.Tensor, Any, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from; torch.manual_seed
             # would also queue a lazy CUDA seeding that records a stack trace per sample: 45 % of the loader's time
-            random.seed(seed)  # timm's RandAugment and crops draw from Python's `random`
-            np.random.seed(seed % 2**32)
             img, label = self.ds[index]  # the dataset's random transform draws from the seeded global RNGs
             noise = torch.rand(self.num_patches)  # (L,)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
         return img, label, noise
 
 
@@ -55,10 +67,11 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Epoch `epoch`, starting after its first `skip` global batches (a run resumed mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         return self.n // (self.batch_size * self.world)
@@ -67,6 +80,6 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(self.n, generator=g).tolist()
         global_batch = self.batch_size * self.world
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             start = b * global_batch + self.rank * self.batch_size
             yield [(i, self.epoch) for i in perm[start : start + self.batch_size]]

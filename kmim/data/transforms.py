@@ -18,6 +18,14 @@ def _to_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transf
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
+def normalize_batch(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float32 normalized, on their device: the per-image tail of the eval view
+    (ToDtype(scale=True), then Normalize) applied to the batch, elementwise and in the same order, so the numbers are
+    those of normalizing each image in the loader (the pretraining loader ships uint8: a quarter of the bytes)."""
+    x = v2.functional.to_dtype(imgs, torch.float32, scale=True)  # (B, C, H, W)
+    return cast(torch.Tensor, v2.functional.normalize(x, list(mean), list(std)))
+
+
 def _fit_size(cfg: DataConfig, native: int | None) -> v2.Transform:
     """Bring an image to img_size: pad smaller fixed-size images (digits), else resize + center crop."""
     if native is not None and native <= cfg.img_size:
@@ -83,7 +91,8 @@ def posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Im
 def pretrain_transform(
     cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], *, native: int | None
 ) -> v2.Compose:
-    """Augmented view seen by the encoder; the tokenizer computes targets on this same view."""
+    """Augmented view seen by the encoder, as a uint8 tensor (C, H, W): the training step normalizes the batch on its
+    device (`normalize_batch` with the dataset's mean and std); the tokenizer computes targets on this same view."""
     if cfg.aug == "rrc":
         ops: list[v2.Transform] = [
             v2.RandomResizedCrop(cfg.img_size, scale=(cfg.crop_scale_min, 1.0), interpolation=InterpolationMode.BICUBIC)
@@ -94,4 +103,4 @@ def pretrain_transform(
         ops = [_fit_size(cfg, native)]
     if cfg.hflip:
         ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*ops, *_to_float(mean, std)])
+    return v2.Compose([*ops, v2.ToImage()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -101,11 +102,42 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list in its compressed form: "gpu[03-05,09],cpu1" -> "gpu03"."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if m is None:
+        raise KmimError(f"SLURM_JOB_NODELIST={nodelist!r} is not a node list: set MASTER_ADDR to the first node")
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+SLURM_PORT_BASE = 29500  # MASTER_PORT under SLURM without one: this plus the job id modulo 2000, so two jobs that
+# share a first node do not collide
+
+
+def slurm_env(env: dict[str, str]) -> dict[str, str]:
+    """torchrun's variables from SLURM's, for one process per task (`srun --ntasks-per-node=G python -m kmim ...`,
+    as MAE's submitit and DINOv2 launch): RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID,
+    MASTER_ADDR = the first host of SLURM_JOB_NODELIST, MASTER_PORT = SLURM_PORT_BASE + job id % 2000 (either kept
+    when set). Empty when torchrun set RANK (torchrun inside an allocation wins), outside SLURM, or for one task."""
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) < 2:
+        return {}
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR", first_host(nodes)),
+        "MASTER_PORT": env.get("MASTER_PORT", str(SLURM_PORT_BASE + int(env.get("SLURM_JOB_ID", "0")) % 2000)),
+    }
+
+
 def setup_distributed() -> None:
-    """Join the process group when launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), before anything else
-    so that even a config problem is agreed on by all processes: gloo for CPU tensors, NCCL for CUDA tensors (one
-    group, both backends); a CUDA process takes cuda:LOCAL_RANK. The timeout is `pg_timeout()`. A no-op on a plain
-    single-process launch."""
+    """Join the process group when launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) or by SLURM with one
+    task per GPU (`slurm_env`), before anything else so that even a config problem is agreed on by all processes:
+    gloo for CPU tensors, NCCL for CUDA tensors (one group, both backends); a CUDA process takes cuda:LOCAL_RANK. The
+    timeout is `pg_timeout()`. A no-op on a plain single-process launch."""
+    os.environ.update(slurm_env(dict(os.environ)))
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or is_dist():
         return
     timeout = pg_timeout()

@@ -34,6 +34,7 @@ class NonFiniteLoss(KmimError):
 class EpochResult:
     step: int  # optimizer steps done after the epoch
     losses: list[float] = field(default_factory=list)  # one per micro-batch
+    stopped: bool = False  # `stop()` said so after step `step`: the rest of the epoch was not run
 
 
 def run_epoch(
@@ -56,6 +57,7 @@ def run_epoch(
     reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     before_step: Callable[[], None] | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
@@ -74,6 +76,8 @@ def run_epoch(
     `before_step()`, if given, runs after the last backward of each step, before its gradient norm and update (the
     online target all-reduces its prototypes' gradients there). `no_sync()`, if given (DDP's), wraps the forward and
     backward of every micro-batch but a step's last, so gradients are all-reduced once per step, not per micro-batch.
+    `stop()`, if given, is asked after each step at the host syncs (every `sync_every` steps); when it says so the
+    epoch ends there with `stopped` set (a preemption, kmim.engine.preempt).
     """
     res = EpochResult(step)
     pending = _PendingLosses(res, reduce_tensor)
@@ -108,6 +112,9 @@ def run_epoch(
                     value = extras["loss"] = pending.flush()
                 if on_step is not None:
                     on_step(res.step, extras)
+                if stop is not None and res.step % sync_every == 0 and stop():
+                    res.stopped = True
+                    break
             if postfix is not None and value is not None:
                 bar.set_postfix(postfix(value, extras))
             bar.update()

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from kmim.engine.dist import (
 )
 from kmim.engine.loop import NonFiniteLoss, run_epoch
 from kmim.engine.optim import Schedule
+from kmim.engine.preempt import Preempted, catch_preemption, signal_name, stop_requested
 from kmim.errors import KmimError
 from kmim.progress import is_terminal
 from kmim.runs import RunDir
@@ -59,6 +60,8 @@ class TrainState:
     step: int = 0  # optimizer steps done
     images: int = 0  # images seen
     wall_s: float = 0.0  # training time, summed over resumed sessions
+    epoch_step: int = 0  # optimizer steps already done in epoch `epoch` (a checkpoint written on preemption)
+    epoch_losses: list[float] = field(default_factory=list)  # their micro-batch losses, for the epoch's mean
 
 
 class Trainer:
@@ -85,6 +88,7 @@ class Trainer:
         self.plan = plan_batch(cfg, self.section, get_world_size())
         self.tracker: Tracker | None = None  # opened when the run starts (TensorBoard / W&B, rank 0)
         self.wandb_id: str | None = None
+        self._rng: torch.Tensor | None = None  # the CPU RNG state a mid-epoch resume restores
         seed_everything(hp.seed)
 
     def _ready(self, resume_from: dict[str, Any] | None) -> None:
@@ -104,8 +108,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["rng"])
+        self._rng = ckpt["rng"]
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            for i, state in enumerate(ckpt["cuda_rng"][: torch.cuda.device_count()]):  # another allocation may show
+                torch.cuda.set_rng_state(state, i)  # fewer GPUs than the one that saved (and DDP uses one each)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -118,28 +124,37 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.progress and is_main():
             tqdm.write(f"{self.plan.describe()}, peak lr {self.lr:.3g}")
-        resumed = self.state.step if self.state.epoch > 0 else None
+        resumed = self.state.step if self.state.step > 0 else None
         self.tracker = Tracker(self.run_dir, self.cfg, is_main(), wandb_id=self.wandb_id, resume_step=resumed)
         self.wandb_id = self.tracker.wandb_id
         try:
-            while self.state.epoch < self.hp.epochs:
-                self._epoch(self.state.epoch)
-                self.state.epoch += 1
-                self._after_epoch(self.state.epoch)
-                self.tracker.flush()
-                self._save()
-            out = self._finish()
-            barrier()  # every rank returns once rank 0 has written the run directory: callers may read it
-            return out
+            with catch_preemption():
+                return self._run_epochs()
         finally:
             self.tracker.close()
+
+    def _run_epochs(self) -> dict[str, Any]:
+        assert self.tracker is not None
+        while self.state.epoch < self.hp.epochs:
+            self._epoch(self.state.epoch)
+            self.state.epoch += 1
+            self._after_epoch(self.state.epoch)
+            self.tracker.flush()
+            self._save()
+        out = self._finish()
+        barrier()  # every rank returns once rank 0 has written the run directory: callers may read it
+        return out
 
     def _epoch(self, epoch: int) -> None:
         hp, st, spe = self.hp, self.state, self.steps_per_epoch
         schedule = Schedule(self.lr, hp.epochs * spe, hp.warmup_epochs * spe, hp.min_lr)
-        self.sampler.set_epoch(epoch)
+        done = st.epoch_step  # > 0: resumed mid-epoch after a preemption
+        self.sampler.set_epoch(epoch, skip=done * self.plan.accum)
         self.model.train()
         t0, images0 = time.perf_counter(), st.images
+        batches = iter(self.loader)  # made first: a DataLoader iterator draws its base seed from the global RNG
+        if done and self._rng is not None:
+            torch.set_rng_state(self._rng)  # so the rest of the epoch draws as the uninterrupted run did
 
         step0, lines = st.step, self.progress and is_main() and not is_terminal()
 
@@ -165,12 +180,12 @@ class Trainer:
 
         try:
             res = run_epoch(
-                self.loader,
+                batches,
                 self._micro_step,
                 self.opt,
                 schedule=schedule,
                 step=st.step,
-                n_batches=spe * self.plan.accum,
+                n_batches=(spe - done) * self.plan.accum,
                 accum=self.plan.accum,
                 scaler=self.scaler,
                 on_step=on_step,
@@ -183,6 +198,7 @@ class Trainer:
                 reduce_tensor=all_reduce_mean,
                 before_step=self._before_step,
                 no_sync=getattr(getattr(self, "forward", None), "no_sync", None),  # DDP: one all-reduce per step
+                stop=stop_requested,
             )
         except NonFiniteLoss as e:
             raise KmimError(
@@ -191,7 +207,11 @@ class Trainer:
         st.step = res.step
         dt = time.perf_counter() - t0
         st.wall_s += dt
-        mean_loss = sum(res.losses) / len(res.losses)  # already means over processes
+        if res.stopped:
+            self._preempted(epoch, done + res.step - step0, [*st.epoch_losses, *res.losses])
+        losses = [*st.epoch_losses, *res.losses]
+        st.epoch_step, st.epoch_losses = 0, []
+        mean_loss = sum(losses) / len(losses)  # already means over processes
         row = {
             "epoch": epoch,
             "epoch_loss": mean_loss,
@@ -208,6 +228,21 @@ class Trainer:
                 f"epoch {epoch + 1}/{hp.epochs}  loss {mean_loss:.4f}  {row['img_per_s']:.0f} img/s  "
                 f"(about {left:.0f} min left at this pace)"
             )
+
+    def _preempted(self, epoch: int, epoch_step: int, losses: list[float]) -> None:
+        """A preemption signal: last.pt at this step (rank 0; the others wait), then `Preempted`."""
+        self.state.epoch_step, self.state.epoch_losses = epoch_step, losses
+        self._gather_epoch_counters()
+        if is_main():
+            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.checkpoint_state())
+        barrier()
+        raise Preempted(
+            f"stopped on {signal_name()} at epoch {epoch + 1} step {epoch_step} of {self.steps_per_epoch}; wrote "
+            f"{self.run_dir / 'checkpoints' / 'last.pt'}: run the same command again to continue"
+        )
+
+    def _gather_epoch_counters(self) -> None:
+        """Before a mid-epoch checkpoint, on every process: move the epoch's per-process counters to rank 0."""
 
     def _micro_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError

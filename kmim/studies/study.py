@@ -67,33 +67,69 @@ ONLINE_MOMENTUM = "train.online.momentum=0.99"  # declared before the study ran:
 # halfway to the student. 0.99 (a 100-step horizon, ~3 epochs) keeps the teacher a lagging copy, as in CAPI / DINO.
 
 
+NEUTRAL = ("data.root", "data.num_workers", "data.prefetch_factor", "data.cache")  # where the data lives and how it
+# is read: a study continues on another machine, with its own data.root (the numbers do not depend on these)
+
+
 @dataclass(frozen=True)
 class Arm:
-    name: str  # run directory under DIR/runs, unique in the study
+    name: str  # the arm's record (DIR/records/NAME.json), unique in the study
     group: str  # what is averaged over seeds
     overrides: tuple[str, ...]
     seed: int = 0
+    run: str = ""  # its run folder's name in a pool shared by studies (--runs); "" = the arm's name
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a study's arms train and what its main K is: `runs` is DIR/runs, or with `kmim study --runs POOL` a
+    folder shared by the studies of one round, where the same run (K-MIM PIXEL at the main K, MAE, HOG, seeds 0-1)
+    is trained once under one name and read by each study that has it; `k` is the preset's tokenizer.k (200 on
+    mnist5k, the paper's 50 on Imagenette), the K of the K-MIM, HOG and feature arms."""
+
+    runs: Path
+    k: int = 200
+    shared: bool = False
+
+    def run_name(self, arm: Arm) -> str:
+        return arm.run if self.shared and arm.run else arm.name
+
+
+def layout(out: Path, config: str | None, runs: str | None = None) -> Layout:
+    """The study's layout: the main K is its preset's tokenizer.k (the study's overrides do not move it: every arm
+    sets its own K), the runs folder DIR/runs or `--runs` (see Layout)."""
+    from kmim.config import load_config
+
+    k = load_config(config, []).tokenizer.k
+    if runs is None:
+        return Layout(out / "runs", k)
+    return Layout(Path(runs), k, shared=True)
 
 
 def _tok(name: str, k: int, *extra: str) -> tuple[str, ...]:
     return ("train.target=tokens", f"tokenizer.name={name}", f"tokenizer.k={k}", *extra)
 
 
-def arms(study: str, out: Path) -> list[Arm]:
+def arms(study: str, out: Path, lay: Layout | None = None) -> list[Arm]:
     """The fixed arms of a study (dependencies first: feature tokenizers read earlier arms' encoders)."""
-    runs = out / "runs"
+    lay = lay or Layout(out / "runs")
+    k, runs = lay.k, lay.runs
     if study == "tcas-vs-probe":
-        return [Arm(f"{g}-s{s}", g, ov, s) for s in (0, 1) for g, ov in _tcas_groups(runs, s).items()]
+        return [Arm(f"{g}-s{s}", g, ov, s, run=f"{g}-s{s}") for s in (0, 1) for g, ov in _tcas_groups(lay, s).items()]
     if study == "k-ablation":
-        return [Arm(f"pixels-k{k}-s{s}", f"K={k}", _tok("kmeans-pixels", k), s) for s in (0, 1) for k in K_GRID]
+        return [
+            Arm(f"pixels-k{kk}-s{s}", f"K={kk}", _tok("kmeans-pixels", kk), s, run=f"pixels-k{kk}-s{s}")
+            for s in (0, 1)
+            for kk in K_GRID
+        ]
     if study == "vs-mae":
         groups = {
-            "kmim-pixels-k200": _tok("kmeans-pixels", 200),
-            "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
-            "mae-raw": ("train.target=pixels", "train.norm_pix=false"),
-            "kmim-hog-k200": _tok("kmeans-hog", 200),
+            f"kmim-pixels-k{k}": (_tok("kmeans-pixels", k), f"pixels-k{k}"),
+            "mae-normpix": (("train.target=pixels", "train.norm_pix=true"), "mae-normpix"),
+            "mae-raw": (("train.target=pixels", "train.norm_pix=false"), "mae-raw"),
+            f"kmim-hog-k{k}": (_tok("kmeans-hog", k), f"hog-k{k}"),
         }
-        return [Arm(f"{g}-s{s}", g, ov, s) for s in (0, 1, 2) for g, ov in groups.items()]
+        return [Arm(f"{g}-s{s}", g, ov, s, run=f"{r}-s{s}") for s in (0, 1, 2) for g, (ov, r) in groups.items()]
     if study == "finetune-recipe":
         return [Arm(name, name, (*ov, f"finetune.holdout={HOLDOUT}")) for name, ov in RECIPES.items()]
     if study == "online-vs-offline":
@@ -113,47 +149,60 @@ def _online_groups(runs: Path, seed: int) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _tcas_groups(runs: Path, seed: int) -> dict[str, tuple[str, ...]]:
-    """tcas-vs-probe's tokenizers for one seed (MAE and K-MIM PIXEL first: two feature tokenizers read their runs)."""
+def second_k(k: int) -> int:
+    """tcas-vs-probe's second pixel K: 50 beside a main K other than 50 (mnist5k: 200 and 50), else 200."""
+    return 200 if k == 50 else 50
+
+
+def _tcas_groups(lay: Layout, seed: int) -> dict[str, tuple[str, ...]]:
+    """tcas-vs-probe's tokenizers for one seed at the main K (MAE and K-MIM PIXEL first: two feature tokenizers read
+    their runs)."""
+    k, k2 = lay.k, second_k(lay.k)
+    mae, pix = lay.runs / f"mae-normpix-s{seed}", lay.runs / f"pixels-k{k}-s{seed}"
     return {
         "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
-        "pixels-k200": _tok("kmeans-pixels", 200),
-        "pixels-k50": _tok("kmeans-pixels", 50),
-        "pixels-norm-k200": _tok("kmeans-pixels", 200, "tokenizer.patch_norm=true"),
-        "hog-k200": _tok("kmeans-hog", 200),
-        "vq-k200": _tok("vq", 200),
-        "supervised-features-k200": _tok("kmeans-features", 200, "tokenizer.encoder=supervised"),
-        "mae-features-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / f'mae-normpix-s{seed}'}"),
-        "kmim-features-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / f'pixels-k200-s{seed}'}"),
-        "cross-class-k200": _tok("cross-class", 200),
-        "class-wise-k200": _tok("class-wise", 200),
+        f"pixels-k{k}": _tok("kmeans-pixels", k),
+        f"pixels-k{k2}": _tok("kmeans-pixels", k2),
+        f"pixels-norm-k{k}": _tok("kmeans-pixels", k, "tokenizer.patch_norm=true"),
+        f"hog-k{k}": _tok("kmeans-hog", k),
+        f"vq-k{k}": _tok("vq", k),
+        f"supervised-features-k{k}": _tok("kmeans-features", k, "tokenizer.encoder=supervised"),
+        f"mae-features-k{k}": (*_tok("kmeans-features", k), f"tokenizer.encoder={mae}"),
+        f"kmim-features-k{k}": (*_tok("kmeans-features", k), f"tokenizer.encoder={pix}"),
+        f"cross-class-k{k}": _tok("cross-class", k),
+        f"class-wise-k{k}": _tok("class-wise", k),
     }
 
 
 # ---- one arm ------------------------------------------------------------------------------------------------------
 
 
-def arm_config(arm: Arm, out: Path, config: str | None, *, overrides: list[str]) -> RunConfig:
+def arm_config(
+    arm: Arm, out: Path, config: str | None, *, overrides: list[str], lay: Layout | None = None
+) -> RunConfig:
     """The arm's config: the preset and overrides, the arm's own settings, and its seed for both the pretraining and
     the tokenizer fit (K-means sample and init, or the VQ-VAE), so the seed spread includes the tokenizer's noise."""
     from kmim.resolve import load_run_config
 
-    return load_run_config(config, arm_overrides(arm, out, overrides, config=config))
+    return load_run_config(config, arm_overrides(arm, out, overrides, config=config, lay=lay))
 
 
-def arm_overrides(arm: Arm, out: Path, overrides: list[str], *, config: str | None = None) -> list[str]:
+def arm_overrides(
+    arm: Arm, out: Path, overrides: list[str], *, config: str | None = None, lay: Layout | None = None
+) -> list[str]:
     """The study's overrides, then the arm's. A per-kind tokenizer option among the study's (tokenizer.vq.epochs=1
     for a quick study) reaches only the arms whose tokenizer reads it."""
     from kmim.config import load_config
     from kmim.resolve import check_run_config, unused_option_groups
 
+    lay = lay or Layout(out / "runs")
     ov = [
         *overrides,
         *arm.overrides,
         f"train.seed={arm.seed}",
         f"tokenizer.seed={arm.seed}",
-        f"out_dir={out / 'runs'}",
-        f"name={arm.name}",
+        f"out_dir={lay.runs}",
+        f"name={lay.run_name(arm)}",
     ]
     unused = tuple(f"tokenizer.{g}." for g in unused_option_groups(check_run_config(load_config(config, ov))))
     return [o for o in ov if not (o in overrides and o.startswith(unused))]
@@ -166,7 +215,7 @@ def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], *, out: 
     old = _flat(config_to_dict(load_config(None, (), base=record["config"])))  # the current schema and defaults
     new = _flat(config_to_dict(cfg))
     for key in new:
-        if old.get(key) != new[key]:
+        if key not in NEUTRAL and old.get(key) != new[key]:
             raise KmimError(
                 f"{out} holds arm {arm.name} run with {key}={old.get(key)!r}, this command gives "
                 f"{new[key]!r}: a study continues only under the preset and overrides it started with "
@@ -357,17 +406,25 @@ def _target_curves(run_dir: Path) -> dict[str, Any]:
 
 
 def run_arm(
-    arm: Arm, out: Path, config: str | None, *, overrides: list[str], curve: bool, progress: bool, study: str = ""
+    arm: Arm,
+    out: Path,
+    config: str | None,
+    *,
+    overrides: list[str],
+    curve: bool,
+    progress: bool,
+    study: str = "",
+    lay: Layout | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue) and evaluate one arm; its record is written atomically, so a finished arm is final."""
+    """Train (or continue, or reuse from the shared pool) and evaluate one arm; its record is written atomically, so
+    a finished arm is final."""
     from kmim.runinfo import write_json
     from kmim.studies.demo import pretrain_or_resume
 
-    cfg = arm_config(arm, out, config, overrides=overrides)
+    cfg = arm_config(arm, out, config, overrides=overrides, lay=lay)
     if arm.name in RECIPES:
-        return run_recipe_arm(
-            arm, cfg, arm_overrides(arm, out, overrides, config=config), config=config, out=out, progress=progress
-        )
+        ov = arm_overrides(arm, out, overrides, config=config, lay=lay)
+        return run_recipe_arm(arm, cfg, ov, config=config, out=out, progress=progress)
     t0 = time.perf_counter()
     run_dir = pretrain_or_resume(cfg, progress)
     t1 = time.perf_counter()
@@ -402,17 +459,25 @@ def run_arm(
 
 
 def run_study(
-    study: str, out: Path, config: str | None, *, overrides: list[str], progress: bool = True
+    study: str,
+    out: Path,
+    config: str | None,
+    *,
+    overrides: list[str],
+    progress: bool = True,
+    runs: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) every arm of `study` and write its report; returns the records. Under torchrun every
     process runs every arm together (pretraining, features, fine-tuning split over them; the small probes on
-    cached features repeated on each) and rank 0 alone writes the records and the report."""
+    cached features repeated on each) and rank 0 alone writes the records and the report. `runs`: a run pool
+    shared with the round's other studies (Layout)."""
     from kmim.paths import check_folder_writable
 
     check_folder_writable(out)
-    todo = arms(study, out)
+    lay = layout(out, config, runs)
+    todo = arms(study, out, lay)
     for arm in todo:  # every config is checked before the first run starts, finished arms against their records
-        cfg = arm_config(arm, out, config, overrides=overrides)
+        cfg = arm_config(arm, out, config, overrides=overrides, lay=lay)
         path = out / "records" / f"{arm.name}.json"
         if path.is_file():
             check_same_config(arm, cfg, json.loads(path.read_text()), out=out)
@@ -424,10 +489,11 @@ def run_study(
             continue
         if progress and is_main():
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
+        curve = study == "vs-mae"
         records.append(
-            run_arm(arm, out, config, overrides=overrides, curve=study == "vs-mae", progress=progress, study=study)
+            run_arm(arm, out, config, overrides=overrides, curve=curve, progress=progress, study=study, lay=lay)
         )
-    on_main(lambda: write_report(study, out, records, config=config, overrides=overrides))
+    on_main(lambda: write_report(study, out, records, config=config, overrides=overrides, runs=runs))
     return records
 
 
@@ -439,7 +505,13 @@ def verdicts(study: str, records: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(
-    study: str, out: Path, records: list[dict[str, Any]], *, config: str | None, overrides: list[str]
+    study: str,
+    out: Path,
+    records: list[dict[str, Any]],
+    *,
+    config: str | None,
+    overrides: list[str],
+    runs: str | None = None,
 ) -> None:
     from kmim.runinfo import environment, write_text
     from kmim.studies import study_rules
@@ -472,7 +544,8 @@ def write_report(
     w.writerows(records)
     write_text(out / "results.csv", buf.getvalue())
     env = environment()
-    cmd = " ".join(["kmim study", study, "--out", str(out), *(["-c", config] if config else []), *overrides])
+    pool = ["--runs", runs] if runs else []
+    cmd = " ".join(["kmim study", study, "--out", str(out), *pool, *(["-c", config] if config else []), *overrides])
     head = [
         f"# Study `{study}`",
         "",

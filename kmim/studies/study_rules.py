@@ -77,6 +77,29 @@ def _rho_per_seed(records: list[dict[str, Any]], key: str) -> str:
     return f" Per seed: {', '.join(parts)}."
 
 
+LABELLED = ("supervised-features-", "cross-class-", "class-wise-")  # tokenizers fitted with the labels
+
+
+def unsupervised_rule(records: list[dict[str, Any]]) -> list[str]:
+    """The second tcas-vs-probe rule (declared 2026-12-07 before the Imagenette-64 round ran, issue 27): the same
+    Spearman test over the tokenizers fitted without labels alone (pixels, patch-normalised pixels, HOG, VQ, K-means
+    on the round's MAE and K-MIM features), so the label-fitted oracles cannot carry the correlation alone."""
+    rows = [r for r in _tcas_rows(records) if not r["arm"].startswith(LABELLED)]
+    if len(rows) < 3:
+        return []
+    t = [r["tcas"] for r in rows]
+    out = []
+    for key, label in METRICS:
+        acc = [r[key] for r in rows]
+        rho, (lo, hi) = spearman(t, acc), bootstrap_ci(t, acc, spearman)
+        word = "agree" if hi < 0 else "disagree" if lo > 0 else "not resolved"
+        out.append(
+            f"{label}, unsupervised tokenizers alone ({len(rows)}): Spearman(TCAS, top-1) = {rho:+.2f} "
+            f"[95% CI {lo:+.2f}, {hi:+.2f}]: **{word}** with the paper."
+        )
+    return out
+
+
 def tcas_rules(records: list[dict[str, Any]]) -> list[str]:
     rows = _tcas_rows(records)
     t, n = [r["tcas"] for r in rows], [r["nmi"] for r in rows]
@@ -93,6 +116,7 @@ def tcas_rules(records: list[dict[str, Any]]) -> list[str]:
             f"{pearson(t, acc):+.2f} over {len(rows)} tokenizers: **{word}** with the paper; TCAS predicts "
             f"{better} than NMI (Spearman(NMI, top-1) = {rho_nmi:+.2f}).{_rho_per_seed(records, key)}"
         )
+    out.extend(unsupervised_rule(records))
     if seeds < 2:
         return [*out, f"Noise: {_noise(records)}; one seed per tokenizer."]
     spread = ", ".join(f"{label} {np.mean([r[f'sd_{key}'] for r in rows]):.1f}" for key, label in METRICS)
@@ -195,20 +219,26 @@ def _gap_word(gap: float, se: float) -> str:
     return "agree (K-MIM ahead)" if gap > 2 * se else "disagree (MAE ahead)" if gap < -2 * se else "not resolved"
 
 
+def kmim_group(records: Iterable[dict[str, Any]]) -> str:
+    """vs-mae's K-MIM PIXEL group: kmim-pixels-k<K> at the study's main K (200 on mnist5k, 50 on Imagenette)."""
+    return next((r["group"] for r in records if r["group"].startswith("kmim-pixels-k")), "kmim-pixels-k200")
+
+
 def vs_mae_rules(records: list[dict[str, Any]]) -> list[str]:
     out = []
+    kmim = kmim_group(records)
     for key, label in METRICS:
-        a, b = _by_group(records, key)["kmim-pixels-k200"], _by_group(records, key)["mae-normpix"]
+        a, b = _by_group(records, key)[kmim], _by_group(records, key)["mae-normpix"]
         gap = float(np.mean(a) - np.mean(b))
         se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if len(a) > 1 else float("nan")
         word = _gap_word(gap, se)
         out.append(f"{label}: K-MIM PIXEL − MAE norm-pix = {gap:+.1f} pt (SE {se:.1f}, {len(a)} seeds): **{word}**.")
     for key, label in (("curve", "kNN"), ("probe_curve", "linear probe")):
         curves = _mean_curves(records, key)
-        if "mae-normpix" not in curves or "kmim-pixels-k200" not in curves:
+        if "mae-normpix" not in curves or kmim not in curves:
             continue
         target = curves["mae-normpix"][-1][1]
-        reach = next((e for e, v in curves["kmim-pixels-k200"] if v >= target), None)
+        reach = next((e for e, v in curves[kmim] if v >= target), None)
         out.append(
             f"Epochs for K-MIM's mean {label} to reach MAE's final {target:.1f}: "
             f"{reach if reach is not None else 'not reached in the budget'} (evaluated epochs only)."
@@ -230,10 +260,10 @@ def _finetune_rule(records: list[dict[str, Any]]) -> list[str]:
     Several (from the 40-epoch round, declared before it ran): the gap of the means against the SE over seeds,
     as every other metric, or the binomial SE of the difference (every seed reads the same test set) when that is
     larger."""
-    ft = _finetune_values(records)
-    if "kmim-pixels-k200" not in ft or "mae-normpix" not in ft:
+    ft, kmim = _finetune_values(records), kmim_group(records)
+    if kmim not in ft or "mae-normpix" not in ft:
         return []
-    a, b = ft["kmim-pixels-k200"], ft["mae-normpix"]
+    a, b = ft[kmim], ft["mae-normpix"]
     n = records[0]["n_test"]
     gap = float(np.mean(a) - np.mean(b))
     binom = float(np.hypot(binomial_se(float(np.mean(a)), n), binomial_se(float(np.mean(b)), n)))  # one test set

@@ -100,5 +100,7 @@ def test_cifar_needs_a_valid_local_folder(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(KmimError, match="valid names are cifar10, cifar100, imagefolder, mnist5k, synthetic"):
+    with pytest.raises(
+        KmimError, match="valid names are cifar10, cifar100, imagefolder, imagenette, mnist5k, synthetic"
+    ):
         build_dataset(DataConfig(name="imagenet"), "train")

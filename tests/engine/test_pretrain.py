@@ -107,7 +107,7 @@ def test_bad_tokenizer_file_writes_nothing(tiny_overrides, tmp_path):
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """A NaN injected at optimizer step 4 (epoch 1): one line naming the step; epoch 0's checkpoint is untouched."""
-    import kmim.engine.pretrain as P
+    import kmim.engine.targets as P
     from kmim.cli import main
 
     calls = {"n": 0}

@@ -105,7 +105,7 @@ def test_the_arms_commands_train_the_runs_that_the_study_then_only_evaluates(tmp
     import shlex
 
     out, real = tmp_path / "k", S.arms
-    monkeypatch.setattr(S, "arms", lambda study, out: real(study, out)[:1])  # one arm: pixels-k10-s0
+    monkeypatch.setattr(S, "arms", lambda study, out, lay=None: real(study, out, lay)[:1])  # one arm: pixels-k10-s0
     assert main(["study", "k-ablation", "--out", str(out), "--commands", *FAST]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kmim pretrain ") and "name=pixels-k10-s0" in lines[0]
@@ -241,3 +241,43 @@ def test_a_study_under_torchrun_gives_the_records_of_one_process(tmp_path):
     for path in one:
         a, b = json.loads(path.read_text()), json.loads((tmp_path / "two" / "records" / path.name).read_text())
         assert [a[k] for k in keys] == [b[k] for k in keys], path.name
+
+
+def test_the_main_k_comes_from_the_preset_and_names_the_arms(tmp_path):
+    """configs/studies/imagenette64.yaml sets K = 50: vs-mae's K-MIM and HOG arms, the feature tokenizers and the
+    first pixel K of tcas-vs-probe are at 50, its second pixel K 200; the mnist5k presets keep K = 200 and 50."""
+    lay = S.layout(tmp_path, "configs/studies/imagenette64.yaml", None)
+    assert lay.k == 50 and lay.runs == tmp_path / "runs" and not lay.shared
+    groups = {a.group for a in S.arms("vs-mae", tmp_path, lay)}
+    assert groups == {"kmim-pixels-k50", "mae-normpix", "mae-raw", "kmim-hog-k50"}
+    tcas = {a.group for a in S.arms("tcas-vs-probe", tmp_path, lay)}
+    assert {"pixels-k50", "pixels-k200", "hog-k50", "kmim-features-k50", "class-wise-k50"} <= tcas
+    assert S.layout(tmp_path, "configs/studies/mnist5k-40ep.yaml", None).k == 200
+
+
+def test_a_shared_pool_trains_a_run_two_studies_have_once(tmp_path):
+    """With --runs POOL, k-ablation's pixels-k50-s0 and tcas-vs-probe's pixels-k50-s0 are one run, and vs-mae's
+    K-MIM PIXEL arm at K = 50 would read the same folder; each study still writes its own record."""
+    pool = tmp_path / "pool"
+    k_out, t_out = tmp_path / "k", tmp_path / "t"
+    k_lay, t_lay = S.layout(k_out, None, str(pool)), S.layout(t_out, None, str(pool))
+    k_arm = next(a for a in S.arms("k-ablation", k_out, k_lay) if a.name == "pixels-k50-s0")
+    t_arm = next(a for a in S.arms("tcas-vs-probe", t_out, t_lay) if a.name == "pixels-k50-s0")
+    S.run_arm(k_arm, k_out, None, overrides=FAST, curve=False, progress=False, lay=k_lay)
+    metrics = (pool / "pixels-k50-s0" / "metrics.jsonl").read_text()
+    rec = S.run_arm(t_arm, t_out, None, overrides=FAST, curve=False, progress=False, lay=t_lay)
+    assert (pool / "pixels-k50-s0" / "metrics.jsonl").read_text() == metrics  # reused, not trained again
+    assert (k_out / "records" / "pixels-k50-s0.json").is_file() and (t_out / "records" / "pixels-k50-s0.json").is_file()
+    assert rec["config"]["out_dir"] == str(pool) and not (t_out / "runs").exists()
+    vs = {
+        a.name: k_lay.run_name(a) for a in S.arms("vs-mae", tmp_path / "v", S.layout(tmp_path / "v", None, str(pool)))
+    }
+    assert vs["kmim-pixels-k200-s1"] == "pixels-k200-s1" and vs["kmim-hog-k200-s0"] == "hog-k200-s0"
+
+
+def test_a_study_continues_under_another_data_root(tmp_path):
+    """Where the data lives (data.root, workers, the RAM cache) does not change the numbers: not compared."""
+    arm = S.arms("k-ablation", tmp_path)[0]
+    cfg = S.arm_config(arm, tmp_path, None, overrides=FAST)
+    record = {"config": {**S.config_to_dict(cfg), "data": {**S.config_to_dict(cfg)["data"], "num_workers": 3}}}
+    S.check_same_config(arm, cfg, record, out=tmp_path)

@@ -1,0 +1,106 @@
+"""Preemption (kmim.engine.preempt): SIGUSR1 mid-epoch writes last.pt and exits with PREEMPTED_EXIT; the same
+command line, run again, continues the run and ends with the uninterrupted run's weights, bit for bit. SLURM's
+variables alone (no torchrun) start a 2-process run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kmim.engine.trainer as trainer_module
+from kmim.cli import main
+from kmim.engine.dist import first_host, slurm_env
+from kmim.errors import PREEMPTED_EXIT
+from tests.conftest import TINY
+
+RUN = [*TINY, "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1", "-q"]  # 3 steps per epoch
+
+
+def _weights(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def _signal_at(monkeypatch, call: int, signum=signal.SIGUSR1):
+    """The trainer's stop check sends `signum` to this process at its `call`-th use (after that step)."""
+    real, calls = trainer_module.stop_requested, []
+
+    def check() -> bool:
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return real()
+
+    monkeypatch.setattr(trainer_module, "stop_requested", check)
+
+
+@pytest.mark.parametrize("target, signum", [("tokens", signal.SIGUSR1), ("pixels", signal.SIGTERM)])
+def test_a_signal_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(
+    target, signum, tmp_path, monkeypatch, capsys
+):
+    args = ["pretrain", *RUN, f"train.target={target}", f"out_dir={tmp_path}"]
+    assert main([*args, "name=whole"]) == 0
+    _signal_at(monkeypatch, 4, signum)  # after step 4: epoch 2, step 1 of 3
+    assert main([*args, "name=cut"]) == PREEMPTED_EXIT
+    err = capsys.readouterr().err
+    assert f"preempted: stopped on {signal.Signals(signum).name} at epoch 2 step 1 of 3" in err
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["train_state"]
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 4)
+    monkeypatch.undo()
+    assert main([*args, "name=cut"]) == 0  # the same command line continues it
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch_loss"] for r in rows if "epoch_loss" in r] == [r["epoch_loss"] for r in whole if "epoch_loss" in r]
+
+
+def test_the_same_command_line_on_another_config_is_still_refused(tmp_path, capsys):
+    args = ["pretrain", *RUN, f"out_dir={tmp_path}", "name=r", "train.epochs=1"]
+    assert main(args) == 0
+    assert main([*args[:-1], "train.epochs=1", "train.base_lr=0.01"]) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+
+
+def test_slurm_variables_become_torchruns():
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "3", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    out = slurm_env({**env, "SLURM_JOB_ID": "4242"})
+    assert out == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "gpu07", "MASTER_PORT": "29742"}
+    assert slurm_env({**env, "RANK": "0"}) == {} and slurm_env({**env, "SLURM_NTASKS": "1"}) == {}
+    assert first_host("node1,node2") == "node1" and first_host("a[009-012,15],b3") == "a009"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_slurm_tasks_without_torchrun_run_together(tmp_path):
+    """srun --ntasks=2 python -m kmim pretrain ...: the tasks join one process group (gloo) and give the 2-process
+    run: one run directory written by rank 0, its results saying world_size 2, the weights of 1 process."""
+    tok = tmp_path / "tok.pt"
+    base = [*RUN, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
+    assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
+    assert main(["pretrain", *base, "name=one"]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kmim", "pretrain", *base, "name=two"],
+            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)  # float noise (the key bias: see test_ddp)
