@@ -129,8 +129,12 @@ class OnlineConfig:
     student_temp: float = 0.12  # temperature of the student's prediction (CAPI)
     sinkhorn_iters: int = 3  # position-wise Sinkhorn-Knopp iterations (CAPI)
     momentum: float = 0.999  # teacher EMA momentum (CAPI's base value): linear from 1.0 to this over
-    # train.warmup_epochs, then a cosine from it back to 1.0 at the last step (CAPI's schedule, without its
-    # truncation of the cosine at 0.8)
+    # train.warmup_epochs, then a cosine from it towards 1.0 (CAPI's schedule), cut at momentum_truncate
+    momentum_truncate: float = 0.8  # the cosine runs over the rest of training / this and stops at its end (CAPI's
+    # truncation at 0.8 of its length: the teacher ends at ~0.9999 and keeps moving); 1.0 = the full cosine, reaching
+    # exactly 1.0 at the last step (kmim's schedule before 2026-12-07, kept by runs saved without this key)
+    positionwise_sk: bool = True  # Sinkhorn-Knopp balances the prototypes per patch position over the batch
+    # (CAPI's default); false: once over all patches of the global batch (CAPI's positionwise_sk=False)
     proto_lr: float = 5e-4  # peak lr of the prototypes' AdamW (absolute, CAPI's 5e-4), on train's warmup + cosine
     proto_weight_decay: float = 0.01  # CAPI's clustering AdamW sets only betas: torch's default weight decay
 
@@ -359,6 +363,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.online.student_temp": _positive,
     "train.online.sinkhorn_iters": _at_least(1),
     "train.online.momentum": _in_range(0, 1, hi_open=False),
+    "train.online.momentum_truncate": _in_range(0, 1, lo_open=True, hi_open=False),
     "train.online.proto_lr": _positive,
     "train.online.proto_weight_decay": _at_least(0),
     "eval.pool": _one_of(POOLS),
@@ -567,6 +572,27 @@ def _override(item: str) -> Any:
     return OmegaConf.from_dotlist([item])
 
 
+OLD_BEHAVIOUR = {("train", "online", "momentum_truncate"): 1.0}  # a key added with a new default: the value that
+# reproduces what a config saved before it meant (its run resumes and its study continues unchanged)
+
+
+def keep_old_behaviour(saved: Any) -> Any:
+    """A saved config without a key of OLD_BEHAVIOUR gets the key's old value (not the new default)."""
+    if not isinstance(saved, dict):
+        return saved
+    out = dict(saved)
+    for path, value in OLD_BEHAVIOUR.items():
+        node: Any = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.setdefault(path[-1], value)
+    return out
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -574,7 +600,7 @@ def load_config(
     every value is checked (`validate`)."""
     cfg = OmegaConf.structured(RunConfig)
     if base is not None:
-        cfg = _merge(cfg, migrate_legacy(base), "saved config")
+        cfg = _merge(cfg, keep_old_behaviour(migrate_legacy(base)), "saved config")
     if path is not None:
         cfg = _merge(cfg, _load_yaml(Path(path)), str(path))
     for item in overrides:

@@ -39,12 +39,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, *, lr: float, min_lr: 
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def ema_momentum(step: int, total_steps: int, warmup_steps: int, *, base: float) -> float:
-    """Teacher EMA momentum: linear from 1.0 to `base` over warmup_steps, then half-cycle cosine from `base` up to
-    1.0 at total_steps (CAPI's momentum schedule)."""
+def ema_momentum(step: int, total_steps: int, warmup_steps: int, *, base: float, truncate: float = 1.0) -> float:
+    """Teacher EMA momentum (CAPI's schedule): linear from 1.0 to `base` over warmup_steps, then the half-cycle cosine
+    m(p) = 1 - (1 - base) (1 + cos(pi p)) / 2 at p = truncate * (step - warmup) / (total - warmup): with truncate = 1 it
+    reaches 1.0 at total_steps; CAPI's 0.8 stops at m(0.8) (about 0.9999 for base 0.999)."""
     if step < warmup_steps:
         return 1.0 + (base - 1.0) * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps) * truncate
     return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 

@@ -39,7 +39,8 @@ Forward = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (imgs, mask_ratio,
 
 class Health:
     """A target's per-epoch counters, on the device (no host sync per step): masked targets per id (K,), argmax
-    hits, and for online targets the sums of (assignment entropy, clustering loss, steps)."""
+    hits, and for online targets the sums of (assignment entropy, clustering loss, steps), the teacher's own argmax
+    ids before Sinkhorn-Knopp per id (K,) and how often the targets' argmax agrees with them."""
 
     def __init__(self, k: int, device: torch.device) -> None:
         self.k, self.device = k, device
@@ -49,6 +50,14 @@ class Health:
         self.counts = torch.zeros(self.k, dtype=torch.long, device=self.device)  # (K,)
         self.hits = torch.zeros((), dtype=torch.long, device=self.device)
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.raw = torch.zeros(self.k, dtype=torch.long, device=self.device)  # (K,) teacher argmax, before SK
+        self.agree = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def count_raw(self, raw: torch.Tensor, targets: torch.Tensor) -> None:
+        """The teacher's argmax ids (B, M) before Sinkhorn-Knopp, and their agreement with the targets' (B, M)."""
+        flat = raw.flatten()
+        self.raw.index_add_(0, flat, torch.ones_like(flat, dtype=self.raw.dtype))
+        self.agree += (raw == targets).sum()
 
     def count(self, ids: torch.Tensor, pred: torch.Tensor) -> None:
         """Ids (B, M) as targets, and the predictions (B, M, K) whose argmax hits them. index_add_, which (unlike
@@ -57,8 +66,8 @@ class Health:
         self.counts.index_add_(0, flat, torch.ones_like(flat, dtype=self.counts.dtype))
         self.hits += (pred.argmax(dim=-1) == ids).sum()
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.counts, self.hits, self.sums
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.counts, self.hits, self.sums, self.raw, self.agree
 
     def gather(self) -> None:
         """Sum over processes onto rank 0 (zero elsewhere): what a mid-epoch checkpoint keeps."""
@@ -69,22 +78,33 @@ class Health:
     def metrics(self, online: bool) -> dict[str, float]:
         """Over the epoch's masked patches of every process: the fraction of the K ids that were targets, their
         perplexity exp(H(p)) with p the id frequencies (K at uniform use, 1 at collapse), the model's top-1 (%) on
-        them; for online targets the mean entropy of the soft assignments and the clustering loss. Resets."""
+        them; for online targets also what can show a collapse that Sinkhorn's balancing hides: the mean entropy of
+        the soft targets (log K at uniform), the clustering loss, the fraction of ids and the perplexity of the
+        teacher's own argmax before Sinkhorn-Knopp, and the fraction of patches whose target argmax agrees with it.
+        Resets."""
         counts = all_reduce_sum(self.counts).double()  # (K,)
         hits = float(all_reduce_sum(self.hits))
         sums = all_reduce_sum(self.sums)  # (3,)
+        raw, agree = all_reduce_sum(self.raw).double(), float(all_reduce_sum(self.agree))
         self.reset()
         total = float(counts.sum())
-        p = counts[counts > 0] / max(total, 1.0)
         out = {
             "targets_used": float((counts > 0).double().mean()),
-            "targets_perplexity": float(torch.exp(-(p * p.log()).sum())),
+            "targets_perplexity": _perplexity(counts),
             "masked_top1": 100.0 * hits / max(total, 1.0),
         }
         if online:
             n = max(float(sums[2]), 1.0)
             out.update(assignment_entropy=float(sums[0]) / n, clustering_loss=float(sums[1]) / n)
+            out.update(teacher_used=float((raw > 0).double().mean()), teacher_perplexity=_perplexity(raw))
+            out.update(targets_agree_teacher=agree / max(total, 1.0))
         return out
+
+
+def _perplexity(counts: torch.Tensor) -> float:
+    """exp(H(p)) of the id frequencies p = counts / sum (K at uniform use, 1 when one id takes all)."""
+    p = counts[counts > 0] / max(float(counts.sum()), 1.0)
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 class Target:
@@ -198,6 +218,7 @@ class OnlineTarget(Target):
             target_temp=t.online.target_temp,
             pred_temp=t.online.pred_temp,
             sinkhorn_iters=t.online.sinkhorn_iters,
+            positionwise_sk=t.online.positionwise_sk,
         ).stamp({})
         with torch.random.fork_rng(devices=[]):  # building the teacher draws weights it then overwrites
             target = OnlineClusters.create(meta, cfg.tokenizer.seed)
@@ -217,7 +238,9 @@ class OnlineTarget(Target):
         loss = soft_cross_entropy(pred, q_masked, t.online.student_temp) + clustering
         with torch.no_grad():
             assert self.health is not None
-            self.health.count(q_masked.argmax(dim=-1), pred)  # (B, M) hard targets
+            hard = q_masked.argmax(dim=-1)  # (B, M) hard targets
+            self.health.count(hard, pred)
+            self.health.count_raw(select_patches(logits.detach().argmax(dim=-1), ids), hard)  # (B, M) before SK
             self.health.sums += torch.stack(
                 [
                     assignment_entropy(q_masked).double(),
@@ -244,7 +267,8 @@ class OnlineTarget(Target):
 
     def after_step(self, step: int, total_steps: int, warmup_steps: int) -> None:
         """The teacher's EMA update after optimizer step `step` (1-based), with CAPI's momentum schedule."""
-        m = ema_momentum(step - 1, total_steps, warmup_steps, base=self.cfg.train.online.momentum)
+        o = self.cfg.train.online
+        m = ema_momentum(step - 1, total_steps, warmup_steps, base=o.momentum, truncate=o.momentum_truncate)
         self.clusters.ema_update(self.student, m)
 
     def encoder(self) -> OnlineClusters:

@@ -396,13 +396,20 @@ def _attentive(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
 
 def _target_curves(run_dir: Path) -> dict[str, Any]:
     """Per epoch (1-based) from metrics.jsonl: [epoch, TCAS, NMI, usage] of the targets' hard ids on the fixed
-    subset, and [epoch, fraction of ids used, perplexity] of the masked targets."""
+    subset (for online targets: the teacher's argmax ids, the tokenizer's `encode`), [epoch, fraction of ids used,
+    perplexity] of the masked targets, and for online targets [epoch, fraction of ids and perplexity of the teacher's
+    argmax before Sinkhorn, agreement of the targets' argmax with it, the student's masked top-1 on the targets]."""
     from kmim.runinfo import read_jsonl
 
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "epoch_loss" in r]
     tcas = [[r["epoch"] + 1, r["tok_tcas"], r["tok_nmi"], r["tok_usage"]] for r in rows if "tok_tcas" in r]
     used = [[r["epoch"] + 1, r["targets_used"], r["targets_perplexity"]] for r in rows if "targets_used" in r]
-    return {"tcas_curve": tcas, "targets_curve": used}
+    teacher = [  # online targets: the teacher's argmax before Sinkhorn, and the targets' agreement with it
+        [r["epoch"] + 1, r["teacher_used"], r["teacher_perplexity"], r["targets_agree_teacher"], r["masked_top1"]]
+        for r in rows
+        if "teacher_used" in r
+    ]
+    return {"tcas_curve": tcas, "targets_curve": used, "teacher_curve": teacher}
 
 
 def run_arm(

@@ -78,7 +78,8 @@ def assignment_entropy(q: torch.Tensor) -> torch.Tensor:
 
 class OnlineClusters(Tokenizer):
     """meta: k, patch_size, in_chans, normalization, feature_dim, encoder {timm_name, timm_kwargs}, target_temp,
-    pred_temp, sinkhorn_iters. `teacher` is a timm ViT (frozen for autograd, moved by `ema_update`)."""
+    pred_temp, sinkhorn_iters, positionwise_sk (absent in files written before it: True). `teacher` is a timm ViT
+    (frozen for autograd, moved by `ema_update`)."""
 
     kind = "online-clusters"
 
@@ -137,9 +138,14 @@ class OnlineClusters(Tokenizer):
     def assign(
         self, logits: torch.Tensor, reduce_sum: Reduce | None = None, reduce_max: Reduce | None = None
     ) -> torch.Tensor:
-        """Soft targets (B, L, K) by Sinkhorn-Knopp on logits / target_temp (no gradient)."""
+        """Soft targets (B, L, K) by Sinkhorn-Knopp on logits / target_temp (no gradient): per patch position over the
+        batch (meta positionwise_sk, the default), or once over all B * L patches (CAPI's positionwise_sk=False)."""
         iters, temp = int(self.meta.extra["sinkhorn_iters"]), float(self.meta.extra["target_temp"])
-        return sinkhorn_knopp(logits.detach() / temp, iters, reduce_sum, reduce_max=reduce_max)
+        scores = logits.detach() / temp  # (B, L, K)
+        if self.meta.extra.get("positionwise_sk", True):
+            return sinkhorn_knopp(scores, iters, reduce_sum, reduce_max=reduce_max)
+        flat = scores.reshape(-1, 1, scores.shape[-1])  # (B * L, 1, K): one column set over every patch
+        return sinkhorn_knopp(flat, iters, reduce_sum, reduce_max=reduce_max).reshape(scores.shape)
 
     def clustering_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The prototypes' own loss: soft cross-entropy of softmax(logits / pred_temp) against the assignments."""

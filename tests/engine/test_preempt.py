@@ -104,3 +104,40 @@ def test_two_slurm_tasks_without_torchrun_run_together(tmp_path):
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)  # float noise (the key bias: see test_ddp)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_a_run_preempted_on_two_processes_continues_on_one(tmp_path):
+    """Another allocation: 2 SLURM tasks get SIGUSR1 mid-run (each writes nothing but rank 0's last.pt, both exit
+    75), and the same command line on 1 process finishes with the weights of an uninterrupted 1-process run (float
+    tolerance: the 2-process steps sum gradients in another order)."""
+    import time
+
+    tok = tmp_path / "tok.pt"
+    run = [*TINY, "data.synthetic_per_class=16", "train.epochs=10", "train.warmup_epochs=1", "train.log_every=1", "-q"]
+    base = [*run, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
+    assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
+    assert main(["pretrain", *base, "name=one"]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kmim", "pretrain", *base, "name=two"],
+            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    metrics, end = tmp_path / "two" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count('"step"') >= 3) and time.monotonic() < end:
+        time.sleep(0.002)
+    for p in procs:
+        p.send_signal(signal.SIGUSR1)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [PREEMPTED_EXIT] * 2, errs
+    assert "preempted: stopped on SIGUSR1" in errs[0] and "preempted" not in errs[1]  # rank 0 says it
+    assert main(["pretrain", *base, "name=two"]) == 0  # the same line, one process
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 1

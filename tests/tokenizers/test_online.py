@@ -120,3 +120,52 @@ def test_encode_round_trips_through_a_tokenizer_file(tmp_path):
     again = load_tokenizer(tmp_path / "t.pt")
     assert isinstance(again, OnlineClusters) and torch.equal(again.encode(imgs), ids)
     assert isinstance(tok.prototypes, nn.Linear) and tok.prototypes.weight.std() > 0.5  # N(0, 1) init, CAPI's
+
+
+def test_truncated_momentum_schedule_is_capis():
+    """CAPI cuts the cosine at 0.8 of its length: the last step's momentum is 1 - (1 - m)(1 + cos(0.8 pi)) / 2."""
+    end = 1 - 0.001 * 0.5 * (1 + math.cos(0.8 * math.pi))
+    assert ema_momentum(100, 100, 10, base=0.999, truncate=0.8) == pytest.approx(end) and end == pytest.approx(
+        0.9999045, abs=1e-7
+    )
+    assert ema_momentum(55, 100, 10, base=0.999, truncate=0.8) == pytest.approx(
+        1 - 0.001 * 0.5 * (1 + math.cos(0.4 * math.pi))
+    )
+    assert ema_momentum(5, 100, 10, base=0.999, truncate=0.8) == ema_momentum(5, 100, 10, base=0.999)  # warmup alike
+    assert all(
+        ema_momentum(s, 100, 10, base=0.99, truncate=1.0) == ema_momentum(s, 100, 10, base=0.99) for s in range(101)
+    )
+
+
+def _capi_global_sinkhorn(scores: torch.Tensor, iters: int) -> torch.Tensor:
+    """CAPI's positionwise_sk=False, written out: every patch of the batch is a row, one set of column sums."""
+    q = torch.exp(scores.reshape(-1, scores.shape[-1]) - scores.max())  # (B * L, K)
+    for _ in range(iters):
+        q = q / q.sum(dim=0, keepdim=True)
+        q = q / q.sum(dim=1, keepdim=True)
+    return q.reshape(scores.shape)
+
+
+def test_sinkhorn_over_all_patches_balances_the_whole_batch():
+    torch.manual_seed(0)
+    tok = OnlineClusters.create({**_meta(k=4), "positionwise_sk": False, "sinkhorn_iters": 200}, seed=0)
+    logits = torch.randn(6, 3, 4) * 0.1  # (B, L, K), scores / 0.06 spread over ~10 nats
+    q = tok.assign(logits)
+    assert torch.allclose(q.sum(-1), torch.ones(6, 3), atol=1e-4)
+    assert torch.allclose(q.sum((0, 1)), torch.full((4,), 6 * 3 / 4), atol=1e-4)  # one marginal over all patches
+    assert not torch.allclose(q.sum(0), torch.full((3, 4), 6 / 4), atol=1e-2)  # not balanced per position
+    assert torch.allclose(q, _capi_global_sinkhorn(logits / 0.06, 200), atol=1e-5)
+    positionwise = OnlineClusters.create({**_meta(k=4), "sinkhorn_iters": 200}, seed=0).assign(logits)  # old files
+    assert torch.allclose(positionwise.sum(0), torch.full((3, 4), 6 / 4), atol=1e-4)
+
+
+def test_a_config_saved_before_the_truncation_keeps_the_full_cosine():
+    from kmim.config import config_to_dict, load_config
+
+    saved = config_to_dict(load_config(None, []))
+    del saved["train"]["online"]["momentum_truncate"]
+    assert load_config(None, [], base=saved).train.online.momentum_truncate == 1.0
+    assert (
+        load_config(None, []).train.online.momentum_truncate == 0.8
+        and load_config(None, []).train.online.positionwise_sk
+    )
