@@ -3,8 +3,10 @@
 # Trainer) for ViT-B/16 K-MIM vs MAE on device batches with each lever on/off (eager with 2 interleaved repeats and
 # a profile, sync_every=20, batch 256, torch.compile); the same loop reading an ImageNet-shaped JPEG folder with the
 # machine's cores; and the paper-scale rehearsal's stages on the GPU (ViT-S/16, measured rows beside the
-# projections); the online target's step time; the cost of one ViT-B checkpoint written from the GPU. One table per part; each part has its own timeout, so one slow
-# part cannot eat the budget.
+# projections); the online target's step time; the cost of one ViT-B checkpoint written from the GPU; then, when
+# ../shared/data/imagenette224.tar is there, Imagenette-128 ViT-S/16 MAE and K-MIM (lightly's protocol) for a few
+# epochs with kNN at each checkpoint. One table per part; each part has its own timeout, so one slow part cannot eat
+# the budget.
 #   bash benchmarks/gpu_check.sh            (from the repository root, with the package importable)
 set -uo pipefail
 PY=${PY:-python}
@@ -32,4 +34,18 @@ echo "== online clustering targets vs K-MIM PIXEL vs MAE, ViT-B/16 step time (CA
 timeout 90 $PY benchmarks/bench_online.py --preset vit-b16 --batch 128 --steps 10 --k 16384
 echo "== ViT-B/16 checkpoint write from the GPU (what train.last_every trades against)"
 timeout 60 $PY benchmarks/bench_checkpoint.py --device cuda --dir "$(dirname "$FOLDER")"
+TAR=${IMAGENETTE_TAR:-../shared/data/imagenette224.tar}
+if [ -f "$TAR" ]; then
+  NETTE=$(dirname "$FOLDER")/nette
+  mkdir -p "$NETTE" && tar -xf "$TAR" -C "$NETTE"
+  $PY -m kmim prepare "$NETTE/imagenette224" --out "$NETTE/n160" --short-side 160 -q --workers "$(nproc)"
+  echo "== Imagenette-128 ViT-S/16 (lightly's protocol, beside its MAE ViT-S 61.0 % kNN): img/s, then as many epochs as fit"
+  for M in mae kmim; do  # 6 epochs each here; kNN every 2 (kmim knn on the numbered checkpoints)
+    timeout 150 $PY -m kmim pretrain -q -c configs/imagenette128_vits16_$M.yaml data.root="$NETTE/n160" \
+      train.epochs=6 train.warmup_epochs=1 train.save_every=2 name=nette_$M out_dir="$NETTE/runs"
+    for C in "$NETTE"/runs/nette_$M/checkpoints/checkpoint-*.pt; do
+      echo "$M $(basename "$C"): $(timeout 60 $PY -m kmim knn -q "$C" 2>/dev/null | tr -d '\n')"
+    done
+  done
+fi
 echo "== total $(( $(date +%s) - T0 )) s"

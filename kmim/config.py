@@ -26,6 +26,7 @@ AUGS = ("rrc", "crop", "none")
 CACHES = ("none", "ram")
 INITS = ("kmeans++", "random")
 TARGETS = ("tokens", "pixels", "online-clusters")
+DECODERS = ("mae", "cross")
 AMPS = ("auto", "bf16", "fp16", "off")
 POOLS = ("cls", "mean")
 FINETUNE_POOLS = ("avg", "token")
@@ -117,6 +118,11 @@ class ModelConfig:
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
+    decoder: str = "mae"  # mae: MAE's decoder (self-attention over visible and mask tokens) | cross: a cross-attention
+    # predictor (CrossMAE, CAPI): mask-token queries at the predicted positions attend to the encoder output only
+    # (CAPI's: as wide as the encoder, about half as deep; set decoder_dim / decoder_depth for it)
+    predict_fraction: float = 1.0  # share of the masked patches predicted, a random subset (CAPI 0.05, CrossMAE's
+    # example 1/3): the loss reads these only; every target (tokens, pixels, online) works with either decoder
 
 
 @dataclass
@@ -336,6 +342,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "tokenizer.vq.decay": _in_range(0, 1, lo_open=True),
     **{f"model.{f}": _optional_at_least_1 for f in ("patch_size", "embed_dim", "depth", "num_heads")},
     **{f"model.{f}": _optional_at_least_1 for f in ("decoder_dim", "decoder_depth", "decoder_heads")},
+    "model.decoder": _one_of(DECODERS),
+    "model.predict_fraction": _in_range(0, 1, lo_open=True, hi_open=False),
     "train.target": _one_of(TARGETS),
     "train.label_smoothing": _in_range(0, 1),
     "train.mask_ratio": _in_range(0, 1, lo_open=True),

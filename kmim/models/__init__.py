@@ -10,7 +10,7 @@ from torch import nn
 
 from kmim.config import ModelConfig
 from kmim.errors import KmimError
-from kmim.models.mim import MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
+from kmim.models.mim import CrossDecoder, MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
 from kmim.spec import EncoderSpec
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ class ModelSpec:
     decoder_dim: int
     decoder_depth: int
     decoder_heads: int
+    decoder: str = "mae"  # mae (self-attention over all patches) | cross (queries attend to the encoder output only)
+    predict_fraction: float = 1.0  # of the masked patches, the share the decoder predicts (and the loss reads)
 
 
 PRESETS: dict[str, ModelSpec] = {
@@ -95,13 +97,15 @@ def _mae_init(m: nn.Module) -> None:
 
 
 def build_mim(spec: ModelSpec, img_size: int, in_chans: int, *, out_dim: int) -> MaskedImageModel:
-    """Encoder + decoder with MAE's initialisation; out_dim = K (token logits) or p*p*C (pixels)."""
+    """Encoder + decoder (MAE's, or the cross-attention predictor with spec.decoder=cross) with MAE's
+    initialisation; out_dim = K (token logits) or p*p*C (pixels)."""
     enc = build_encoder(spec, img_size, in_chans)
     grid = tuple(enc.patch_embed.grid_size)
-    dec = MIMDecoder(
+    make = CrossDecoder if spec.decoder == "cross" else MIMDecoder
+    dec = make(
         spec.embed_dim, spec.decoder_dim, spec.decoder_depth, heads=spec.decoder_heads, grid=grid, out_dim=out_dim
     )
-    model = MaskedImageModel(enc, dec)
+    model = MaskedImageModel(enc, dec, spec.predict_fraction)
     model.apply(_mae_init)
     w = enc.patch_embed.proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))

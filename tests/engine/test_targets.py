@@ -32,3 +32,12 @@ def test_health_counts_by_hand():
     assert h.counts.sum() == 0  # reset for the next epoch
     h.sums += torch.tensor([math.log(2), 0.5, 1.0], dtype=torch.float64)
     assert h.metrics(online=True)["assignment_entropy"] == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("target", ["tokens", "pixels", "online-clusters"])
+def test_every_target_trains_with_the_cross_predictor(target, tiny_overrides):
+    from tests.helpers import pretrain_run
+
+    ov = [*tiny_overrides, f"name={target}", f"train.target={target}", "model.decoder=cross", "train.epochs=1"]
+    run, res = pretrain_run(load_config(None, [*ov, "model.predict_fraction=0.25"]))
+    assert res["epochs"] == 1 and (run / "encoder.pt").is_file()

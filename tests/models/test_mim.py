@@ -91,3 +91,51 @@ def test_saved_encoder_loads_into_timm_create_model(tmp_path):
     ref = m.encoder.eval().forward_features(x)
     assert torch.equal(fresh.eval().forward_features(x), ref)
     assert torch.equal(via_file.eval().forward_features(x), ref)
+
+
+def _cross(out_dim=5, fraction=1.0, decoder="cross"):
+    from kmim.config import ModelConfig
+    from kmim.models import build_mim, resolve_spec
+
+    cfg = ModelConfig(
+        preset="mnist-tiny",
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_dim=32,
+        decoder_depth=2,
+        decoder_heads=2,
+        decoder=decoder,
+        predict_fraction=fraction,
+    )
+    torch.manual_seed(0)
+    return build_mim(resolve_spec(cfg), 16, 1, out_dim=out_dim).eval()
+
+
+def test_cross_predictor_queries_do_not_attend_to_each_other():
+    """Two masks that share the visible patches and the first predicted position but differ in the others: that
+    query's prediction is the same, whatever the other queries are."""
+    from kmim.models.mim import CrossDecoder
+
+    model = _cross()
+    assert isinstance(model.decoder, CrossDecoder)
+    latent = torch.randn(1, 1 + 4, 32)  # CLS + 4 visible patches
+    ids_a = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
+    ids_b = torch.tensor([[0, 1, 2, 3, 4, 9, 15, 5, 6, 7, 8, 10, 11, 12, 13, 14]])  # queries after 4 reordered
+    with torch.no_grad():
+        a, b = model.decoder(latent, ids_a, True, 3), model.decoder(latent, ids_b, True, 3)  # (1, 3, 5) each
+    assert a.shape == (1, 3, 5) and torch.allclose(a[0, 0], b[0, 0], atol=1e-6)  # position 4 in both
+    assert not torch.allclose(a[0, 1], b[0, 1])  # position 5 vs position 9
+
+
+def test_predict_fraction_subsamples_the_masked_patches():
+    model = _cross(fraction=0.25)
+    imgs, noise = torch.randn(2, 1, 16, 16), torch.rand(2, 16)
+    pred, ids = model(imgs, 0.75, noise, masked_only=True)  # 12 masked, 3 predicted
+    masked = torch.argsort(noise, dim=1)[:, 4:]
+    assert pred.shape == (2, 3, 5) and torch.equal(ids, masked[:, :3])
+    mae = _cross(fraction=0.25, decoder="mae")
+    pred_mae, ids_mae = mae(imgs, 0.75, noise, masked_only=True)
+    full, _ = mae(imgs, 0.75, noise, masked_only=False)  # (2, 16, 5) in image order
+    assert torch.allclose(pred_mae, torch.gather(full, 1, ids_mae[..., None].expand(-1, -1, 5)), atol=1e-6)
