@@ -39,6 +39,8 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 class DataConfig:
     name: str = "mnist5k"  # registry name: mnist5k | imagenette | imagefolder | cifar10 | cifar100 | synthetic
     root: str | None = None  # local folder for imagefolder / cifar*; never downloaded
+    class_list: str | None = None  # imagefolder: a named class list data.root should hold (in100: the paper's
+    # ImageNet-100, CMC's subset; kmim.data.subsets); other classes are warned about in one line
     img_size: int = 32  # side of the square model input; mnist5k's 28x28 digits are padded with background
     aug: str = "crop"  # pretraining augmentation: rrc (RandomResizedCrop, the paper's) | crop (pad+random crop) | none
     crop_scale_min: float = 0.2  # lower bound of RandomResizedCrop's area scale (MAE / K-MIM use 0.2)
@@ -167,6 +169,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | off
     compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
     save_every: int = 5  # epochs between numbered checkpoints (checkpoints/checkpoint-NNNN.pt)
+    keep_checkpoints: int = 0  # numbered checkpoints kept, the newest (older ones deleted as new ones are written);
+    # 0 = all (a study's curves read them all; an IN-1k ViT-B run saving every 20 epochs writes ~107 GB of them)
     last_every: int = 1  # epochs between writes of checkpoints/last.pt (and at every numbered one and the end): a
     # kill loses at most this many epochs; rank 0 writes while the others wait (ViT-B: 1.3 GB, 3.7 s measured on CPU)
     log_every: int = 20  # optimizer steps between metrics.jsonl rows (and log lines when stderr is not a terminal)
@@ -215,6 +219,7 @@ class FinetuneConfig:
     seed: int = 0
     amp: str = "auto"
     save_every: int = 10
+    keep_checkpoints: int = 0  # as train.keep_checkpoints
     last_every: int = 1  # as train.last_every
     log_every: int = 20
     sync_every: int = 1  # as train.sync_every
@@ -360,6 +365,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.device": _device,
     "train.amp": _one_of(AMPS),
     "train.save_every": _at_least(1),
+    "train.keep_checkpoints": _at_least(0),
     "train.last_every": _at_least(1),
     "train.log_every": _at_least(1),
     "train.sync_every": _at_least(1),
@@ -419,6 +425,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "finetune.seed": _at_least(0),
     "finetune.amp": _one_of(AMPS),
     "finetune.save_every": _at_least(1),
+    "finetune.keep_checkpoints": _at_least(0),
     "finetune.last_every": _at_least(1),
     "finetune.log_every": _at_least(1),
     "finetune.sync_every": _at_least(1),

@@ -14,6 +14,7 @@ from typing import Any
 from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan_batch
 from kmim.data import DATASETS
 from kmim.data.datasets import FOLDER_DATASETS
+from kmim.data.subsets import CLASS_LISTS
 from kmim.engine.dist import get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
@@ -34,6 +35,8 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     _choice("tokenizer.name", cfg.tokenizer.name, TOKENIZERS)
     _choice("tokenizer.supervised.preset", cfg.tokenizer.supervised.preset, PRESETS)
     check_randaug(cfg.finetune.randaug)
+    if cfg.data.class_list is not None:
+        _choice("data.class_list", cfg.data.class_list, CLASS_LISTS)
     if cfg.data.cache == "ram" and cfg.data.name not in FOLDER_DATASETS:
         raise KmimError(
             f"data.cache=ram reads image folders ({', '.join(FOLDER_DATASETS)}); data.name={cfg.data.name} is already "

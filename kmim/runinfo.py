@@ -159,12 +159,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
-    """Append `row` as one JSON line and fsync it, so a row that was written survives a crash."""
+def append_jsonl(path: str | Path, row: dict[str, Any], *, durable: bool = True) -> None:
+    """Append `row` as one JSON line; `durable` fsyncs the file (this row and every earlier one survive a crash)."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -135,7 +135,10 @@ class RunDir:
             write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
     def log(self, row: dict[str, Any]) -> None:
-        append_jsonl(self.metrics, row)
+        """Append a metrics row. Step rows are flushed, not fsynced (an fsync per row inside the loop stalls it on a
+        shared filesystem); each epoch's row fsyncs the file, so what a crash can lose are the step rows of the
+        epoch in progress, which a resume redoes and drops anyway."""
+        append_jsonl(self.metrics, row, durable="step" not in row)
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.results, results)

@@ -88,6 +88,8 @@ BAD_VALUES = {
     "model.decoder_dim": "0",
     "model.decoder_depth": "0",
     "model.decoder_heads": "0",
+    "model.decoder": "bogus",
+    "model.predict_fraction": "0",
     "train.target": "bogus",
     "train.label_smoothing": "1.0",
     "train.mask_ratio": "1.5",
@@ -105,6 +107,7 @@ BAD_VALUES = {
     "train.amp": "bogus",
     "train.save_every": "0",
     "train.last_every": "0",
+    "train.keep_checkpoints": "-1",
     "train.log_every": "0",
     "train.sync_every": "0",
     "train.wandb_project": "a/b",
@@ -164,6 +167,7 @@ BAD_VALUES = {
     "finetune.amp": "fp8",
     "finetune.save_every": "0",
     "finetune.last_every": "0",
+    "finetune.keep_checkpoints": "-1",
     "finetune.log_every": "0",
     "finetune.sync_every": "0",
 }
@@ -202,7 +206,7 @@ def test_every_numeric_or_choice_field_is_checked():
         "train.wandb",
         "finetune.ema",
     }
-    registry = {"data.name", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}  # kmim.resolve
+    registry = {"data.name", "data.class_list", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}
     assert set(field_paths()) - free - registry == set(CHECKS) == set(BAD_VALUES)
 
 

@@ -30,10 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.cpu_count() or 1,
         help="processes that resize (default: all cores; 0 = this process)",
     )
+    p.add_argument(
+        "--classes",
+        metavar="LIST",
+        help="copy only the class folders of a named list (in100: the paper's ImageNet-100, CMC's subset of "
+        "ImageNet-1k), e.g. kmim prepare /data/imagenet --out /data/in100 --classes in100",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int) -> dict[str, Any]:
+def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int, classes: str | None = None) -> dict[str, Any]:
     if not src.is_dir():
         raise KmimError(f"{src} is not a folder: give the ImageFolder root (with train/ and val/)")
     if not 16 <= spec.short_side <= 4096:
@@ -42,10 +48,14 @@ def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int) -> dict[str
         raise KmimError(f"--quality={spec.quality} is not valid: must be in [1, 100]")
     if workers < 0:
         raise KmimError(f"--workers={workers} is not valid: must be >= 0 (0 resizes in this process)")
+    if classes is not None:
+        from kmim.data.subsets import class_list
+
+        class_list(classes)  # an unknown name is refused here, before anything is written
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents or d in s.parents:
         raise KmimError(f"--out {dst} overlaps the source {src}: write the copy to a separate folder")
-    record = {"source": str(s), "short_side": spec.short_side, "quality": spec.quality}
+    record = {"source": str(s), "short_side": spec.short_side, "quality": spec.quality, "classes": classes}
     saved = dst / "prepare.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -57,11 +67,29 @@ def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int) -> dict[str
     return record
 
 
+def _subset(src: Path, files: list[Path], name: str) -> list[Path]:
+    """The files under SPLIT/<wnid>/ for the wnids of the named list; every listed class must be in each split."""
+    from kmim.data.subsets import class_list
+
+    wanted = set(class_list(name))
+    for split in sorted({f.parts[0] for f in files if len(f.parts) > 2}):
+        have = {p.name for p in (src / split).iterdir() if p.is_dir()}
+        missing = sorted(wanted - have)
+        if missing:
+            raise KmimError(
+                f"{src / split} lacks {len(missing)} of the {len(wanted)} {name} classes (first: {missing[0]}): "
+                "give the full ImageNet-1k folder (train/ and val/ with one folder per wnid)"
+            )
+    return [f for f in files if len(f.parts) > 2 and f.parts[1] in wanted]
+
+
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src).expanduser(), Path(args.out).expanduser()
     spec = PrepareSpec(args.short_side, args.quality)
-    record = _check(src, dst, spec, workers=args.workers)
+    record = _check(src, dst, spec, workers=args.workers, classes=args.classes)
     files = list_images(src)
+    if args.classes:
+        files = _subset(src, files, args.classes)
     if not files:
         raise KmimError(f"{src} holds no image files: give the ImageFolder root")
     dst.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from torchvision import datasets as tvd
 from kmim.config import DataConfig
 from kmim.data.decoded import decoded_folder
 from kmim.data.mnist5k import load_mnist5k
+from kmim.data.subsets import warn_if_other_classes
 from kmim.data.transforms import eval_transform, pretrain_transform
 from kmim.errors import KmimError
 
@@ -215,22 +216,23 @@ def _split_folder(cfg: DataConfig, split: str) -> Path:
     classes = _class_folders(folder)
     if not classes:
         raise KmimError(f"{folder} has no class folders: put images in {folder}/<class>/*.jpg")
+    if cfg.class_list:
+        warn_if_other_classes(folder, classes, cfg.class_list)
     other = root / SPLIT_FOLDERS["test" if split == "train" else "train"]
     if other.is_dir() and (theirs := _class_folders(other)) != classes:
-        only_here, only_there = sorted(set(classes) - set(theirs)), sorted(set(theirs) - set(classes))
+        sides = [(folder, sorted(set(classes) - set(theirs))), (other, sorted(set(theirs) - set(classes)))]
         raise KmimError(
-            f"{root}: train/ and val/ hold different class folders ({_diff(folder, only_here, other, only_there)}): "
+            f"{root}: train/ and val/ hold different class folders ({_diff(sides)}): "
             "each split numbers its classes on its own, so the labels would not match; give both splits the same "
             "class folders"
         )
     return folder
 
 
-def _diff(a: Path, only_a: list[str], b: Path, only_b: list[str]) -> str:
+def _diff(sides: list[tuple[Path, list[str]]]) -> str:
+    """'only in train/: a, b; only in val/: c' for each (folder, the class folders only it has) that has any."""
     parts = [
-        f"only in {p.name}/: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-        for p, names in ((a, only_a), (b, only_b))
-        if names
+        f"only in {p.name}/: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for p, names in sides if names
     ]
     return "; ".join(parts)
 

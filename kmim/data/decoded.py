@@ -60,10 +60,11 @@ class DecodedImages(Dataset[tuple[Any, int]]):
     """An ImageFolder's samples served from a decoded uint8 buffer; `classes`, `samples`, `targets` as ImageFolder's
     and a `transform` applied to each RGB PIL image."""
 
-    def __init__(self, folder: Any, pixels: torch.Tensor, offsets: torch.Tensor, shapes: torch.Tensor) -> None:
+    def __init__(self, folder: Any, buffer: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """`buffer`: (pixels, offsets, shapes) as `_decode_all` returns them."""
         self.classes, self.samples, self.targets = folder.classes, folder.samples, folder.targets
         self.root = folder.root
-        self.pixels, self.offsets, self.shapes = pixels, offsets, shapes
+        self.pixels, self.offsets, self.shapes = buffer
         self.transform: Callable[..., Any] | None = None
 
     def __len__(self) -> int:
@@ -95,4 +96,4 @@ def decoded_folder(folder: Any, *, num_workers: int, min_side: int) -> DecodedIm
         i = int((shapes.min(dim=1).values < min_side).nonzero()[0])
         h, w = (int(v) for v in shapes[i])
         raise KmimError(f"{folder.samples[i][0]}: image is {w}x{h}, smaller than one patch ({min_side})")
-    return DecodedImages(folder, pixels, offsets, shapes)
+    return DecodedImages(folder, (pixels, offsets, shapes))

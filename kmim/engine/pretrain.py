@@ -112,7 +112,7 @@ class Pretrainer(Trainer):
     def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
         imgs, labels, noise = (x.to(self.device, non_blocking=True) for x in batch)  # (B, C, H, W), (B,), (B, L)
         imgs = normalize_batch(imgs, self.info.mean, self.info.std)  # uint8 -> float32 on the device
-        loss = self.target.loss(self.forward, imgs, labels, noise)
+        loss = self.target.loss(self.forward, imgs, labels=labels, noise=noise)
         self.state.images += imgs.shape[0] * get_world_size()
         return loss, {}
 

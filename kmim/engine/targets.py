@@ -116,7 +116,7 @@ class Target:
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
 
-    def loss(self, forward: Forward, imgs: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def loss(self, forward: Forward, imgs: torch.Tensor, *, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The loss of a normalized batch (B, C, H, W) with its labels (B,) and mask noise (B, L)."""
         raise NotImplementedError
 
@@ -157,7 +157,7 @@ class PixelTarget(Target):
         super().__init__(cfg, device)
         self.patch_size = patch_size
 
-    def loss(self, forward: Forward, imgs: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def loss(self, forward: Forward, imgs: torch.Tensor, *, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         t = self.cfg.train
         targets = compute_targets(imgs, "pixels", self.patch_size, norm_pix=t.norm_pix)  # (B, L, p*p*C), no grad
         with autocast_ctx(t.amp, self.device):
@@ -175,7 +175,7 @@ class TokenTarget(Target):
         self.tok = tokenizer.to(device)
         self.health = Health(tokenizer.k, device)
 
-    def loss(self, forward: Forward, imgs: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def loss(self, forward: Forward, imgs: torch.Tensor, *, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         t = self.cfg.train
         ids_all = compute_targets(imgs, "tokens", self.tok.patch_size, tokenizer=self.tok, labels=labels)  # (B, L)
         with autocast_ctx(t.amp, self.device):
@@ -226,7 +226,7 @@ class OnlineTarget(Target):
         self.clusters, self.student = target.to(device), model.encoder
         self.health = Health(cfg.tokenizer.k, device)
 
-    def loss(self, forward: Forward, imgs: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def loss(self, forward: Forward, imgs: torch.Tensor, *, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         t, target = self.cfg.train, self.clusters
         with autocast_ctx(t.amp, self.device):
             logits = target.logits(target.features(imgs))  # (B, L, K), the teacher sees the full view

@@ -299,6 +299,9 @@ class Trainer:
         numbered = e % self.hp.save_every == 0 or e == self.hp.epochs
         if numbered:  # first: a kill leaves last.pt behind, so the resume redoes this epoch and file
             save_checkpoint(ckpt_dir / f"checkpoint-{e:04d}.pt", state)
+            keep = self.hp.keep_checkpoints
+            for old in RunDir(self.run_dir).numbered_checkpoints()[:-keep] if keep else []:
+                old.unlink()  # the oldest numbered ones beyond train.keep_checkpoints
         if numbered or e % self.hp.last_every == 0:  # last.pt is never older than the newest numbered one
             save_checkpoint(ckpt_dir / "last.pt", state)
 

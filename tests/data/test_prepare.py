@@ -84,3 +84,36 @@ def test_a_corrupt_image_stops_pretraining_before_anything_is_written(tmp_path, 
     finally:
         scan.header_problem = real
     assert calls == []  # the same files: the recorded scan is trusted
+
+
+def test_prepare_cuts_the_in100_subset_and_training_warns_on_other_classes(tmp_path, capsys):
+    """`--classes in100` copies only the 100 CMC wnids (each split must hold all of them); a run whose preset names
+    the list warns in one line when data.root holds other classes."""
+    from PIL import Image as PILImage
+
+    from kmim.cli import main
+    from kmim.config import DataConfig
+    from kmim.data import build_dataset
+    from kmim.data.subsets import class_list
+
+    wnids = class_list("in100")
+    assert len(wnids) == 100 == len(set(wnids)) and wnids[0] == "n02869837"
+    src = tmp_path / "in1k"
+    for split in ("train", "val"):
+        for w in [*wnids, "n99999999"]:
+            (src / split / w).mkdir(parents=True)
+            PILImage.new("RGB", (20, 20)).save(src / split / w / "a.JPEG")
+    assert (
+        main(["prepare", str(src), "--out", str(tmp_path / "in100"), "--classes", "in100", "--workers", "0", "-q"]) == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "in100" / "train").iterdir()) == sorted(wnids)
+    assert main(["prepare", str(src), "--out", str(tmp_path / "x"), "--classes", "in99", "-q"]) == 2
+    assert not (tmp_path / "x").exists()
+    capsys.readouterr()
+    build_dataset(DataConfig(name="imagefolder", root=str(src), img_size=16, class_list="in100"), "train")
+    err = capsys.readouterr().err
+    assert "holds 101 classes, not the in100 list (0 of its 100 missing, 1 others)" in err
+    build_dataset(
+        DataConfig(name="imagefolder", root=str(tmp_path / "in100"), img_size=16, class_list="in100"), "train"
+    )
+    assert capsys.readouterr().err == ""

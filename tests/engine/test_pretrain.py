@@ -127,3 +127,17 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tm
     last = torch.load(out / "nan/checkpoints/last.pt", weights_only=True)
     assert last["train_state"]["epoch"] == 1 and last["train_state"]["step"] == 3
     assert not (out / "nan/encoder.pt").exists()
+
+
+def test_keep_checkpoints_deletes_the_oldest_numbered_ones(tiny_overrides):
+    from kmim.config import load_config
+    from tests.helpers import pretrain_run
+
+    cfg = load_config(
+        None, [*tiny_overrides, "name=k", "train.epochs=4", "train.save_every=1", "train.keep_checkpoints=2"]
+    )
+    run, _ = pretrain_run(cfg)
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*.pt")) == [
+        "checkpoint-0003.pt",
+        "checkpoint-0004.pt",
+    ]

@@ -138,8 +138,9 @@ def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders
     assert f"Chosen recipe: **{best['arm']}**" in report
 
 
-def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8)):
+def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8), teacher=None):
     return {
+        **({"teacher_curve": [[1, 1.0, 50.0, 0.5, 10.0], [2, teacher, 3.0, 0.2, 10.0]]} if teacher is not None else {}),
         "group": group,
         "seed": seed,
         "knn_top1": knn,
@@ -155,14 +156,17 @@ def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8)):
 def test_online_rules_name_the_leader_and_collapse():
     from kmim.studies.study_rules import online_rules
 
-    recs = [_online_record("online-k200", s, 80.0 + s, used=0.05) for s in (0, 1)]
+    recs = [_online_record("online-k200", s, 80.0 + s, used=1.0, teacher=0.05) for s in (0, 1)]
     recs += [_online_record("kmim-pixels-k200", s, 70.0 + s) for s in (0, 1)]
     recs += [_online_record("mae-normpix", s, 80.5 + s) for s in (0, 1)]
     lines = online_rules(recs)
     assert "online − kmim-pixels-k200 = +10.0 (SE 0.7): **online ahead**" in lines[0]
     assert "online − mae-normpix = -0.5 (SE 0.7): **not resolved**" in lines[0]
-    assert any("**collapsed**" in line for line in lines)
+    assert any("balanced by construction, so this cannot detect a collapse" in line for line in lines)
+    assert any("before Sinkhorn) uses 5–5 % of the K ids in the last epoch: **collapsed**" in line for line in lines)
     assert any("epoch 1 0.9000 → last 0.8000" in line for line in lines)
+    old = online_rules([_online_record("online-k200", s, 80.0 + s, used=0.05) for s in (0, 1)])  # before 2026-12-07
+    assert any("collapse is not measured" in line for line in old) and not any("**collapsed**" in x for x in old)
 
 
 def _tcas_record(group: str, seed: int, tcas: float | None, knn: float) -> dict:
