@@ -1,6 +1,8 @@
-"""Start or continue a fine-tuning run from user inputs (a pretrained encoder path or a random-init encoder, a config
-and overrides), and the one tokenizer every process of a pretraining run shares: what `kmim finetune`,
-`kmim pretrain` and the studies share."""
+"""The one road to start or continue a run, with the same door checks whichever caller takes it (`kmim pretrain`,
+`kmim finetune`, the demo, the studies): pretraining from a config (`start_pretraining`, `continue_pretraining`),
+fine-tuning from user inputs (a pretrained encoder path or a random-init encoder, a config and overrides: `start`,
+`continue_run`), and the one tokenizer every process of a pretraining run shares. A run folder that holds a
+checkpoint of the very same config is continued, so the same command line, run again, resumes."""
 
 from __future__ import annotations
 
@@ -12,17 +14,60 @@ from kmim.config import RunConfig
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.finetune import Finetuner, FinetuneSource
-from kmim.engine.trainer import reopen_run, start_run
+from kmim.engine.pretrain import pretrain, resume
+from kmim.engine.trainer import EpochHook, reopen_run, start_run
 from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable
-from kmim.resolve import check_batch, check_images, load_run_config
+from kmim.resolve import check_batch, check_images, check_tokenizer_path, load_run_config
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 
-__all__ = ["continue_run", "shared_tokenizer", "start"]
+__all__ = ["continue_pretraining", "continue_run", "shared_tokenizer", "start", "start_pretraining"]
+
+
+def start_pretraining(
+    cfg: RunConfig, *, progress: bool, overwrite: bool = False, on_epoch: EpochHook | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """A pretraining run of `cfg` (loaded and checked by the caller): the output, batch plan, tokenizer.path and
+    image headers checked at the door, the shared tokenizer fitted or read, then train. A folder holding this very
+    config's checkpoint is continued instead (a finished one is returned as it is)."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):
+        if progress and is_main():
+            print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
+        return continue_pretraining(str(run_dir), [], progress, on_epoch=on_epoch)
+
+    def check_output() -> None:
+        check_batch(cfg, "train")
+        check_tokenizer_path(cfg)
+        check_folder_writable(run_dir)
+        RunDir(run_dir).check_new(cfg, overwrite)
+
+    agree(check_output)
+    scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress=progress and is_main()))
+    tok = shared_tokenizer(cfg, progress)
+    return pretrain(cfg, tok, progress, overwrite=overwrite, scan=scan, on_epoch=on_epoch)
+
+
+def continue_pretraining(
+    run_dir: str, overrides: list[str], progress: bool, *, on_epoch: EpochHook | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
+    damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
+    path = Path(run_dir)
+    ckpt, where, note = agree(lambda: latest_checkpoint(path))
+    if ckpt.get("kind") == "finetune":
+        raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
+    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    agree(lambda: check_batch(cfg, "train"))
+    if note and is_main():
+        print(f"note: {note}", file=sys.stderr)
+    scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
+    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
+    return resume(path, cfg, ckpt, tokenizer=tok, progress=progress, scan=scan, on_epoch=on_epoch)
 
 
 def _source(path: str, allow_unfinished: bool = False) -> tuple[FinetuneSource, dict[str, Any] | None]:

@@ -46,7 +46,7 @@ def test_demo_writes_report_and_results(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["methods"]["kmim"]["knn_top1"] == m_knn(res)
     # a different config in the same folder is refused rather than overwritten
     assert main(["demo", "-q", "--fast", "--out", str(out), *TINY, "train.epochs=3"]) == 2
-    assert "holds a run with another config" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
 
 
 def m_knn(res):

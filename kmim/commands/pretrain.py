@@ -8,20 +8,14 @@ others, and only rank 0 writes.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, in_process_group, is_main
-from kmim.engine.pretrain import pretrain, resume
+from kmim.engine.dist import agree, in_process_group
 from kmim.errors import KmimError
-from kmim.fit import from_blob
-from kmim.launch import shared_tokenizer
-from kmim.paths import check_folder_writable
-from kmim.resolve import check_batch, check_images, check_tokenizer_path, load_run_config
-from kmim.runs import RunDir
+from kmim.launch import continue_pretraining, start_pretraining
+from kmim.resolve import load_run_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,41 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def start(
     config: str | None, overrides: list[str], *, progress: bool, overwrite: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """A fresh run: check the config and the output, load or fit the tokenizer, then train. When the run folder
-    holds a checkpoint of this very config (the same command line, run again after a preemption or a kill), it is
-    continued instead."""
+    """A fresh run (or, when the folder holds this very config's checkpoint, its continuation): kmim.launch."""
     cfg = agree(lambda: load_run_config(config, overrides))
-    run_dir = Path(cfg.out_dir) / cfg.name
-    if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):
-        if progress and is_main():
-            print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
-        return continue_run(str(run_dir), [], progress)
-
-    def check_output() -> None:
-        check_batch(cfg, "train")
-        check_tokenizer_path(cfg)
-        check_folder_writable(run_dir)
-        RunDir(run_dir).check_new(cfg, overwrite)
-
-    agree(check_output)
-    scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress=progress and is_main()))
-    return pretrain(cfg, shared_tokenizer(cfg, progress), progress, overwrite=overwrite, scan=scan)
+    return start_pretraining(cfg, progress=progress, overwrite=overwrite)
 
 
 def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
-    damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
-    path = Path(run_dir)
-    ckpt, where, note = agree(lambda: latest_checkpoint(path))
-    if ckpt.get("kind") == "finetune":
-        raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
-    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
-    agree(lambda: check_batch(cfg, "train"))
-    if note and is_main():
-        print(f"note: {note}", file=sys.stderr)
-    scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
-    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
-    return resume(path, cfg, ckpt, tokenizer=tok, progress=progress, scan=scan)
+    """`--resume RUN_DIR`: kmim.launch.continue_pretraining."""
+    return continue_pretraining(run_dir, overrides, progress)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,19 +12,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from kmim.config import RunConfig, config_to_dict, load_config
+from kmim.config import RunConfig, config_to_dict
 from kmim.data import build_dataset
-from kmim.engine.checkpoint import load_checkpoint
-from kmim.engine.pretrain import pretrain, resume
 from kmim.engine.trainer import EpochHook
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
-from kmim.fit import from_blob, load_tokenizer, prepare_tokenizer
-from kmim.launch import shared_tokenizer
+from kmim.fit import load_tokenizer, prepare_tokenizer
+from kmim.launch import start_pretraining
 from kmim.paths import check_folder_writable
 from kmim.resolve import load_run_config
 from kmim.runinfo import environment, read_jsonl, write_json, write_text
-from kmim.runs import RunDir
 
 if TYPE_CHECKING:
     from kmim.tokenizers import Tokenizer
@@ -89,17 +86,10 @@ def _check_reused_tokenizer(path: Path, base: RunConfig) -> None:
 
 
 def pretrain_or_resume(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None = None) -> Path:
-    """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo in the same folder.
-    `on_epoch(row)` is called after each epoch trained here."""
-    run_dir = Path(cfg.out_dir) / cfg.name
-    last = RunDir(run_dir).last
-    if not last.exists():  # the tokenizer is fitted as `kmim pretrain` does: shared by every torchrun process
-        return pretrain(cfg, shared_tokenizer(cfg, progress), progress, on_epoch=on_epoch)[0]
-    ckpt = load_checkpoint(last)
-    if config_to_dict(load_config(None, (), base=ckpt["config"])) != config_to_dict(cfg):  # same defaults/layout
-        raise KmimError(f"{run_dir} holds a run with another config: pass a new --out or delete {run_dir}")
-    tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(last))
-    return resume(run_dir, cfg, ckpt, tokenizer=tok, progress=progress, on_epoch=on_epoch)[0]
+    """Train; or continue/reuse the same run from an earlier (possibly interrupted) demo or study in the same folder
+    (kmim.launch.start_pretraining: the same door checks as `kmim pretrain`). `on_epoch(row)` is called after each
+    epoch trained here."""
+    return start_pretraining(cfg, progress=progress, on_epoch=on_epoch)[0]
 
 
 EVAL_SHARE = 0.1  # tokenizer + evaluations / pretraining time in the measured demos (114 s / 1,206 s)
