@@ -592,8 +592,10 @@ OLD_BEHAVIOUR = {("train", "online", "momentum_truncate"): 1.0}  # a key added w
 
 
 def keep_old_behaviour(saved: Any) -> Any:
-    """A saved config without a key of OLD_BEHAVIOUR gets the key's old value (not the new default)."""
-    if not isinstance(saved, dict):
+    """A saved config of an online-clusters run (the only target that reads them) without a key of OLD_BEHAVIOUR
+    gets the key's old value, not the new default; other saved configs take the defaults, so they still equal the
+    same settings written today."""
+    if not isinstance(saved, dict) or (saved.get("train") or {}).get("target") != "online-clusters":
         return saved
     out = dict(saved)
     for path, value in OLD_BEHAVIOUR.items():

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
+
 from kmim.config import RunConfig, config_to_dict, config_to_yaml, load_config
 from kmim.errors import KmimError
 from kmim.runinfo import append_jsonl, clean_orphan_tmp, environment, read_jsonl, write_json, write_text
@@ -70,10 +72,17 @@ class RunDir:
         return sorted(self.checkpoints.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
     def same_run(self, cfg: RunConfig) -> bool:
-        """This folder holds a checkpoint of a run started with exactly `cfg` (its config.yaml): the same command
-        line, run again, continues it (auto-resume after a preemption or a kill)."""
+        """This folder holds a checkpoint of a run started with `cfg` (its config.yaml, read with today's schema and
+        defaults, so a run saved by an older kmim still matches): the same command line, run again, continues it
+        (auto-resume after a preemption or a kill)."""
         saved = self.path / "config.yaml"
-        return self.last.exists() and saved.is_file() and saved.read_text() == config_to_yaml(cfg)
+        if not (self.last.exists() and saved.is_file()):
+            return False
+        try:
+            old = load_config(None, (), base=cast(dict[str, Any], yaml.safe_load(saved.read_text())))
+        except (yaml.YAMLError, KmimError):
+            return False  # a damaged config.yaml: check_new names the folder
+        return config_to_dict(old) == config_to_dict(cfg)
 
     def check_new(self, cfg: RunConfig, overwrite: bool = False) -> None:
         """A fresh run may use the folder when it is empty or missing, when it holds only the config.yaml of the

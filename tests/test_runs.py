@@ -55,3 +55,29 @@ def test_check_resume_names_what_a_resume_cannot_change():
         check_resume(config_to_dict(saved), load_config(None, ["train.online.target_temp=0.1"]), 1)
     with pytest.raises(KmimError, match="train.epochs=1 is below the 2 epochs"):
         check_resume(config_to_dict(saved), load_config(None, ["train.epochs=1", "train.warmup_epochs=0"]), 2)
+
+
+def test_a_run_saved_by_an_older_kmim_is_the_same_run(tmp_path):
+    """Auto-resume compares configs under today's schema: a config.yaml written before a key existed (here the keys
+    added on 2026-12-07) still matches the same settings, and another value does not."""
+    import yaml
+
+    cfg = load_config(None, [f"out_dir={tmp_path}", "name=old"])
+    run = RunDir(tmp_path / "old")
+    run.start(cfg)
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    for section, key in [
+        ("model", "decoder"),
+        ("model", "predict_fraction"),
+        ("train", "keep_checkpoints"),
+        ("data", "cache"),
+        ("data", "class_list"),
+    ]:
+        del saved[section][key]
+    for key in ("momentum_truncate", "positionwise_sk"):
+        del saved["train"]["online"][key]
+    (run.path / "config.yaml").write_text(yaml.safe_dump(saved))
+    run.checkpoints.mkdir()
+    run.last.write_bytes(b"x")
+    assert run.same_run(cfg)
+    assert not run.same_run(load_config(None, [f"out_dir={tmp_path}", "name=old", "train.epochs=41"]))

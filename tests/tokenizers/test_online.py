@@ -162,9 +162,12 @@ def test_sinkhorn_over_all_patches_balances_the_whole_batch():
 def test_a_config_saved_before_the_truncation_keeps_the_full_cosine():
     from kmim.config import config_to_dict, load_config
 
-    saved = config_to_dict(load_config(None, []))
+    saved = config_to_dict(load_config(None, ["train.target=online-clusters"]))
     del saved["train"]["online"]["momentum_truncate"]
     assert load_config(None, [], base=saved).train.online.momentum_truncate == 1.0
+    offline = config_to_dict(load_config(None, []))  # a K-MIM run never read the key: it takes today's default,
+    del offline["train"]["online"]["momentum_truncate"]  # so it still equals the same settings written today
+    assert load_config(None, [], base=offline) == load_config(None, [])
     assert (
         load_config(None, []).train.online.momentum_truncate == 0.8
         and load_config(None, []).train.online.positionwise_sk
