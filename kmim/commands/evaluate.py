@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate an untrained encoder of the config's model (the floor pretraining must clear)",
     )
+    p.add_argument(
+        "--network",
+        choices=("student", "teacher"),
+        default="student",
+        help="for an online-clusters run: the encoder trained by gradient (student, default) or its EMA teacher "
+        "(what CAPI evaluates); results.json says which",
+    )
     add_config_arguments(p)
 
 
@@ -41,18 +48,21 @@ def evaluate(
     overrides: list[str],
     methods: tuple[str, ...],
     progress: bool = True,
+    network: str = "student",
 ) -> dict[str, Any]:
     """kNN and/or linear probe of the encoder at `path` under the run's saved config (plus `config` and overrides),
     or of an untrained encoder under `config` and overrides. Inputs are checked on every process first."""
-    encoder, cfg, checkpoint = agree(lambda: _encoder_and_config(path, random_init, config, overrides=overrides))
+    encoder, cfg, checkpoint = agree(
+        lambda: _encoder_and_config(path, random_init, config, overrides=overrides, network=network)
+    )
     if "probe" in methods and cfg.eval.probe in ("lars", "attentive"):
         agree(lambda: check_batch(cfg, "eval" if cfg.eval.probe == "lars" else "attentive"))
     res = evaluate_encoder(
         encoder, cfg, methods, device=str(local_device(resolve_device(cfg.train.device))), progress=progress
     )
-    res["checkpoint"] = checkpoint
+    res["checkpoint"], res["network"] = checkpoint, network
     if is_main() and not random_init:
-        record(Path(checkpoint), methods, res)
+        record(Path(checkpoint), tuple(m if network == "student" else f"{m}_teacher" for m in methods), res)
     return res
 
 
@@ -68,7 +78,7 @@ def record(checkpoint: Path, methods: tuple[str, ...], res: dict[str, Any]) -> N
 
 
 def _encoder_and_config(
-    path: str | None, random_init: bool, config: str | None, *, overrides: list[str]
+    path: str | None, random_init: bool, config: str | None, *, overrides: list[str], network: str = "student"
 ) -> tuple[nn.Module, RunConfig, str]:
     if random_init == (path is not None):
         raise KmimError("give either an encoder PATH or --random-init (with -c CONFIG / overrides), not both")
@@ -76,7 +86,7 @@ def _encoder_and_config(
         cfg = load_run_config(config, overrides)
         encoder, checkpoint = random_encoder(cfg, cfg.train.seed), f"random-init (seed {cfg.train.seed})"
     else:
-        encoder, info = load_encoder(cast(str, path))
+        encoder, info = load_encoder(cast(str, path), network)
         if info["config"] is None and config is None and not any(o.startswith("data.") for o in overrides):
             raise KmimError(
                 f"{path} carries no run config: name the evaluation data with data.name=... (and data.root=...) "
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=overrides,
             methods=(args.command,),
             progress=not args.quiet and is_main(),
+            network=args.network,
         )
     )
     if main:

@@ -17,6 +17,7 @@ from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 from kmim.spec import EncoderSpec
+from kmim.tokenizers.base import read_tokenizer_file
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -58,15 +59,22 @@ def extract_features(
     return out, gather_in_order(torch.cat(labels), indices.to(labels[0].device), len(cast(Sized, ds))).cpu()
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The timm encoder of a run directory, a training checkpoint or an encoder.pt, and the run's saved config."""
+NETWORKS = ("student", "teacher")
+
+
+def load_encoder(path: str | Path, network: str = "student") -> tuple[nn.Module, dict[str, Any]]:
+    """The timm encoder of a run directory, a training checkpoint or an encoder.pt, and the run's saved config.
+    `network="teacher"`: the EMA teacher of an online-clusters run instead (what CAPI evaluates), from the
+    checkpoint's online state, or for a finished run from its learned tokenizer (RUN/tokenizer.pt)."""
     p = resolve_checkpoint(path)
     ckpt = load_checkpoint(p)
     if "encoder" not in ckpt or "timm_name" not in ckpt.get("encoder", {}):
         raise KmimError(f"{p} does not describe an encoder (no timm architecture recorded)")
     spec = ckpt["encoder"]
     enc = EncoderSpec.from_dict(spec).create()
-    if "state_dict" in ckpt:  # encoder.pt
+    if network == "teacher":
+        state = _teacher_state(p, ckpt)
+    elif "state_dict" in ckpt:  # encoder.pt
         state = ckpt["state_dict"]
     else:
         state = {k.removeprefix("encoder."): v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
@@ -85,4 +93,15 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         run_cfg = p.parent / "checkpoints" / "last.pt"
         config = load_checkpoint(run_cfg)["config"] if run_cfg.is_file() else None
     done = (ckpt.get("train_state") or {}).get("epoch")  # None for an encoder.pt (a finished run)
-    return enc, {"config": config, "checkpoint": str(p), "encoder": spec, "epochs_done": done}
+    return enc, {"config": config, "checkpoint": str(p), "encoder": spec, "epochs_done": done, "network": network}
+
+
+def _teacher_state(p: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The EMA teacher's weights: a training checkpoint's online state, or the run folder's tokenizer.pt."""
+    online = ckpt.get("online")
+    if online is None and "state_dict" in ckpt:  # encoder.pt: the finished run saved its tokenizer beside it
+        tok = p.parent / "tokenizer.pt"
+        online = read_tokenizer_file(tok) if tok.is_file() else None
+    if online is None or online.get("kind") != "online-clusters":
+        raise KmimError(f"{p} is not from an online-clusters run: only those have an EMA teacher (--network student)")
+    return {k.removeprefix("teacher."): v for k, v in online["state"].items() if k.startswith("teacher.")}

@@ -65,3 +65,32 @@ def test_the_default_probe_says_when_the_split_is_too_small_for_its_lr_choice():
     assert (
         linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.1], epochs=1)["lr"] == 0.1
     )  # one lr: nothing to choose, no split
+
+
+def test_the_teacher_of_an_online_run_is_evaluated_from_its_ema_weights(tiny_overrides, capsys):
+    """--network teacher loads the EMA teacher (the checkpoint's online state; for the finished run its
+    tokenizer.pt), not the student; a K-MIM run has none, said in one line."""
+    import json as _json
+
+    from kmim.cli import main
+    from kmim.config import load_config
+    from kmim.eval.features import load_encoder
+    from kmim.fit import load_tokenizer
+    from tests.helpers import pretrain_run
+
+    ov = [*tiny_overrides, "name=on", "train.target=online-clusters", "train.epochs=1", "train.online.momentum=0.5"]
+    run, _ = pretrain_run(load_config(None, ov))
+    teacher, info = load_encoder(run, "teacher")
+    student, _ = load_encoder(run)
+    saved = load_tokenizer(run / "tokenizer.pt").teacher.state_dict()
+    assert all(torch.equal(teacher.state_dict()[k], saved[k]) for k in saved) and info["network"] == "teacher"
+    assert not all(torch.equal(teacher.state_dict()[k], student.state_dict()[k]) for k in saved)
+    last, _ = load_encoder(run / "checkpoints" / "last.pt", "teacher")
+    assert all(torch.equal(last.state_dict()[k], saved[k]) for k in saved)
+    capsys.readouterr()
+    assert main(["knn", "-q", str(run), "--network", "teacher"]) == 0
+    assert _json.loads(capsys.readouterr().out)["network"] == "teacher"
+    assert "knn_teacher" in _json.loads((run / "evaluations.json").read_text())
+    kmim_run, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=k", "train.epochs=1"]))
+    assert main(["knn", "-q", str(kmim_run), "--network", "teacher"]) == 2
+    assert "is not from an online-clusters run" in capsys.readouterr().err
