@@ -30,6 +30,42 @@ class NonFiniteLoss(KmimError):
         self.step, self.value = step, value
 
 
+@dataclass(frozen=True)
+class StepHooks:
+    """What runs around each optimizer step (each optional): `on_step(step, extras)` after it, with the extras of the
+    step's last micro-batch and its loss under "loss"; `before_step()` after the step's last backward, before the
+    gradient norm and update (the online target all-reduces its prototypes' gradients there); `no_sync()` (DDP's)
+    around the forward and backward of every micro-batch but a step's last, so gradients are all-reduced once per
+    step; `stop()` asked after each step at the host syncs: when it says so the epoch ends there (a preemption)."""
+
+    on_step: Callable[[int, dict[str, Any]], None] | None = None
+    before_step: Callable[[], None] | None = None
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    stop: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """The NaN guard's and the host reads' settings (see `run_epoch`): `sync_every` steps between host reads of the
+    loss; `reduce` / `reduce_tensor` map a read value / the stacked pending losses over processes (under DDP their
+    mean, so every process stops at the same step); every `grad_norm_every`-th step (0 = never) also reports the
+    gradient's global L2 norm (one host sync)."""
+
+    sync_every: int = 1
+    reduce: Callable[[float], float] | None = None
+    reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None
+    grad_norm_every: int = 0
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The progress bar: shown when `show`, titled `desc`, its postfix from `postfix(loss, extras)`."""
+
+    desc: str = ""
+    show: bool = False
+    postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None
+
+
 @dataclass
 class EpochResult:
     step: int  # optimizer steps done after the epoch
@@ -47,41 +83,27 @@ def run_epoch(
     n_batches: int,
     accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
-    on_step: Callable[[int, dict[str, Any]], None] | None = None,
-    desc: str = "",
-    progress: bool = False,
-    postfix: Callable[[float, dict[str, Any]], dict[str, Any]] | None = None,
-    reduce: Callable[[float], float] | None = None,
-    grad_norm_every: int = 0,
-    sync_every: int = 1,
-    reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    before_step: Callable[[], None] | None = None,
-    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-    stop: Callable[[], bool] | None = None,
+    hooks: StepHooks = StepHooks(),
+    check: LossCheck = LossCheck(),
+    bar: Bar = Bar(),
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
     lr(step) is set before the first micro-batch of each step; the loss is divided by `accum` before backward,
-    so a step's gradient is the mean over its micro-batches. `on_step(step, extras)` gets the extras of the step's
-    last micro-batch, with its loss value under "loss". Every `grad_norm_every`-th step (0 = never) also puts the
-    gradient's global L2 norm under "grad_norm" (one host sync).
+    so a step's gradient is the mean over its micro-batches. `hooks` run around each step (StepHooks); the
+    `check.grad_norm_every`-th steps put the gradient's global L2 norm under "grad_norm" in the extras.
 
-    The NaN guard. With `sync_every` = 1 each loss value is read on the host (one sync per micro-batch), mapped by
-    `reduce` (under DDP the mean over processes, so every process stops at the same step) and a non-finite one
-    raises NonFiniteLoss before it reaches the weights. With `sync_every` = N > 1 the losses stay on the device and
-    are read together (mapped by `reduce_tensor`) after every N-th step and at the end of the epoch: "loss" is in
-    the extras of those steps only, and a non-finite loss raises NonFiniteLoss naming its step at the next read,
-    before the epoch ends, so it can reach the weights in memory but never a checkpoint written after the epoch.
-
-    `before_step()`, if given, runs after the last backward of each step, before its gradient norm and update (the
-    online target all-reduces its prototypes' gradients there). `no_sync()`, if given (DDP's), wraps the forward and
-    backward of every micro-batch but a step's last, so gradients are all-reduced once per step, not per micro-batch.
-    `stop()`, if given, is asked after each step at the host syncs (every `sync_every` steps); when it says so the
-    epoch ends there with `stopped` set (a preemption, kmim.engine.preempt).
+    The NaN guard. With `check.sync_every` = 1 each loss value is read on the host (one sync per micro-batch), mapped
+    by `check.reduce` and a non-finite one raises NonFiniteLoss before it reaches the weights. With `sync_every` = N
+    > 1 the losses stay on the device and are read together (mapped by `check.reduce_tensor`) after every N-th step
+    and at the end of the epoch: "loss" is in the extras of those steps only, and a non-finite loss raises
+    NonFiniteLoss naming its step at the next read, before the epoch ends, so it can reach the weights in memory but
+    never a checkpoint written after the epoch.
     """
     res = EpochResult(step)
-    pending = _PendingLosses(res, reduce_tensor)
-    bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
+    sync_every, no_sync = check.sync_every, hooks.no_sync
+    pending = _PendingLosses(res, check.reduce_tensor)
+    progress = progress_bar(total=n_batches, desc=bar.desc, disable=not bar.show, leave=False)
     try:
         for i, batch in enumerate(batches):
             if i >= n_batches:
@@ -92,7 +114,7 @@ def run_epoch(
             with no_sync() if local else contextlib.nullcontext():  # type: ignore[misc]
                 loss, extras = loss_fn(batch)
                 value = (
-                    _checked(loss, res.step, reduce)
+                    _checked(loss, res.step, check.reduce)
                     if sync_every == 1
                     else cast("float | None", pending.add(loss.detach(), res.step))
                 )
@@ -102,25 +124,25 @@ def run_epoch(
                 res.losses.append(value)
                 extras["loss"] = value
             if (i + 1) % accum == 0:
-                if before_step is not None:
-                    before_step()
-                if grad_norm_every and (res.step + 1) % grad_norm_every == 0:
+                if hooks.before_step is not None:
+                    hooks.before_step()
+                if check.grad_norm_every and (res.step + 1) % check.grad_norm_every == 0:
                     extras["grad_norm"] = grad_norm(opt, scaler)
                 _optimizer_step(opt, scaler)
                 res.step += 1
                 if sync_every > 1 and res.step % sync_every == 0:
                     value = extras["loss"] = pending.flush()
-                if on_step is not None:
-                    on_step(res.step, extras)
-                if stop is not None and res.step % sync_every == 0 and stop():
+                if hooks.on_step is not None:
+                    hooks.on_step(res.step, extras)
+                if hooks.stop is not None and res.step % sync_every == 0 and hooks.stop():
                     res.stopped = True
                     break
-            if postfix is not None and value is not None:
-                bar.set_postfix(postfix(value, extras))
-            bar.update()
+            if bar.postfix is not None and value is not None:
+                progress.set_postfix(bar.postfix(value, extras))
+            progress.update()
         pending.flush()
     finally:
-        bar.close()
+        progress.close()
     return res
 
 

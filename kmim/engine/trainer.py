@@ -32,7 +32,7 @@ from kmim.engine.dist import (
     mean_over_processes,
     resolve_device,
 )
-from kmim.engine.loop import NonFiniteLoss, run_epoch
+from kmim.engine.loop import Bar, LossCheck, NonFiniteLoss, StepHooks, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.engine.preempt import Preempted, catch_preemption, signal_name, stop_requested
 from kmim.errors import KmimError
@@ -188,17 +188,14 @@ class Trainer:
                 n_batches=(spe - done) * self.plan.accum,
                 accum=self.plan.accum,
                 scaler=self.scaler,
-                on_step=on_step,
-                desc=f"epoch {epoch + 1}/{hp.epochs}",
-                progress=self.progress and is_main() and not lines,
-                postfix=postfix,
-                reduce=mean_over_processes,
-                grad_norm_every=hp.log_every,
-                sync_every=hp.sync_every,
-                reduce_tensor=all_reduce_mean,
-                before_step=self._before_step,
-                no_sync=getattr(getattr(self, "forward", None), "no_sync", None),  # DDP: one all-reduce per step
-                stop=stop_requested,
+                hooks=StepHooks(
+                    on_step=on_step,
+                    before_step=self._before_step,
+                    no_sync=getattr(getattr(self, "forward", None), "no_sync", None),  # DDP: one all-reduce a step
+                    stop=stop_requested,
+                ),
+                check=LossCheck(hp.sync_every, mean_over_processes, all_reduce_mean, grad_norm_every=hp.log_every),
+                bar=Bar(f"epoch {epoch + 1}/{hp.epochs}", self.progress and is_main() and not lines, postfix),
             )
         except NonFiniteLoss as e:
             raise KmimError(

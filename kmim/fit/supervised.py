@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.data import make_loader
-from kmim.engine.loop import run_epoch
+from kmim.engine.loop import Bar, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 
@@ -94,9 +94,7 @@ def train_supervised(
             schedule=schedule,
             step=step,
             n_batches=steps_per_epoch,
-            desc=f"supervised {epoch + 1}/{epochs}",
-            progress=progress,
-            postfix=postfix,
+            bar=Bar(f"supervised {epoch + 1}/{epochs}", progress, postfix),
         ).step
     encoder.patch_drop = nn.Identity()
     encoder.requires_grad_(False).eval()

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.data import make_loader
-from kmim.engine.loop import run_epoch
+from kmim.engine.loop import Bar, StepHooks, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 from kmim.metrics import codebook_usage, perplexity
@@ -128,10 +128,8 @@ def train_vqvae(
             schedule=schedule,
             step=step,
             n_batches=steps_per_epoch,
-            on_step=on_step,
-            desc=f"vq-vae {epoch + 1}/{epochs}",
-            progress=progress,
-            postfix=postfix,
+            hooks=StepHooks(on_step=on_step),
+            bar=Bar(f"vq-vae {epoch + 1}/{epochs}", progress, postfix),
         ).step
     wall = time.perf_counter() - t0
     stats = codebook_stats(vae, ds, batch_size, device=device, progress=progress)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kmim.engine.loop import NonFiniteLoss, run_epoch
+from kmim.engine.loop import LossCheck, NonFiniteLoss, StepHooks, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 
 
@@ -53,7 +53,9 @@ def test_no_sync_wraps_every_micro_batch_but_the_last_of_each_step():
 
     batches = [torch.arange(i, i + 2) for i in range(0, 8, 2)] * 2  # 8 micro-batches of 2
     sched = Schedule(lr=0.1, total_steps=3, warmup_steps=0)
-    res = run_epoch(batches, loss_fn, opt, schedule=sched, step=0, n_batches=6, accum=3, no_sync=no_sync)
+    res = run_epoch(
+        batches, loss_fn, opt, schedule=sched, step=0, n_batches=6, accum=3, hooks=StepHooks(no_sync=no_sync)
+    )
     assert res.step == 2
     assert [local for _, local in calls] == [True, True, False, True, True, False]
 
@@ -67,7 +69,13 @@ def test_lr_follows_the_schedule_per_step_and_on_step_sees_the_loss():
         seen.append((step, round(opt.param_groups[0]["lr"], 6), extras["loss"] > 0))
 
     run_epoch(
-        [torch.arange(8)] * 4, _loss(m, x, y), opt, schedule=Schedule(1.0, 4, 2), step=0, n_batches=4, on_step=on_step
+        [torch.arange(8)] * 4,
+        _loss(m, x, y),
+        opt,
+        schedule=Schedule(1.0, 4, 2),
+        step=0,
+        n_batches=4,
+        hooks=StepHooks(on_step=on_step),
     )
     assert seen == [(1, 0.0, True), (2, 0.5, True), (3, 1.0, True), (4, 0.5, True)]
 
@@ -106,8 +114,8 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
         schedule=Schedule(0.1, 7, 1),
         step=0,
         n_batches=7,
-        sync_every=3,
-        on_step=lambda s, e: seen.append((s, "loss" in e)),
+        check=LossCheck(sync_every=3),
+        hooks=StepHooks(on_step=lambda s, e: seen.append((s, "loss" in e))),
     )
     assert ra.losses == pytest.approx(rb.losses, rel=0, abs=0) and len(rb.losses) == 7  # the tail read at the end
     assert all(torch.equal(a, b) for a, b in zip(ma.parameters(), mb.parameters(), strict=True))
@@ -121,7 +129,9 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
         return (out * float("nan") if calls[0] == 5 else out), {}
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 4"):
-        run_epoch(batches, loss_fn, opt, schedule=Schedule(0.1, 7, 0), step=0, n_batches=7, sync_every=3)
+        run_epoch(
+            batches, loss_fn, opt, schedule=Schedule(0.1, 7, 0), step=0, n_batches=7, check=LossCheck(sync_every=3)
+        )
 
 
 def test_a_deferred_nan_never_reaches_a_checkpoint(tiny_overrides, monkeypatch):
