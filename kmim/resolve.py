@@ -7,6 +7,7 @@ any work.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,21 @@ def check_randaug(value: str) -> None:
 
 
 def check_tokenizer_path(cfg: RunConfig) -> None:
-    """Pretraining on tokens reads tokenizer.path when set: it must exist (evaluation does not need it)."""
+    """Pretraining's inputs at the door: tokens read tokenizer.path when set, which must exist (evaluation does not
+    need it); online clusters learn their own tokenizer and would silently ignore one; train.wandb needs wandb
+    installed (found before any tokenizer fit or file is written)."""
     path = cfg.tokenizer.path
     if path and cfg.train.target == "tokens" and not Path(path).expanduser().is_file():
         raise KmimError(f"tokenizer.path={path} does not exist: fit one with `kmim tokenize` or unset tokenizer.path")
+    if path and cfg.train.target == "online-clusters":
+        raise KmimError(
+            f"tokenizer.path={path} is not read by train.target=online-clusters (it learns its own prototypes): "
+            "unset tokenizer.path"
+        )
+    if cfg.train.wandb and importlib.util.find_spec("wandb") is None:
+        raise KmimError(
+            "train.wandb=true but wandb is not installed: pip install 'kmim[tracking]' or train.wandb=false"
+        )
 
 
 def check_batch(cfg: RunConfig, section: str) -> BatchPlan:

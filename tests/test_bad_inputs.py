@@ -287,3 +287,20 @@ def test_a_per_kind_tokenizer_option_the_tokenizer_does_not_read_is_refused(tmp_
     assert code == 2 and err == [want]
     assert list(tmp_path.iterdir()) == []
     assert main(["tokenize", "-q", "tokenizer.name=vq", "tokenizer.vq.epochs=0", "--out", str(tmp_path / "t.pt")]) == 2
+
+
+def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_the_door(tmp_path, capsys):
+    """An online run given tokenizer.path (it learns its own prototypes), and train.wandb=true without wandb (it
+    failed after the tokenizer fit and left files that blocked a rerun): one line, nothing written."""
+    import importlib.util
+
+    base = ["pretrain", "-q", *TINY, f"out_dir={tmp_path / 'runs'}"]
+    (tmp_path / "tok.pt").write_bytes(b"x")
+    _refused(
+        [*base, "train.target=online-clusters", f"tokenizer.path={tmp_path / 'tok.pt'}"],
+        tmp_path,
+        "is not read by train.target=online-clusters",
+        capsys,
+    )
+    if importlib.util.find_spec("wandb") is None:
+        _refused([*base, "train.wandb=true"], tmp_path, "train.wandb=true but wandb is not installed", capsys)
