@@ -62,6 +62,8 @@ def continue_pretraining(
     if ckpt.get("kind") == "finetune":
         raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    if _finished(path, ckpt, cfg.train.epochs):
+        return path, RunDir(path).read_results()
     agree(lambda: check_batch(cfg, "train"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
@@ -145,6 +147,8 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
         raise KmimError(f"{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
+    if _finished(path, ckpt, cfg.finetune.epochs):
+        return path, RunDir(path).read_results()
     agree(lambda: check_batch(cfg, "finetune"))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
@@ -153,6 +157,12 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
     reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return path, trainer.run()
+
+
+def _finished(path: Path, ckpt: dict[str, Any], epochs: int) -> bool:
+    """The run has its results and its checkpoint is at the (possibly overridden) last epoch: nothing to train, its
+    results stand (a finished run resumed again used to append a duplicate metrics row)."""
+    return RunDir(path).status() == "finished" and ckpt["train_state"]["epoch"] >= epochs
 
 
 def shared_tokenizer(cfg: RunConfig, progress: bool) -> Tokenizer | None:

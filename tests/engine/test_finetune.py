@@ -197,3 +197,21 @@ def test_each_rank_draws_its_own_drop_path_reproducibly(tmp_path, monkeypatch):
 
     assert loss(0) == loss(0) != loss(1)
     assert load_config(None, ()).finetune.drop_path > 0  # the default recipe uses it
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    """`--resume` (or the same line again) on a finished fine-tuning or pretraining run returns its results and
+    writes nothing (it used to add a duplicate metrics row)."""
+    from kmim.cli import main
+    from tests.conftest import TINY
+
+    out = tmp_path / "runs"
+    assert main(["pretrain", "-q", *TINY, f"out_dir={out}", "name=p", "train.epochs=1"]) == 0
+    ft = ["finetune", "-q", str(out / "p"), "finetune.epochs=1", "finetune.batch_size=8", "finetune.warmup_epochs=0"]
+    assert main(ft) == 0
+    for run, again in ((out / "p-finetune", ft), (out / "p", ["pretrain", "--resume", str(out / "p"), "-q"])):
+        metrics = (run / "metrics.jsonl").read_text()
+        assert main(again) == 0
+        assert (run / "metrics.jsonl").read_text() == metrics
+    assert main(["finetune", "--resume", str(out / "p-finetune"), "-q"]) == 0
+    assert (out / "p-finetune" / "metrics.jsonl").read_text().count('"finetune_top1"') <= 1
