@@ -304,3 +304,15 @@ def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_th
     )
     if importlib.util.find_spec("wandb") is None:
         _refused([*base, "train.wandb=true"], tmp_path, "train.wandb=true but wandb is not installed", capsys)
+
+
+def test_export_of_an_unfinished_run_or_into_a_missing_folder_is_refused(finished_run, tmp_path, capsys):
+    """An export of epoch 1 of 2 (its card would claim 2 epochs) needs --allow-unfinished, and then says 1; an --out
+    whose folder does not exist is one line (it was a traceback)."""
+    ckpt1 = str(finished_run / "run/checkpoints/checkpoint-0001.pt")
+    _refused(["export", ckpt1, "--out", str(tmp_path / "e")], tmp_path, "is an unfinished run (epoch 1 of 2)", capsys)
+    _refused(
+        ["export", str(finished_run / "run"), "--out", str(tmp_path / "a/b/e")], tmp_path, "does not exist", capsys
+    )
+    assert main(["export", ckpt1, "--out", str(tmp_path / "e"), "--allow-unfinished", "-q"]) == 0
+    assert "(1 epochs," in (tmp_path / "e" / "README.md").read_text()

@@ -32,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="pretraining run directory (or its encoder.pt / a checkpoint)")
     p.add_argument("--out", required=True, help="folder to write (must not exist)")
     p.add_argument("--license", default="mit", help="license of the weights in the card (default: mit)")
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="export a run stopped before its last epoch (the card says how many epochs it trained)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -124,15 +129,25 @@ def model_card(
     return "\n".join([*front, *lines]) + "\n"
 
 
-def export(path: str, out: str, license_id: str = "mit") -> Path:
+def export(path: str, out: str, license_id: str = "mit", *, allow_unfinished: bool = False) -> Path:
     dst = Path(out).expanduser()
     if dst.exists():
         raise KmimError(f"--out {dst} already exists: choose a new folder (an export never replaces files)")
+    if not dst.parent.is_dir():
+        raise KmimError(f"--out {dst}: its folder {dst.parent} does not exist: create it first")
     check_folder_writable(dst.parent)
     enc, info = load_encoder(path)
     if info["config"] is None:
         raise KmimError(f"{path} carries no run config: export a run directory or its checkpoints/last.pt")
     spec, cfg = info["encoder"], info["config"]
+    planned, done = (cfg.get("train") or {}).get("epochs"), info["epochs_done"]
+    if done is not None and planned is not None and done < planned:
+        if not allow_unfinished:
+            raise KmimError(
+                f"{path} is an unfinished run (epoch {done} of {planned}): finish it with `kmim pretrain --resume`, "
+                "or pass --allow-unfinished to export it as it is"
+            )
+        cfg = {**cfg, "train": {**cfg["train"], "epochs": done}}  # the card states what was trained
     run_dir = Path(info["checkpoint"]).parent
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
     data = cfg.get("data", {})
@@ -183,7 +198,7 @@ def _stats(run_dir: Path, cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    dst = export(args.path, args.out, args.license)
+    dst = export(args.path, args.out, args.license, allow_unfinished=args.allow_unfinished)
     if not args.quiet:
         print(f"exported {dst}: {', '.join(sorted(p.name for p in dst.iterdir()))}")
         print(f'load with timm alone: timm.create_model("local-dir:{dst}")')
