@@ -67,8 +67,9 @@ ONLINE_MOMENTUM = "train.online.momentum=0.99"  # declared before the study ran:
 # halfway to the student. 0.99 (a 100-step horizon, ~3 epochs) keeps the teacher a lagging copy, as in CAPI / DINO.
 
 
-NEUTRAL = ("data.root", "data.num_workers", "data.prefetch_factor", "data.cache")  # where the data lives and how it
-# is read: a study continues on another machine, with its own data.root (the numbers do not depend on these)
+NEUTRAL = ("out_dir", "data.root", "data.num_workers", "data.prefetch_factor", "data.cache")  # where the runs and
+# the data live and how the data is read: a study continues when moved, or on another machine with its own data.root
+# (the numbers do not depend on these)
 
 
 @dataclass(frozen=True)

@@ -285,3 +285,5 @@ def test_a_study_continues_under_another_data_root(tmp_path):
     cfg = S.arm_config(arm, tmp_path, None, overrides=FAST)
     record = {"config": {**S.config_to_dict(cfg), "data": {**S.config_to_dict(cfg)["data"], "num_workers": 3}}}
     S.check_same_config(arm, cfg, record, out=tmp_path)
+    moved = {"config": {**S.config_to_dict(cfg), "out_dir": "/somewhere/else/runs"}}  # a study folder moved
+    S.check_same_config(arm, cfg, moved, out=tmp_path)
