@@ -62,6 +62,7 @@ def continue_pretraining(
     if ckpt.get("kind") == "finetune":
         raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])  # what a checkpoint cannot continue under
     if _finished(path, ckpt, cfg.train.epochs):
         return path, RunDir(path).read_results()
     agree(lambda: check_batch(cfg, "train"))
