@@ -30,7 +30,7 @@ from kmim.engine.dist import (
 )
 from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import build_optimizer, effective_lr
-from kmim.engine.targets import OnlineTarget, build_target, out_dim
+from kmim.engine.targets import build_target, out_dim
 from kmim.engine.trainer import (
     EpochHook,
     Trainer,
@@ -39,7 +39,6 @@ from kmim.engine.trainer import (
     start_run,
     write_results,
 )
-from kmim.errors import KmimError
 from kmim.metrics import token_metrics
 from kmim.models import EncoderSpec, MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
 from kmim.runs import RunDir, check_resume
@@ -71,8 +70,6 @@ class Pretrainer(Trainer):
             len(cast(Sized, ds)), self.plan.micro, t.seed, rank=get_rank(), world_size=get_world_size()
         )
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
-        if t.target == "tokens" and tokenizer is None:
-            raise KmimError("train.target=tokens needs a tokenizer: set tokenizer.path or let kmim fit one")
         dim = out_dim(cfg, tokenizer, patch_size=spec.patch_size, channels=self.info.channels)
         self.model = build_mim(spec, cfg.data.img_size, self.info.channels, out_dim=dim).to(self.device)
         self.target = build_target(
@@ -136,7 +133,7 @@ class Pretrainer(Trainer):
         """TCAS, NMI, usage and perplexity of the targets' hard ids over every patch of a fixed subset of
         train.health_images training images (seeded by train.seed, eval view), against the images' labels. An
         offline tokenizer never changes, so its values are computed once. Rank 0 only; no global RNG is drawn."""
-        online = isinstance(self.target, OnlineTarget)
+        online = self.target.online
         if self._health_cache is not None and not online:
             return self._health_cache
         tok = self.target.encoder()

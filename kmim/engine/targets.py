@@ -111,6 +111,7 @@ class Target:
     """The interface; hooks default to doing nothing."""
 
     name: ClassVar[str]
+    online: ClassVar[bool] = False  # its health adds the online measures (assignment entropy, teacher argmax)
     health: Health | None = None
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
@@ -131,7 +132,7 @@ class Target:
         """After optimizer step `step` (1-based) of `total_steps`."""
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {} if self.health is None else self.health.metrics(online=isinstance(self, OnlineTarget))
+        return {} if self.health is None else self.health.metrics(online=self.online)
 
     def encoder(self) -> Tokenizer | OnlineClusters | None:
         """What gives the targets' hard ids (train.health_images scores them), if anything."""
@@ -200,6 +201,7 @@ class TokenTarget(Target):
 
 class OnlineTarget(Target):
     name = "online-clusters"
+    online = True
 
     def __init__(
         self, cfg: RunConfig, device: torch.device, *, model: MaskedImageModel, info: DatasetInfo, spec: EncoderSpec

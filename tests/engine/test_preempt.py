@@ -80,6 +80,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _slurm_tasks(args: list[str]) -> list[subprocess.Popen]:
+    """`python -m kmim ARGS` as 2 SLURM tasks on this host: SLURM's variables only (no torchrun's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1", MASTER_PORT=str(_free_port()))
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "kmim", *args],
+            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_slurm_tasks_without_torchrun_run_together(tmp_path):
     """srun --ntasks=2 python -m kmim pretrain ...: the tasks join one process group (gloo) and give the 2-process
@@ -88,17 +103,7 @@ def test_two_slurm_tasks_without_torchrun_run_together(tmp_path):
     base = [*RUN, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
     assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
     assert main(["pretrain", *base, "name=one"]) == 0
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1", MASTER_PORT=str(_free_port()))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kmim", "pretrain", *base, "name=two"],
-            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
+    procs = _slurm_tasks(["pretrain", *base, "name=two"])
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
@@ -118,17 +123,7 @@ def test_a_run_preempted_on_two_processes_continues_on_one(tmp_path):
     base = [*run, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
     assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
     assert main(["pretrain", *base, "name=one"]) == 0
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1", MASTER_PORT=str(_free_port()))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kmim", "pretrain", *base, "name=two"],
-            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
+    procs = _slurm_tasks(["pretrain", *base, "name=two"])
     metrics, end = tmp_path / "two" / "metrics.jsonl", time.monotonic() + 120
     while not (metrics.is_file() and metrics.read_text().count('"step"') >= 3) and time.monotonic() < end:
         time.sleep(0.002)
