@@ -27,6 +27,7 @@ CACHES = ("none", "ram")
 INITS = ("kmeans++", "random")
 TARGETS = ("tokens", "pixels", "online-clusters")
 DECODERS = ("mae", "cross")
+HEADS = ("linear", "cosine")
 AMPS = ("auto", "bf16", "fp16", "off")
 POOLS = ("cls", "mean")
 FINETUNE_POOLS = ("avg", "token")
@@ -125,6 +126,9 @@ class ModelConfig:
     # (CAPI's: as wide as the encoder, about half as deep; set decoder_dim / decoder_depth for it)
     predict_fraction: float = 1.0  # share of the masked patches predicted, a random subset (CAPI 0.05, CrossMAE's
     # example 1/3): the loss reads these only; every target (tokens, pixels, online) works with either decoder
+    head: str = "linear"  # the predictor's last layer: linear (MAE's) | cosine (CAPI's student head: L2-normalised
+    # input, weight-normed linear without bias, so the logits are cosines in [-1, 1] before train.online.student_temp;
+    # online-clusters only; the online presets' choice)
 
 
 @dataclass
@@ -349,6 +353,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     **{f"model.{f}": _optional_at_least_1 for f in ("decoder_dim", "decoder_depth", "decoder_heads")},
     "model.decoder": _one_of(DECODERS),
     "model.predict_fraction": _in_range(0, 1, lo_open=True, hi_open=False),
+    "model.head": _one_of(HEADS),
     "train.target": _one_of(TARGETS),
     "train.label_smoothing": _in_range(0, 1),
     "train.mask_ratio": _in_range(0, 1, lo_open=True),

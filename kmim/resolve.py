@@ -44,6 +44,11 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
             "held in memory: remove data.cache"
         )
     spec = resolve_spec(cfg.model)
+    if spec.head == "cosine" and cfg.train.target != "online-clusters":
+        raise KmimError(
+            f"model.head=cosine predicts cosines for a soft cross-entropy at train.online.student_temp; "
+            f"train.target={cfg.train.target} reads raw logits or pixels: use model.head=linear"
+        )
     for width, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
         w, h = getattr(spec, width), getattr(spec, heads)
         if w % h:

@@ -302,6 +302,7 @@ def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_th
         "is not read by train.target=online-clusters",
         capsys,
     )
+    _refused([*base, "model.head=cosine"], tmp_path, "model.head=cosine predicts cosines", capsys)
     if importlib.util.find_spec("wandb") is None:
         _refused([*base, "train.wandb=true"], tmp_path, "train.wandb=true but wandb is not installed", capsys)
 

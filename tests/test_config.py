@@ -90,6 +90,7 @@ BAD_VALUES = {
     "model.decoder_heads": "0",
     "model.decoder": "bogus",
     "model.predict_fraction": "0",
+    "model.head": "cos",
     "train.target": "bogus",
     "train.label_smoothing": "1.0",
     "train.mask_ratio": "1.5",

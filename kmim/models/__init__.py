@@ -10,7 +10,7 @@ from torch import nn
 
 from kmim.config import ModelConfig
 from kmim.errors import KmimError
-from kmim.models.mim import CrossDecoder, MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
+from kmim.models.mim import CosineHead, CrossDecoder, MaskedImageModel, MIMDecoder, random_masking, sincos_pos_embed
 from kmim.spec import EncoderSpec
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class ModelSpec:
     decoder_heads: int
     decoder: str = "mae"  # mae (self-attention over all patches) | cross (queries attend to the encoder output only)
     predict_fraction: float = 1.0  # of the masked patches, the share the decoder predicts (and the loss reads)
+    head: str = "linear"  # the decoder's last layer: linear (MAE) | cosine (CAPI's L2-normalised weight-normed head)
 
 
 PRESETS: dict[str, ModelSpec] = {
@@ -98,12 +99,18 @@ def _mae_init(m: nn.Module) -> None:
 
 def build_mim(spec: ModelSpec, img_size: int, in_chans: int, *, out_dim: int) -> MaskedImageModel:
     """Encoder + decoder (MAE's, or the cross-attention predictor with spec.decoder=cross) with MAE's
-    initialisation; out_dim = K (token logits) or p*p*C (pixels)."""
+    initialisation (a cosine head keeps CAPI's); out_dim = K (token logits) or p*p*C (pixels)."""
     enc = build_encoder(spec, img_size, in_chans)
     grid = tuple(enc.patch_embed.grid_size)
     make = CrossDecoder if spec.decoder == "cross" else MIMDecoder
     dec = make(
-        spec.embed_dim, spec.decoder_dim, spec.decoder_depth, heads=spec.decoder_heads, grid=grid, out_dim=out_dim
+        spec.embed_dim,
+        spec.decoder_dim,
+        spec.decoder_depth,
+        heads=spec.decoder_heads,
+        grid=grid,
+        out_dim=out_dim,
+        head=spec.head,
     )
     model = MaskedImageModel(enc, dec, spec.predict_fraction)
     model.apply(_mae_init)
@@ -111,6 +118,8 @@ def build_mim(spec: ModelSpec, img_size: int, in_chans: int, *, out_dim: int) ->
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     nn.init.normal_(cast(nn.Parameter, enc.cls_token), std=0.02)
     nn.init.normal_(dec.mask_token, std=0.02)
+    if isinstance(dec.head, CosineHead):
+        dec.head.reset_parameters()
     return model
 
 

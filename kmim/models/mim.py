@@ -14,6 +14,35 @@ import torch.nn.functional as F
 from timm.layers import Mlp, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class CosineHead(nn.Module):
+    """CAPI's student head (`L2NormLinear`): logits_k = g_k * <x / |x|, v_k / |v_k|>, a weight-normed linear map
+    (torch's weight_norm over each output row, no bias) of the L2-normalised input, g starting at 1 (trainable) and
+    v at trunc_normal(std 0.02): at g = 1 the logits are the cosines of x with the K directions, in [-1, 1]; the
+    loss divides them by its temperature."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = weight_norm(nn.Linear(dim, out_dim, bias=False), dim=0)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """v ~ trunc_normal(std 0.02), g = 1 (CAPI's init; MAE's xavier init of other linears must not reach v)."""
+        w = self.linear.parametrizations.weight
+        with torch.no_grad():
+            nn.init.trunc_normal_(w.original1, std=0.02)
+            w.original0.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., out_dim)."""
+        return cast(torch.Tensor, self.linear(F.normalize(x, dim=-1, eps=1e-12)))
+
+
+def make_head(kind: str, dim: int, out_dim: int) -> nn.Module:
+    """The predictor's last layer: `linear` (MAE's, with bias) or `cosine` (CAPI's student head, CosineHead)."""
+    return CosineHead(dim, out_dim) if kind == "cosine" else nn.Linear(dim, out_dim)
 
 
 def random_masking(noise: torch.Tensor) -> torch.Tensor:
@@ -47,6 +76,7 @@ class MIMDecoder(nn.Module):
         grid: tuple[int, int],
         out_dim: int,
         mlp_ratio: float = 4.0,
+        head: str = "linear",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(enc_dim, dim)
@@ -57,7 +87,7 @@ class MIMDecoder(nn.Module):
             *[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]  # type: ignore[arg-type]  # timm accepts a partial
         )
         self.norm = norm(dim)
-        self.head = nn.Linear(dim, out_dim)
+        self.head = make_head(head, dim, out_dim)
 
     def forward(
         self, latent: torch.Tensor, ids_shuffle: torch.Tensor, masked_only: bool = False, n_pred: int | None = None
@@ -122,6 +152,7 @@ class CrossDecoder(nn.Module):
         grid: tuple[int, int],
         out_dim: int,
         mlp_ratio: float = 4.0,
+        head: str = "linear",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(enc_dim, dim)
@@ -129,7 +160,7 @@ class CrossDecoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_pos_embed(grid, dim, cls_token=False), requires_grad=False)  # (1, L, D)
         self.blocks = nn.ModuleList([CrossBlock(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, out_dim)
+        self.head = make_head(head, dim, out_dim)
 
     def forward(
         self, latent: torch.Tensor, ids_shuffle: torch.Tensor, masked_only: bool = True, n_pred: int | None = None

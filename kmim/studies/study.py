@@ -12,9 +12,9 @@
 * `finetune-recipe`: the fine-tuning recipe for vs-mae chosen on untrained encoders alone (so it favours no method):
   each candidate of RECIPES fine-tunes a random-init encoder on 90 % of train and is scored on the held-out 10 %
   (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
-* `online-vs-offline` (issue 20): K-MIM PIXEL (offline K-means), MAE norm-pix, K-MIM on the patch features of that
-  seed's MAE run (offline, feature-based) and CAPI-style online clustering targets, 2 seeds, K = 200; kNN, linear,
-  attentive and low-shot probes, and the TCAS / NMI of each run's targets over the epochs (train.health_images).
+* `online-vs-offline` (issue 28; the first design, issue 20, is finished in docs/results/online-vs-offline-40ep and
+  not continued by this code): online clusters with CAPI's recipe against offline tokens and MAE, with MAE's decoder
+  and CAPI's cross-attention predictor, student and EMA teacher evaluated (kmim/studies/online.py).
 * `all`: every study.
 
 Every choice (arms, seeds, budget from the preset, verdict rules in `verdicts`) is fixed in code before any run.
@@ -61,12 +61,6 @@ RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset
     ),
 }
 HOLDOUT = 0.1
-ONLINE_ARMS = ("train.health_images=1000",)  # online-vs-offline: every arm logs its targets' TCAS per epoch
-ONLINE_MOMENTUM = "train.online.momentum=0.99"  # declared before the study ran: CAPI's 0.999 is an EMA horizon of
-# 1,000 steps in a 500,000-step run; this budget has 1,240 steps, over which 0.999 would move the teacher less than
-# halfway to the student. 0.99 (a 100-step horizon, ~3 epochs) keeps the teacher a lagging copy, as in CAPI / DINO.
-
-
 NEUTRAL = ("out_dir", "data.root", "data.num_workers", "data.prefetch_factor", "data.cache")  # where the runs and
 # the data live and how the data is read: a study continues when moved, or on another machine with its own data.root
 # (the numbers do not depend on these)
@@ -91,6 +85,7 @@ class Layout:
     runs: Path
     k: int = 200
     shared: bool = False
+    cross: tuple[str, ...] = ()  # online-vs-offline: CAPI's predictor for the preset's encoder (online.cross_overrides)
 
     def run_name(self, arm: Arm) -> str:
         return arm.run if self.shared and arm.run else arm.name
@@ -100,11 +95,13 @@ def layout(out: Path, config: str | None, runs: str | None = None) -> Layout:
     """The study's layout: the main K is its preset's tokenizer.k (the study's overrides do not move it: every arm
     sets its own K), the runs folder DIR/runs or `--runs` (see Layout)."""
     from kmim.config import load_config
+    from kmim.studies.online import cross_overrides
 
-    k = load_config(config, []).tokenizer.k
+    cfg = load_config(config, [])
+    k, cross = cfg.tokenizer.k, cross_overrides(cfg.model)
     if runs is None:
-        return Layout(out / "runs", k)
-    return Layout(Path(runs), k, shared=True)
+        return Layout(out / "runs", k, cross=cross)
+    return Layout(Path(runs), k, shared=True, cross=cross)
 
 
 def _tok(name: str, k: int, *extra: str) -> tuple[str, ...]:
@@ -134,20 +131,16 @@ def arms(study: str, out: Path, lay: Layout | None = None) -> list[Arm]:
     if study == "finetune-recipe":
         return [Arm(name, name, (*ov, f"finetune.holdout={HOLDOUT}")) for name, ov in RECIPES.items()]
     if study == "online-vs-offline":
+        from kmim.config import ModelConfig
+        from kmim.studies import online
+
+        cross = lay.cross or online.cross_overrides(ModelConfig())
         return [
-            Arm(f"{g}-s{s}", g, (*ov, *ONLINE_ARMS), s) for s in (0, 1) for g, ov in _online_groups(runs, s).items()
+            Arm(f"{g}-s{s}", g, ov, s, run=r)
+            for s in (0, 1)
+            for g, (ov, r) in online.groups(runs, s, cross=cross, shared=lay.shared).items()
         ]
     raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
-
-
-def _online_groups(runs: Path, seed: int) -> dict[str, tuple[str, ...]]:
-    """online-vs-offline's methods for one seed (the MAE run first: the feature tokenizer reads its encoder)."""
-    return {
-        "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
-        "kmim-pixels-k200": _tok("kmeans-pixels", 200),
-        "kmim-maefeat-k200": (*_tok("kmeans-features", 200), f"tokenizer.encoder={runs / f'mae-normpix-s{seed}'}"),
-        "online-k200": ("train.target=online-clusters", "tokenizer.k=200", ONLINE_MOMENTUM),
-    }
 
 
 def second_k(k: int) -> int:
@@ -207,6 +200,19 @@ def arm_overrides(
     ]
     unused = tuple(f"tokenizer.{g}." for g in unused_option_groups(check_run_config(load_config(config, ov))))
     return [o for o in ov if not (o in overrides and o.startswith(unused))]
+
+
+def check_records_belong(study: str, out: Path, todo: list[Arm]) -> None:
+    """A study folder continues only with the arms that wrote it: records of arms the study no longer has (a folder
+    of an earlier design, or of another study) are refused in one line."""
+    names = {a.name for a in todo}
+    stale = sorted(p.stem for p in (out / "records").glob("*.json") if p.stem not in names)
+    if stale:
+        raise KmimError(
+            f"{out} holds records of arms study {study} does not have ({', '.join(stale[:3])}"
+            f"{', …' if len(stale) > 3 else ''}): it was written by an earlier design or another study; "
+            "choose another --out"
+        )
 
 
 def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], *, out: Path) -> None:
@@ -381,32 +387,26 @@ def run_recipe_arm(
     return rec
 
 
-def _attentive(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
-    """The attentive probe of the run's encoder (eval.attentive_*)."""
-    from kmim.eval import load_encoder
-    from kmim.eval.attentive import attentive_probe
-
-    res = attentive_probe(load_encoder(run_dir)[0], cfg, _device(cfg), progress=progress)
-    return {
-        "attentive_top1": res["top1"],
-        "attentive_held_out_top1": res["held_out_top1"],
-        "attentive_lr": res["lr"],
-        "attentive_weight_decay": res["weight_decay"],
-    }
-
-
 def _target_curves(run_dir: Path) -> dict[str, Any]:
     """Per epoch (1-based) from metrics.jsonl: [epoch, TCAS, NMI, usage] of the targets' hard ids on the fixed
     subset (for online targets: the teacher's argmax ids, the tokenizer's `encode`), [epoch, fraction of ids used,
     perplexity] of the masked targets, and for online targets [epoch, fraction of ids and perplexity of the teacher's
-    argmax before Sinkhorn, agreement of the targets' argmax with it, the student's masked top-1 on the targets]."""
+    argmax before Sinkhorn, agreement of the targets' argmax with it, the student's masked top-1 on the targets, the
+    targets' mean entropy in nats (log K when uniform)]."""
     from kmim.runinfo import read_jsonl
 
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "epoch_loss" in r]
     tcas = [[r["epoch"] + 1, r["tok_tcas"], r["tok_nmi"], r["tok_usage"]] for r in rows if "tok_tcas" in r]
     used = [[r["epoch"] + 1, r["targets_used"], r["targets_perplexity"]] for r in rows if "targets_used" in r]
     teacher = [  # online targets: the teacher's argmax before Sinkhorn, and the targets' agreement with it
-        [r["epoch"] + 1, r["teacher_used"], r["teacher_perplexity"], r["targets_agree_teacher"], r["masked_top1"]]
+        [
+            r["epoch"] + 1,
+            r["teacher_used"],
+            r["teacher_perplexity"],
+            r["targets_agree_teacher"],
+            r["masked_top1"],
+            r["assignment_entropy"],
+        ]
         for r in rows
         if "teacher_used" in r
     ]
@@ -452,8 +452,11 @@ def run_arm(
         "config": config_to_dict(cfg),
     }
     if study == "online-vs-offline":
+        from kmim.studies import online as online_study
+
         t2 = time.perf_counter()
-        rec.update(_attentive(cfg, run_dir, progress), **_target_curves(run_dir))
+        rec.update(online_study.evaluate(cfg, run_dir, device=_device(cfg), progress=progress))
+        rec.update(_target_curves(run_dir))
         rec["eval_s"] = round(rec["eval_s"] + time.perf_counter() - t2, 1)
     if curve and arm.seed in FINETUNE_SEEDS:  # vs-mae
         t2 = time.perf_counter()
@@ -484,6 +487,7 @@ def run_study(
     check_folder_writable(out)
     lay = layout(out, config, runs)
     todo = arms(study, out, lay)
+    check_records_belong(study, out, todo)
     for arm in todo:  # every config is checked before the first run starts, finished arms against their records
         cfg = arm_config(arm, out, config, overrides=overrides, lay=lay)
         path = out / "records" / f"{arm.name}.json"
@@ -562,7 +566,7 @@ def write_report(
         "arms are fixed in kmim/studies/study.py; the budget is the preset's (train.epochs and the rest in each "
         "arm's config, in the records).",
         "",
-        "## Verdicts (rules fixed before the runs: kmim/studies/study_rules.py)",
+        f"## Verdicts (rules fixed before the runs: {study_rules.RULES[study].__module__.replace('.', '/')}.py)",
         "",
         *[f"- {v}" for v in verdicts(study, records)],
         "",

@@ -13,12 +13,7 @@
   sqrt(sd1^2/n1 + sd2^2/n2), "disagree" when below -2 SE, "not resolved" otherwise; the first saved epoch at
   which K-MIM's mean kNN (and mean probe, at the probed epochs) reaches MAE's final mean; fine-tuning (seed 0
   only): the same words with 2 binomial SEs of the difference, sqrt(se1^2 + se2^2) (test-set noise only).
-* online-vs-offline (written before it ran, issue 20): online clustering minus each offline method (K-MIM PIXEL,
-  K-MIM on MAE features) and minus MAE norm-pix, mean over seeds, per metric (kNN, linear, attentive, low-shot):
-  "online ahead" above 2 SE sqrt(sd1^2/n1 + sd2^2/n2), "offline ahead" (or "MAE ahead") below -2 SE, "not resolved"
-  otherwise; collapse is named when the online targets use under 10 % of the K ids in the last epoch; the TCAS of
-  the online targets is reported at the first and last epoch beside the offline tokenizers' (lower = more
-  class-specific), no test.
+* online-vs-offline: kmim/studies/online.py (its second design, issue 28).
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kmim.metrics.stats import binomial_se, bootstrap_ci, pearson, spearman
+from kmim.studies import online
 
 METRICS = (("knn_top1", "kNN"), ("linear_probe_top1", "linear probe"), ("lowshot_top1", "low-shot (10/class)"))
 
@@ -335,117 +331,6 @@ def vs_mae_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     return [*lines, "", "![accuracy vs epochs](accuracy-vs-epochs.png)"]
 
 
-# ---- online-vs-offline --------------------------------------------------------------------------------------------
-
-ONLINE, OFFLINE = "online-k200", ("kmim-pixels-k200", "kmim-maefeat-k200", "mae-normpix")
-ONLINE_METRICS = (*METRICS[:2], ("attentive_top1", "attentive probe"), METRICS[2])
-
-
-def _gap(a: list[float], b: list[float]) -> tuple[float, float]:
-    gap = float(np.mean(a) - np.mean(b))
-    se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if min(len(a), len(b)) > 1 else np.nan
-    return gap, se
-
-
-def online_rules(records: list[dict[str, Any]]) -> list[str]:
-    groups = {r["group"] for r in records}
-    if ONLINE not in groups:
-        return ["The online arm has no record yet: no verdict."]
-    out = []
-    for key, label in ONLINE_METRICS:
-        by = _by_group(records, key)
-        parts = []
-        for other in (g for g in OFFLINE if g in groups):
-            gap, se = _gap(by[ONLINE], by[other])
-            behind = "MAE ahead" if other == "mae-normpix" else "offline ahead"
-            word = "online ahead" if gap > 2 * se else behind if gap < -2 * se else "not resolved"
-            parts.append(f"online − {other} = {gap:+.1f} (SE {se:.1f}): **{word}**")
-        out.append(f"{label}: " + "; ".join(parts) + ".")
-    out.extend(_collapse_lines(records))
-    tc = _tcas_ends(records)
-    if ONLINE in tc:
-        first, final = tc[ONLINE]
-        offline = ", ".join(f"{g} {tc[g][1]:.4f}" for g in OFFLINE if g in tc)
-        out.append(f"TCAS of the online targets: epoch 1 {first:.4f} → last {final:.4f} (offline: {offline}).")
-    return [*out, f"Noise: {_noise(records)}; 2 seeds per method (± is their sd)."]
-
-
-def _collapse_lines(records: list[dict[str, Any]]) -> list[str]:
-    """What the logs can say about a collapse. Sinkhorn-Knopp balances the targets by construction, so the share of
-    the K ids their argmax uses cannot show one; the teacher's own argmax before Sinkhorn (logged from 2026-12-07,
-    `teacher_curve`) can: collapse is named when it uses under 10 % of the ids in the last epoch (the rule declared
-    for the targets in issue 20, moved to the teacher in issue 28)."""
-    online = [r for r in records if r["group"] == ONLINE]
-    last = [r["targets_curve"][-1][1] for r in online if r.get("targets_curve")]
-    out = []
-    if last:
-        out.append(
-            f"Sinkhorn targets in the last epoch use {100 * min(last):.0f}–{100 * max(last):.0f} % of the K ids "
-            "(hard argmax): balanced by construction, so this cannot detect a collapse."
-        )
-    teacher = [r["teacher_curve"][-1][1] for r in online if r.get("teacher_curve")]
-    if teacher:
-        word = "**collapsed**" if min(teacher) < 0.1 else "not collapsed"
-        out.append(
-            f"The teacher's own argmax (before Sinkhorn) uses {100 * min(teacher):.0f}–{100 * max(teacher):.0f} % "
-            f"of the K ids in the last epoch: {word} (rule: under 10 %)."
-        )
-    elif last:
-        out.append("The teacher's argmax before Sinkhorn was not logged by these runs: collapse is not measured.")
-    return out
-
-
-def _tcas_ends(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Per group, the mean over seeds of the targets' TCAS at the first and last logged epoch."""
-    by: dict[str, list[tuple[float, float]]] = {}
-    for r in records:
-        if r.get("tcas_curve"):
-            by.setdefault(r["group"], []).append((r["tcas_curve"][0][1], r["tcas_curve"][-1][1]))
-    return {g: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))) for g, v in by.items()}
-
-
-def _mean_tcas_curves(records: list[dict[str, Any]], col: int) -> dict[str, list[tuple[int, float]]]:
-    by: dict[str, dict[int, list[float]]] = {}
-    for r in records:
-        for row in r.get("tcas_curve", []):
-            by.setdefault(r["group"], {}).setdefault(int(row[0]), []).append(row[col])
-    return {g: [(e, float(np.mean(v))) for e, v in sorted(d.items())] for g, d in by.items()}
-
-
-def online_tables(records: list[dict[str, Any]], out: Path) -> list[str]:
-    lines = [
-        "## Methods (mean ± sd over seeds)",
-        "",
-        "| method | TCAS (last epoch) | NMI | kNN | linear probe | attentive probe | low-shot |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    tc = _tcas_ends(records)
-    for g in dict.fromkeys(r["group"] for r in records):
-        rows = [r for r in records if r["group"] == g]
-        nmi = [r["tcas_curve"][-1][2] for r in rows if r.get("tcas_curve")]
-        cells = [_mean_sd([r[m] for r in rows]) for m, _ in ONLINE_METRICS]
-        t = f"{tc[g][1]:.4f}" if g in tc else "–"
-        n = f"{np.mean(nmi):.4f}" if nmi else "–"
-        lines.append(f"| {g} | {t} | {n} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in cells) + " |")
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, col, label in ((axes[0], 1, "TCAS (lower = more class-specific)"), (axes[1], 2, "NMI(tokens; labels)")):
-        for g, pts in _mean_tcas_curves(records, col).items():
-            ax.plot([e for e, _ in pts], [v for _, v in pts], label=g)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{label}, targets' hard ids")
-    for r in records:
-        if r["group"] == ONLINE and r.get("targets_curve"):
-            pts = r["targets_curve"]
-            axes[2].plot([p[0] for p in pts], [p[1] for p in pts], label=f"seed {r['seed']}")
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("online: fraction of the K ids used as targets")
-    axes[0].legend()
-    axes[2].legend()
-    _save(fig, out / "targets-over-epochs.png")
-    return [*lines, "", "![TCAS, NMI and prototype use over epochs](targets-over-epochs.png)"]
-
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -495,12 +380,12 @@ RULES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "k-ablation": k_rules,
     "vs-mae": vs_mae_rules,
     "finetune-recipe": recipe_rules,
-    "online-vs-offline": online_rules,
+    "online-vs-offline": online.rules,
 }
 TABLES: dict[str, Callable[[list[dict[str, Any]], Path], list[str]]] = {
     "tcas-vs-probe": tcas_tables,
     "k-ablation": k_tables,
     "vs-mae": vs_mae_tables,
     "finetune-recipe": recipe_tables,
-    "online-vs-offline": online_tables,
+    "online-vs-offline": online.tables,
 }

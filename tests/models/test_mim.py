@@ -139,3 +139,33 @@ def test_predict_fraction_subsamples_the_masked_patches():
     pred_mae, ids_mae = mae(imgs, 0.75, noise, masked_only=True)
     full, _ = mae(imgs, 0.75, noise, masked_only=False)  # (2, 16, 5) in image order
     assert torch.allclose(pred_mae, torch.gather(full, 1, ids_mae[..., None].expand(-1, -1, 5)), atol=1e-6)
+
+
+def test_cosine_head_logits_are_cosines_with_its_directions():
+    from kmim.models.mim import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(8, 5)
+    x = torch.randn(3, 4, 8)  # (B, P, D)
+    v = head.linear.parametrizations.weight.original1.detach()  # (K, D)
+    want = torch.nn.functional.cosine_similarity(x[..., None, :], v, dim=-1)  # (B, P, K)
+    assert torch.allclose(head(x), want, atol=1e-6)
+    assert head(x).abs().max() <= 1.0 + 1e-6 and head.linear.bias is None
+    assert torch.allclose(head(5.0 * x), head(x), atol=1e-6)  # the input's scale does not matter
+    with torch.no_grad():
+        head.linear.parametrizations.weight.original0.fill_(2.0)  # g scales each logit, and is trainable
+    assert torch.allclose(head(x), 2 * want, atol=1e-5)
+    assert head.linear.parametrizations.weight.original0.requires_grad
+
+
+def test_cosine_head_in_the_model_keeps_capis_init():
+    spec = resolve_spec(
+        ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_heads=2, head="cosine")
+    )
+    torch.manual_seed(0)
+    m = build_mim(spec, 16, 1, out_dim=50)
+    w = m.decoder.head.linear.parametrizations.weight
+    assert torch.equal(w.original0, torch.ones(50, 1))  # g = 1: cosines
+    assert 0.015 < float(w.original1.std()) < 0.025  # v ~ trunc_normal(0.02), not MAE's xavier (std ~0.19 here)
+    pred, _ = m(torch.randn(2, 1, 16, 16), 0.75, masked_only=True)
+    assert pred.shape == (2, 12, 50) and pred.abs().max() <= 1 + 1e-5

@@ -54,11 +54,13 @@ def test_study_writes_every_file(study, tmp_path, capsys):
         assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
         assert "Fine-tuning (3 seeds)" in report and "## Linear probe vs epochs" in report
         assert (out / "runs" / "kmim-pixels-k200-s0-finetune" / "results.json").is_file()
-    if study == "online-vs-offline":  # attentive probe and TCAS curves for every arm; MAE has no tokens
+    if study == "online-vs-offline":  # attentive probe for every arm, the teacher of the online ones, their curves
         recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-        assert all(r["attentive_top1"] is not None for r in recs)
-        assert all(bool(r["tcas_curve"]) == (r["target"] != "pixels") for r in recs)
-        assert "online − kmim-pixels-k200" in verdicts and (out / "targets-over-epochs.png").is_file()
+        assert all(r["attentive_top1"] is not None and set(r["pools"]["student"]) == {"cls", "mean"} for r in recs)
+        online = [r for r in recs if r["target"] == "online-clusters"]
+        assert len(online) == 6 and all(r["networks"] == ["student", "teacher"] for r in online)
+        assert all(bool(r["tcas_curve"]) == (r["target"] == "online-clusters") for r in recs)
+        assert "student − kmim-pixels-k50 = " in verdicts and (out / "online-over-epochs.png").is_file()
 
 
 @pytest.mark.slow  # >= 7 s on 2 cores; runs in make test-all
@@ -136,37 +138,6 @@ def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders
     best = max(recs, key=lambda r: r["held_out_top1"])
     report = (out / "report.md").read_text()
     assert f"Chosen recipe: **{best['arm']}**" in report
-
-
-def _online_record(group, seed, knn, used=0.5, tcas=(0.9, 0.8), teacher=None):
-    return {
-        **({"teacher_curve": [[1, 1.0, 50.0, 0.5, 10.0], [2, teacher, 3.0, 0.2, 10.0]]} if teacher is not None else {}),
-        "group": group,
-        "seed": seed,
-        "knn_top1": knn,
-        "linear_probe_top1": knn,
-        "attentive_top1": knn,
-        "lowshot_top1": knn,
-        "n_test": 1000,
-        "tcas_curve": [[1, tcas[0], 0.1, 1.0], [2, tcas[1], 0.2, 1.0]],
-        "targets_curve": [[1, 1.0, 50.0], [2, used, 20.0]],
-    }
-
-
-def test_online_rules_name_the_leader_and_collapse():
-    from kmim.studies.study_rules import online_rules
-
-    recs = [_online_record("online-k200", s, 80.0 + s, used=1.0, teacher=0.05) for s in (0, 1)]
-    recs += [_online_record("kmim-pixels-k200", s, 70.0 + s) for s in (0, 1)]
-    recs += [_online_record("mae-normpix", s, 80.5 + s) for s in (0, 1)]
-    lines = online_rules(recs)
-    assert "online − kmim-pixels-k200 = +10.0 (SE 0.7): **online ahead**" in lines[0]
-    assert "online − mae-normpix = -0.5 (SE 0.7): **not resolved**" in lines[0]
-    assert any("balanced by construction, so this cannot detect a collapse" in line for line in lines)
-    assert any("before Sinkhorn) uses 5–5 % of the K ids in the last epoch: **collapsed**" in line for line in lines)
-    assert any("epoch 1 0.9000 → last 0.8000" in line for line in lines)
-    old = online_rules([_online_record("online-k200", s, 80.0 + s, used=0.05) for s in (0, 1)])  # before 2026-12-07
-    assert any("collapse is not measured" in line for line in old) and not any("**collapsed**" in x for x in old)
 
 
 def _tcas_record(group: str, seed: int, tcas: float | None, knn: float) -> dict:
