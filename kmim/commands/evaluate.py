@@ -12,6 +12,7 @@ from kmim.argtypes import add_config_arguments, print_json
 from kmim.engine.dist import agree, in_process_group, is_main, local_device, resolve_device
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
+from kmim.eval.resume import probe_checkpoint, run_dir_of
 from kmim.resolve import check_batch, load_run_config
 from kmim.runinfo import write_json
 
@@ -55,11 +56,12 @@ def evaluate(
     encoder, cfg, checkpoint = agree(
         lambda: _encoder_and_config(path, random_init, config, overrides=overrides, network=network)
     )
+    ck = None
     if "probe" in methods and cfg.eval.probe in ("lars", "attentive"):
         agree(lambda: check_batch(cfg, "eval" if cfg.eval.probe == "lars" else "attentive"))
-    res = evaluate_encoder(
-        encoder, cfg, methods, device=str(local_device(resolve_device(cfg.train.device))), progress=progress
-    )
+        ck = None if random_init else probe_checkpoint(Path(checkpoint), cfg, network)
+    device = str(local_device(resolve_device(cfg.train.device)))
+    res = evaluate_encoder(encoder, cfg, methods, device=device, progress=progress, checkpoint=ck)
     res["checkpoint"], res["network"] = checkpoint, network
     if is_main() and not random_init:
         record(Path(checkpoint), tuple(m if network == "student" else f"{m}_teacher" for m in methods), res)
@@ -69,8 +71,8 @@ def evaluate(
 def record(checkpoint: Path, methods: tuple[str, ...], res: dict[str, Any]) -> None:
     """Keep the result in the run directory's evaluations.json ({method: result}, the latest per method), where
     `kmim export` and readers find it; encoders outside a run directory are not recorded."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    if not (run_dir / "config.yaml").is_file():
+    run_dir = run_dir_of(checkpoint)
+    if run_dir is None:
         return
     path = run_dir / "evaluations.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}

@@ -15,6 +15,7 @@ from kmim.eval.features import extract_features, load_encoder, pool_tokens
 from kmim.eval.knn import knn_top1
 from kmim.eval.lars import RECIPE, lars_probe
 from kmim.eval.probe import linear_probe, probe_recipe
+from kmim.eval.resume import ProbeCheckpoint
 from kmim.models import build_mim, resolve_spec
 
 if TYPE_CHECKING:
@@ -57,11 +58,13 @@ def evaluate_encoder(
     *,
     device: str = "cpu",
     progress: bool = True,
+    checkpoint: ProbeCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Top-1 (%) on the test split for each method, for every pool; `pool` records cfg.eval.pool, the headline one.
     The kNN and the default probe read cached eval-view features; eval.probe=lars trains through the encoder on
     augmented crops (the headline pool only) and extracts no train features of its own; eval.probe=attentive
-    trains attention-pooling heads on the patch tokens the same way (`attentive_top1`, no pool)."""
+    trains attention-pooling heads on the patch tokens the same way (`attentive_top1`, no pool). Those two keep
+    `checkpoint` when given (kmim.eval.resume)."""
     e = cfg.eval
     out: dict[str, Any] = {"pool": e.pool}
     lars = "probe" in methods and e.probe == "lars"
@@ -69,7 +72,7 @@ def evaluate_encoder(
     if "knn" in methods or ("probe" in methods and e.probe == "adamw"):
         out.update(_cached_feature_methods(encoder, cfg, methods, device=device, progress=progress))
     if attentive:
-        ap = attentive_probe(encoder, cfg, device, progress=progress)
+        ap = attentive_probe(encoder, cfg, device, progress=progress, checkpoint=checkpoint)
         out.update(
             attentive_top1=ap["top1"],
             attentive_held_out_top1=ap["held_out_top1"],
@@ -80,7 +83,7 @@ def evaluate_encoder(
             attentive_probe=ATTENTIVE_RECIPE,
         )
     if lars:
-        lp = lars_probe(encoder, cfg, device, progress=progress)
+        lp = lars_probe(encoder, cfg, device, progress=progress, checkpoint=checkpoint)
         out.setdefault(e.pool, {}).update(
             linear_probe_top1=lp["top1"],
             linear_probe_best_top1=lp["best_top1"],

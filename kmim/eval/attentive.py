@@ -37,8 +37,10 @@ from kmim.engine.dist import all_reduce_mean, all_reduce_sum, get_rank, get_worl
 from kmim.engine.finetune import holdout_split
 from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import Schedule, set_lr
+from kmim.engine.preempt import catch_preemption
 from kmim.engine.trainer import autocast_ctx
 from kmim.errors import KmimError
+from kmim.eval.resume import Position, ProbeCheckpoint
 from kmim.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -94,10 +96,16 @@ def _optimizer(heads: nn.ModuleList, grid: list[tuple[float, float]], global_bat
 
 
 def attentive_probe(
-    encoder: nn.Module, cfg: RunConfig, device: str | torch.device, *, progress: bool = True
+    encoder: nn.Module,
+    cfg: RunConfig,
+    device: str | torch.device,
+    *,
+    progress: bool = True,
+    checkpoint: ProbeCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Train every head of the lr x wd grid on augmented crops of train minus the held-out part; return the test
-    top-1 (%) of the head with the best held-out top-1, with the grid's held-out numbers."""
+    top-1 (%) of the head with the best held-out top-1, with the grid's held-out numbers. With a `checkpoint` it
+    continues from it, saves after every epoch and stops cleanly on a preemption signal."""
     e, dev = cfg.eval, torch.device(device)
     plan = plan_batch(cfg, "attentive", get_world_size())
     train, info = build_dataset(cfg.data, "train")
@@ -122,39 +130,38 @@ def attentive_probe(
     opt = _optimizer(heads, grid, plan.global_batch)
     schedule = Schedule(1.0, e.attentive_epochs * spe, e.attentive_warmup_epochs * spe)
     loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, device=dev)
+    ck = checkpoint or ProbeCheckpoint(None, "", cfg)
+    pos = ck.restore(heads, opt)
     if progress:
+        again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
         tqdm.write(
             f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
-            f"{e.attentive_epochs} epochs"
+            f"{e.attentive_epochs} epochs{again}"
         )
-    t0 = time.perf_counter()
-    for epoch in range(e.attentive_epochs):
-        sampler.set_epoch(epoch)
-        batches = iter(loader)
-        bar = progress_bar(
-            range(spe), desc=f"attentive probe {epoch + 1}/{e.attentive_epochs}", disable=not progress, leave=False
-        )
-        for s in bar:
-            loss = _step(
-                encoder,
-                heads,
-                opt,
-                lr=schedule(epoch * spe + s),
-                batches=batches,
-                accum=plan.accum,
-                device=dev,
-                step=epoch * spe + s,
-            )
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if progress:
-            left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
-            tqdm.write(
-                f"attentive probe epoch {epoch + 1}/{e.attentive_epochs}  loss {loss:.4f}  (about {left:.0f} min left)"
-            )
+    t0, first = time.perf_counter(), pos.epoch
+    with catch_preemption():
+        for epoch in range(pos.epoch, e.attentive_epochs):
+            start = pos.step if epoch == first else 0
+            sampler.set_epoch(epoch, skip=start * plan.accum)
+            batches, loss = iter(loader), math.nan
+            desc = f"attentive probe {epoch + 1}/{e.attentive_epochs}"
+            bar = progress_bar(range(start, spe), desc=desc, disable=not progress, leave=False)
+            for s in bar:
+                step = epoch * spe + s
+                loss = _step(
+                    encoder, heads, opt, lr=schedule(step), batches=batches, accum=plan.accum, device=dev, step=step
+                )
+                bar.set_postfix(loss=f"{loss:.4f}")
+                ck.check_stop(heads, opt, Position(epoch, s + 1), "attentive probe")
+            ck.save(heads, opt, Position(epoch + 1, 0))
+            if progress:
+                left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
+                tqdm.write(f"{desc}  loss {loss:.4f}  (about {left:.0f} min left)")
     held_top1 = _top1(encoder, heads, held, cfg=cfg, device=dev, progress=progress, name="held-out")
     best = max(range(len(grid)), key=held_top1.__getitem__)
     test, _ = build_dataset(cfg.data, "test")
     test_top1 = _top1(encoder, heads[best : best + 1], test, cfg=cfg, device=dev, progress=progress, name="test")[0]
+    ck.finish()
     return {
         "top1": test_top1,
         "held_out_top1": held_top1[best],

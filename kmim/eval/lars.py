@@ -36,11 +36,13 @@ from kmim.data.transforms import lars_probe_transform
 from kmim.engine.dist import all_gather_cat, gather_in_order, get_rank, get_world_size
 from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import Schedule, set_lr
+from kmim.engine.preempt import catch_preemption
 from kmim.engine.probe import probe_head
 from kmim.engine.trainer import autocast_ctx
 from kmim.errors import KmimError
 from kmim.eval.features import pool_tokens
 from kmim.eval.knn import top1
+from kmim.eval.resume import Position, ProbeCheckpoint
 from kmim.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -85,9 +87,15 @@ def test_features(
 
 
 def lars_probe(
-    encoder: nn.Module, cfg: RunConfig, device: str | torch.device, *, progress: bool = True
+    encoder: nn.Module,
+    cfg: RunConfig,
+    device: str | torch.device,
+    *,
+    progress: bool = True,
+    checkpoint: ProbeCheckpoint | None = None,
 ) -> dict[str, Any]:
-    """Top-1 (%) on the test split of MAE's linear probe on the feature eval.pool: the final epoch's and the best."""
+    """Top-1 (%) on the test split of MAE's linear probe on the feature eval.pool: the final epoch's and the best.
+    With a `checkpoint` it continues from it, saves after every epoch and stops cleanly on a preemption signal."""
     e, dev = cfg.eval, torch.device(device)
     plan = plan_batch(cfg, "eval", get_world_size())
     train, info = build_dataset(cfg.data, "train")
@@ -110,30 +118,37 @@ def lars_probe(
     lr = e.lars_base_lr * plan.global_batch / 256
     opt = lars_optimizer(head, lr)
     schedule = Schedule(lr, e.lars_epochs * spe, e.lars_warmup_epochs * spe)
+    ck = checkpoint or ProbeCheckpoint(None, "", cfg)
+    pos = ck.restore(head, opt)
     if progress:
-        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars_epochs} epochs")
-    history: list[float] = []
-    t0 = time.perf_counter()
-    for epoch in range(e.lars_epochs):
-        sampler.set_epoch(epoch)
-        batches = iter(loader)
-        bar = progress_bar(
-            range(spe), desc=f"lars probe {epoch + 1}/{e.lars_epochs}", disable=not progress, leave=False
-        )
-        for s in bar:
-            x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
-            loss = _head_step(head, opt, schedule(epoch * spe + s), x=x, y=y, step=epoch * spe + s)
-            bar.set_postfix(loss=f"{loss:.4f}")
-        head.eval()
-        with torch.no_grad():
-            history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))
-        head.train()
-        if progress:
-            left = (e.lars_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1) / 60
-            tqdm.write(
-                f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
-                f"  (about {left:.0f} min left)"
+        again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
+        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars_epochs} epochs{again}")
+    history, t0, first = pos.history, time.perf_counter(), pos.epoch
+    with catch_preemption():
+        for epoch in range(pos.epoch, e.lars_epochs):
+            start = pos.step if epoch == first else 0
+            sampler.set_epoch(epoch, skip=start * plan.accum)
+            batches, loss = iter(loader), math.nan
+            bar = progress_bar(
+                range(start, spe), desc=f"lars probe {epoch + 1}/{e.lars_epochs}", disable=not progress, leave=False
             )
+            for s in bar:
+                x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
+                loss = _head_step(head, opt, schedule(epoch * spe + s), x=x, y=y, step=epoch * spe + s)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                ck.check_stop(head, opt, Position(epoch, s + 1, history), "lars probe")
+            head.eval()
+            with torch.no_grad():
+                history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))
+            head.train()
+            ck.save(head, opt, Position(epoch + 1, 0, history))
+            if progress:
+                left = (e.lars_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
+                tqdm.write(
+                    f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
+                    f"  (about {left:.0f} min left)"
+                )
+    ck.finish()
     best = max(range(len(history)), key=history.__getitem__)
     return {
         "top1": history[-1],

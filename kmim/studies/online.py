@@ -94,9 +94,10 @@ def network_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, 
     from kmim.eval import load_encoder, split_features
     from kmim.eval.attentive import attentive_probe
     from kmim.eval.lowshot import low_shot_probe
+    from kmim.eval.resume import probe_checkpoint
     from kmim.studies.study import DRAWS, SHOTS, _knn_and_probe
 
-    enc = load_encoder(run_dir, network)[0]
+    enc, info = load_encoder(run_dir, network)
     (trf, try_), (tef, tey), n_cls = split_features(enc, cfg, device, progress=progress)
     pools = {}
     for pool in trf:
@@ -104,7 +105,8 @@ def network_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, 
         pools[pool] = {"knn": knn, "probe": probe}
     tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
     low = low_shot_probe(tr, try_, te, test_labels=tey, shots=SHOTS, draws=DRAWS, seed=cfg.train.seed)
-    att = attentive_probe(enc, cfg, device, progress=progress)
+    ck = probe_checkpoint(Path(info["checkpoint"]), cfg, network, "attentive")  # a preempted study continues its probe
+    att = attentive_probe(enc, cfg, device, progress=progress, checkpoint=ck)
     return {
         "knn_top1": pools[cfg.eval.pool]["knn"],
         "linear_probe_top1": pools[cfg.eval.pool]["probe"],
