@@ -16,7 +16,7 @@ from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan
 from kmim.data import DATASETS
 from kmim.data.datasets import FOLDER_DATASETS
 from kmim.data.subsets import CLASS_LISTS
-from kmim.engine.dist import get_rank, get_world_size
+from kmim.engine.dist import broadcast_object, get_rank, get_world_size, on_main
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec
@@ -113,17 +113,25 @@ def check_images(
     processes and data.num_workers workers; one line for the first bad file. Returns the scan's key, for the run
     directory's image_scan.json (a later scan of the same files is skipped); None for other datasets. `min_side`
     defaults to the patch size (pretraining's least side)."""
-    from kmim.data import build_dataset
+    from kmim.data import build_dataset, listing
     from kmim.data.scan import scan_headers
 
     if cfg.data.name not in FOLDER_DATASETS:
         return None
     listed = replace(cfg.data, cache="none")  # the file list alone (the RAM cache would decode here)
-    paths = [path for split in splits for path, _ in build_dataset(listed, split)[0].samples]  # type: ignore[attr-defined]
+
+    def walk() -> dict[str, listing.Stamped]:  # rank 0: one walk of each split, sent to the others
+        return listing.kept([str(build_dataset(listed, s)[0].root) for s in splits])  # type: ignore[attr-defined]
+
+    listing.keep(broadcast_object(on_main(walk)))
+    folders = [build_dataset(listed, split)[0] for split in splits]  # the kept listings: no walk here
+    paths = [path for ds in folders for path, _ in ds.samples]  # type: ignore[attr-defined]
+    stamps = [listing.kept([str(ds.root)])[str(ds.root)][0] for ds in folders]  # type: ignore[attr-defined]
     side = resolve_spec(cfg.model).patch_size if min_side is None else min_side
     problem, key = scan_headers(
         paths,
         side,
+        stamps,
         rank=get_rank(),
         world=get_world_size(),
         workers=cfg.data.num_workers,

@@ -16,6 +16,7 @@ from torchvision import datasets as tvd
 
 from kmim.config import DataConfig
 from kmim.data.decoded import decoded_folder
+from kmim.data.listing import ListedImageFolder
 from kmim.data.mnist5k import load_mnist5k
 from kmim.data.subsets import warn_if_other_classes
 from kmim.data.transforms import eval_transform, pretrain_transform
@@ -240,7 +241,7 @@ def _diff(sides: list[tuple[Path, list[str]]]) -> str:
 def _imagefolder(cfg: DataConfig, split: str, min_side: int = 1) -> tuple[Dataset[Any], DatasetInfo]:
     folder = _split_folder(cfg, split)
     try:
-        ds = tvd.ImageFolder(str(folder), loader=_CheckedLoader(min_side), allow_empty=False)
+        ds: Any = ListedImageFolder(str(folder), loader=_CheckedLoader(min_side), allow_empty=False)
     except FileNotFoundError as e:
         raise KmimError(f"{folder}: {str(e).splitlines()[0]}: every class folder needs at least one image") from None
     if cfg.cache == "ram":

@@ -1,15 +1,15 @@
 """A header scan of an ImageFolder split before any work: every file opens as an image (PIL reads its header, not
 its pixels) and is at least one patch wide. Split over processes (rank r takes files r, r + world, ...) and
-DataLoader workers, with progress; a clean scan is cached against the file list (paths, sizes, mtimes), so a resumed
-run does not scan again. A file whose pixels are damaged past its header is still found when it is decoded, with the
-same one-line error.
+DataLoader workers, with progress; a clean scan is cached against the file list (its paths and the modification
+times of the split and class folders: kmim.data.listing's stamp, no `stat` per image), so a resumed or requeued run
+does not scan again. A file rewritten in place under the same name, or whose pixels are damaged past its header, is
+found when it is decoded, with the same one-line error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +45,25 @@ class _Headers(Dataset[str]):
         return header_problem(self.paths[i], self.min_side) or ""
 
 
-def file_list_digest(paths: list[str]) -> str:
-    """sha256 of every path with its size and mtime: it changes when a file is added, removed or rewritten."""
+def file_list_digest(paths: list[str], stamps: list[tuple[int, ...]]) -> str:
+    """sha256 of every path and of the folders' stamps: it changes when a file is added, removed or renamed."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{p}\n".encode())
+    for st in stamps:
+        h.update(f"{st}\n".encode())
     return h.hexdigest()
 
 
-def scan_key(paths: list[str], min_side: int) -> dict[str, Any]:
+def scan_key(paths: list[str], min_side: int, stamps: list[tuple[int, ...]]) -> dict[str, Any]:
     """What a clean scan is recorded against (image_scan.json in a run directory)."""
-    return {"files": len(paths), "min_side": min_side, "digest": file_list_digest(paths)}
+    return {"files": len(paths), "min_side": min_side, "digest": file_list_digest(paths, stamps)}
 
 
 def scan_headers(
     paths: list[str],
     min_side: int,
+    stamps: list[tuple[int, ...]],
     *,
     rank: int = 0,
     world: int = 1,
@@ -71,7 +73,7 @@ def scan_headers(
 ) -> tuple[str | None, dict[str, Any]]:
     """(the first problem among this process's share of `paths` or None, the scan's key). A clean scan recorded in
     `cache` for the same key is trusted without reading the files again."""
-    key = scan_key(paths, min_side)
+    key = scan_key(paths, min_side, stamps)
     if cache is not None and cache.is_file() and json.loads(cache.read_text()) == key:
         return None, key
     mine = paths[rank::world]
