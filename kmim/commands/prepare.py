@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="copy only the class folders of a named list (in100: the paper's ImageNet-100, CMC's subset of "
         "ImageNet-1k), e.g. kmim prepare /data/imagenet --out /data/in100 --classes in100",
     )
+    p.add_argument(
+        "--resize-val",
+        action="store_true",
+        help="resize val/ as well (default: val/ is copied byte for byte, so evaluation reads the original images)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -55,10 +60,16 @@ def _check(src: Path, dst: Path, spec: PrepareSpec, *, workers: int, classes: st
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents or d in s.parents:
         raise KmimError(f"--out {dst} overlaps the source {src}: write the copy to a separate folder")
-    record = {"source": str(s), "short_side": spec.short_side, "quality": spec.quality, "classes": classes}
+    record = {
+        "source": str(s),
+        "short_side": spec.short_side,
+        "quality": spec.quality,
+        "classes": classes,
+        "resize_val": spec.resize_val,
+    }
     saved = dst / "prepare.json"
     if saved.is_file():
-        old = json.loads(saved.read_text())
+        old = {"resize_val": True, **json.loads(saved.read_text())}  # copies made before the option resized val/
         if {k: old.get(k) for k in record} != record:
             raise KmimError(f"{dst} holds a copy made with other settings ({saved}): choose another --out")
     elif dst.exists() and any(dst.iterdir()):
@@ -85,7 +96,7 @@ def _subset(src: Path, files: list[Path], name: str) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src).expanduser(), Path(args.out).expanduser()
-    spec = PrepareSpec(args.short_side, args.quality)
+    spec = PrepareSpec(args.short_side, args.quality, resize_val=args.resize_val)
     record = _check(src, dst, spec, workers=args.workers, classes=args.classes)
     files = list_images(src)
     if args.classes:
@@ -107,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         written += size
     write_json(dst / "prepare.json", {**record, "files": len(files), "complete": True})
     print(
-        f"prepared {len(files):,} images under {dst} (short side {spec.short_side}, {written / 2**20:.1f} MiB "
-        f"written this run): use data.root={dst}"
+        f"prepared {len(files):,} images under {dst} (short side {spec.short_side}"
+        f"{'' if spec.resize_val else ', val/ as it is'}, {written / 2**20:.1f} MiB written this run): "
+        f"use data.root={dst}"
     )
     return 0

@@ -1,8 +1,11 @@
-"""A one-time resized copy of an ImageFolder tree (`kmim prepare`): every image with a short side above `short_side`
-is decoded (with libjpeg's DCT-domain downscaling via PIL's `draft`), resized with antialiasing to that short side
-and written as JPEG; smaller images are copied byte for byte. File names and folders are kept, so the copy lists
-the same samples in the same order (the per-sample seeds, hence the views, are unchanged). Decoding a 256-px copy
-costs a fraction of a full-size ImageNet JPEG (~500 x 375), which is what the training loader spends its cores on.
+"""A one-time resized copy of an ImageFolder tree (`kmim prepare`): every training image with a short side above
+`short_side` is decoded (with libjpeg's DCT-domain downscaling via PIL's `draft`), resized with antialiasing to that
+short side and written as JPEG; smaller images, and by default every file of val/ (so the probes and fine-tuning are
+scored on the original validation images, as published numbers are), are copied byte for byte. Every file is
+decoded in full first, so an image damaged past its header is refused here rather than copied. File names and
+folders are kept, so the copy lists the same samples in the same order (the per-sample seeds, hence the views, are
+unchanged). Decoding a 256-px copy costs a fraction of a full-size ImageNet JPEG (~500 x 375), which is what the
+training loader spends its cores on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 class PrepareSpec:
     short_side: int = 256  # target short side in pixels
     quality: int = 90  # JPEG quality of resized images
+    resize_val: bool = False  # also resize val/ (False: val/ is copied byte for byte)
 
 
 def list_images(src: Path) -> list[Path]:
@@ -35,16 +39,16 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def prepare_one(src: Path, dst: Path, spec: PrepareSpec) -> tuple[int, str | None]:
-    """Write the resized (or copied) `src` to `dst` through a temporary file: (bytes written, None), or (0, what
-    went wrong) for an unreadable image. An existing `dst` is a finished file (every write is a rename) and is
-    kept."""
+def prepare_one(src: Path, dst: Path, spec: PrepareSpec, *, copy: bool = False) -> tuple[int, str | None]:
+    """Write the resized (or, when small or `copy`, copied) `src` to `dst` through a temporary file: (bytes written,
+    None), or (0, what went wrong) for an unreadable image. An existing `dst` is a finished file (every write is a
+    rename) and is kept."""
     if dst.exists():
         return 0, None
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
-        _write(src, tmp, spec)
+        _write(src, tmp, spec, copy=copy)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         tmp.unlink(missing_ok=True)
         return 0, f"{src}: cannot read the image ({str(e).splitlines()[0]}): remove or replace the file"
@@ -52,9 +56,10 @@ def prepare_one(src: Path, dst: Path, spec: PrepareSpec) -> tuple[int, str | Non
     return dst.stat().st_size, None
 
 
-def _write(src: Path, tmp: Path, spec: PrepareSpec) -> None:
+def _write(src: Path, tmp: Path, spec: PrepareSpec, *, copy: bool = False) -> None:
     with Image.open(src) as im:
-        if min(im.size) <= spec.short_side:
+        if copy or min(im.size) <= spec.short_side:
+            im.load()  # the whole image decodes (a file cut or damaged past its header raises here)
             shutil.copyfile(src, tmp)
         else:
             size = resized_size(*im.size, spec.short_side)
@@ -74,4 +79,6 @@ class PrepareJobs(Dataset[tuple[int, str | None]]):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, str | None]:
-        return prepare_one(self.src / self.files[i], self.dst / self.files[i], self.spec)
+        rel = self.files[i]
+        copy = not self.spec.resize_val and rel.parts[0] == "val"
+        return prepare_one(self.src / rel, self.dst / rel, self.spec, copy=copy)

@@ -61,7 +61,7 @@ def demo_overrides(data: str, data_root: str | None) -> list[str]:
     if not data_root:
         raise KmimError(
             "kmim demo --data imagenette needs --data-root DIR: Imagenette's folder (train/ and val/), best a 72-px "
-            "copy made once with `kmim prepare SRC --out DIR --short-side 72`"
+            "copy made once with `kmim prepare SRC --out DIR --short-side 72 --resize-val`"
         )
     return [*IMAGENETTE, f"data.root={data_root}"]
 

@@ -24,7 +24,8 @@ def test_prepare_resizes_the_short_side_and_keeps_the_samples(tmp_path, capsys):
     assert main(["prepare", str(src), "--out", str(dst), "--short-side", "64", "--workers", "1", "-q"]) == 0
     assert Image.open(dst / "train/a/0.JPEG").size == (96, 64) and Image.open(dst / "train/a/1.JPEG").size == (64, 96)
     assert (dst / "train/b/0.JPEG").read_bytes() != (src / "train/b/0.JPEG").read_bytes()  # 100 x 80 -> 80 x 64
-    assert Image.open(dst / "val/b/1.JPEG").size == (64, 80)
+    assert (dst / "val/b/1.JPEG").read_bytes() == (src / "val/b/1.JPEG").read_bytes()  # val/ kept as it is
+    assert (dst / "val/a/0.JPEG").read_bytes() == (src / "val/a/0.JPEG").read_bytes()  # (300 x 200: not resized)
     a, _ = build_dataset(load_config(None, ["data.name=imagefolder", f"data.root={src}"]).data, "train")
     b, _ = build_dataset(load_config(None, ["data.name=imagefolder", f"data.root={dst}"]).data, "train")
     assert [p.split("/")[-2:] for p, _ in a.samples] == [p.split("/")[-2:] for p, _ in b.samples]
@@ -35,6 +36,20 @@ def test_prepare_resizes_the_short_side_and_keeps_the_samples(tmp_path, capsys):
     capsys.readouterr()
     assert main(["prepare", str(src), "--out", str(dst), "--short-side", "128"]) == 2
     assert "made with other settings" in capsys.readouterr().err
+    both = tmp_path / "both"
+    assert main(["prepare", str(src), "--out", str(both), "--short-side", "64", "--resize-val", "-q"]) == 0
+    assert Image.open(both / "val/b/1.JPEG").size == (64, 80) and Image.open(both / "val/a/0.JPEG").size == (96, 64)
+
+
+def test_an_image_cut_past_its_header_is_refused_not_copied(tmp_path, capsys):
+    src = _folder(tmp_path / "src")
+    cut = src / "val/a/1.JPEG"  # copied as it is (val/): decoded in full first
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    dst = tmp_path / "dst"
+    assert main(["prepare", str(src), "--out", str(dst), "--workers", "0", "--short-side", "64", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val/a/1.JPEG: cannot read the image" in err[0]
+    assert not (dst / "val/a/1.JPEG").exists() and json.loads((dst / "prepare.json").read_text())["complete"] is False
 
 
 def test_prepare_refuses_overlapping_folders_and_names_a_bad_image(tmp_path, capsys):
