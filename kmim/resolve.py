@@ -101,6 +101,22 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
         )
 
 
+def check_online_k(cfg: RunConfig) -> None:
+    """Online clusters cannot use more prototypes than the training split has patches (Sinkhorn-Knopp would spread
+    each patch over prototypes no patch can ever take)."""
+    if cfg.train.target != "online-clusters":
+        return
+    from kmim.data import build_dataset
+
+    n = len(build_dataset(replace(cfg.data, cache="none"), "train")[0])  # type: ignore[arg-type]
+    side = cfg.data.img_size // resolve_spec(cfg.model).patch_size
+    if cfg.tokenizer.k > n * side**2:
+        raise KmimError(
+            f"tokenizer.k={cfg.tokenizer.k} exceeds the {n * side**2:,} training patches ({n:,} images x {side**2} "
+            "patches) that train.target=online-clusters assigns to prototypes: lower tokenizer.k"
+        )
+
+
 def check_batch(cfg: RunConfig, section: str) -> BatchPlan:
     """The split of `section`'s global batch over this launch's processes (one line if it cannot be split)."""
     return plan_batch(cfg, section, get_world_size())

@@ -303,6 +303,8 @@ def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_th
         capsys,
     )
     _refused([*base, "model.head=cosine"], tmp_path, "model.head=cosine predicts cosines", capsys)
+    online = [*base, "train.target=online-clusters"]  # 24 images x 16 patches
+    _refused([*online, "tokenizer.k=385"], tmp_path, "tokenizer.k=385 exceeds the 384 training patches", capsys)
     if importlib.util.find_spec("wandb") is None:
         _refused([*base, "train.wandb=true"], tmp_path, "train.wandb=true but wandb is not installed", capsys)
 

@@ -68,7 +68,9 @@ def _seconds(env: str, default: float) -> timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise KmimError(f"{env}={raw!r} is not a positive number of seconds: unset it or give e.g. 3600")
+        err = KmimError(f"{env}={raw!r} is not a positive number of seconds: unset it or give e.g. 3600")
+        err.agreed = True  # type: ignore[attr-defined]  # the launcher gave every rank this environment: rank 0 says it
+        raise err
     return timedelta(seconds=seconds)
 
 

@@ -82,6 +82,12 @@ def holdout_split(
     targets = getattr(train, "targets", None)  # ImageFolder, CIFAR; in-memory datasets keep `labels`
     labels = np.asarray(targets if targets is not None else train.labels)  # type: ignore[attr-defined]
     idx = np.arange(len(labels))
+    least = int(np.bincount(labels).min()) if len(labels) else 0
+    if least < 2:
+        raise KmimError(
+            f"finetune.holdout={fraction}: a class has {least} training image(s), and a stratified held-out part "
+            "needs at least 2 per class (one to fit, one to hold out): add images, or finetune.holdout=0"
+        )
     try:
         fit, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as e:

@@ -176,10 +176,13 @@ def attentive_probe(
 def _split(
     train: Dataset[Any], train_eval: Dataset[Any], fraction: float, *, seed: int
 ) -> tuple[Dataset[Any], Dataset[Any]]:
+    """holdout_split under this probe's names: it has no held-out-free mode (its head is chosen on held-out train)."""
     try:
         return holdout_split(train, train_eval, fraction, seed=seed)
     except KmimError as err:
-        raise KmimError(str(err).replace("finetune.holdout", "eval.attentive_holdout")) from None
+        msg = str(err).replace("finetune.holdout", "eval.attentive_holdout")
+        msg = msg.replace(", or eval.attentive_holdout=0", " (the probe chooses its head on held-out train)")
+        raise KmimError(msg.replace(" or eval.attentive_holdout=0", "")) from None
 
 
 def _step(

@@ -80,3 +80,15 @@ def test_main_wait_is_checked():
     finally:
         del os.environ[kd.MAIN_WAIT_ENV]
     assert kd.main_wait().total_seconds() == kd.MAIN_WAIT_S
+
+
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_a_bad_timeout_under_a_launcher_is_said_once_by_rank_0(rank, lines, monkeypatch, capsys):
+    """Every rank reads the same environment: rank 0 prints the line, the others exit 2 quietly (was one per rank)."""
+    from kmim.cli import main
+
+    for k, v in {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, kd.PG_TIMEOUT_ENV: "abc"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["knn", "--random-init", "-q", "data.name=synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == lines and all("KMIM_PG_TIMEOUT_S='abc' is not a positive number" in x for x in err)

@@ -1,6 +1,7 @@
 """The attentive probe (CAPI's): it learns on tiny data, reports its grid and choice, runs as `kmim probe`."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -70,3 +71,25 @@ def test_kmim_probe_with_the_attentive_head_records_its_result(tmp_path):
     res = evaluate(str(run_dir), False, None, overrides=ATT[len(TINY) :], methods=("probe",), progress=False)
     assert 0 <= res["attentive_top1"] <= 100 and res["attentive_probe"].startswith("attentive")
     assert json.loads((run_dir / "evaluations.json").read_text())["probe"]["attentive_top1"] == res["attentive_top1"]
+
+
+@pytest.mark.parametrize(
+    "extra, want",
+    [
+        (
+            ["data.synthetic_per_class=1"],
+            "a class has 1 training image(s), and a stratified held-out part needs at least 2 per class (one to fit, "
+            "one to hold out): add images (the probe chooses its head on held-out train)",
+        ),
+        (
+            ["data.synthetic_per_class=3", "data.synthetic_classes=8", "eval.attentive_holdout=0.05"],
+            "should be greater or equal to the number of classes = 8): use a larger fraction",
+        ),
+    ],
+)
+def test_a_split_too_small_to_hold_out_suggests_a_fix_the_probe_accepts(extra, want):
+    """The hint was 'or eval.attentive_holdout=0', which the config refuses; one image per class needs images."""
+    cfg = load_config(None, [*TINY, *extra, "eval.probe=attentive", "eval.attentive_batch_size=2"])
+    with pytest.raises(KmimError) as err:
+        attentive_probe(random_encoder(cfg, 0), cfg, "cpu", progress=False)
+    assert str(err.value).endswith(want) and not re.search(r"holdout=0(?![.\d])", str(err.value))
