@@ -84,8 +84,9 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
+        full = _disk_full(e, path.parent)  # measured while the temp file still holds its space
         Path(tmp).unlink(missing_ok=True)
-        if _disk_full(e):
+        if full:
             free = shutil.disk_usage(path.parent).free / 2**20
             kept = "keeps its previous content" if path.exists() else "was not written"
             raise KmimError(
@@ -96,11 +97,20 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     _fsync_dir(path.parent)
 
 
-def _disk_full(e: BaseException) -> bool:
-    """An ENOSPC / EDQUOT OSError, or torch.save's RuntimeError for a failed write (it hides the errno)."""
+TORCH_WRITE_ERRORS = ("write failed", "unexpected pos", "iostream error")  # torch.save's RuntimeErrors for a failed
+# write (they hide the errno): "write failed" (torch <= 2.x), "unexpected pos N vs M" and "basic_ios::clear:
+# iostream error" (torch 2.14's inline_container, measured on a full 512 KiB tmpfs)
+FULL_BELOW = 16 * 2**20  # bytes free under which a failed torch write is taken for a full device
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """An ENOSPC / EDQUOT OSError, or one of torch.save's failed-write RuntimeErrors on a device that has (almost)
+    no space left."""
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(e, RuntimeError) and "write failed" in str(e)
+    if not (isinstance(e, RuntimeError) and any(s in str(e) for s in TORCH_WRITE_ERRORS)):
+        return False
+    return shutil.disk_usage(folder).free < FULL_BELOW
 
 
 def _fsync_file(path: str | Path) -> None:

@@ -158,6 +158,8 @@ def export(path: str, out: str, license_id: str = "mit", *, allow_unfinished: bo
         "crop_pct": CROP_PCT,
         "mean": mean,
         "std": std,
+        "tag": "kmim",  # not the architecture's default weights' tag (augreg_in21k_ft_in1k) or license
+        "license": license_id,
     }
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
         folder = Path(tmp) / "export"

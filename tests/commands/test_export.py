@@ -27,6 +27,9 @@ def test_export_round_trip_with_timm_alone(tiny_overrides, tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_classes"] == 0 and cfg["pretrained_cfg"]["interpolation"] == "bicubic"
     assert cfg["pretrained_cfg"]["crop_pct"] == 0.875 and cfg["pretrained_cfg"]["input_size"] == [chans, 16, 16]
+    assert len(cfg["pretrained_cfg"]["mean"]) == chans and model.patch_embed.proj.in_channels == chans
+    assert (cfg["pretrained_cfg"]["tag"], cfg["pretrained_cfg"]["license"]) == ("kmim", "mit")  # not timm's weights'
+    assert model.pretrained_cfg["input_size"] == (chans, 16, 16)
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: timm\n") and f"| knn_top1 | {knn} |" in card
     capsys.readouterr()
