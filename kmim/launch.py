@@ -20,7 +20,7 @@ from kmim.errors import KmimError
 from kmim.eval import load_encoder, random_encoder
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
-from kmim.paths import check_folder_writable
+from kmim.paths import check_folder_writable, check_run_writable
 from kmim.resolve import check_batch, check_images, check_online_k, check_tokenizer_path, load_run_config
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
@@ -67,6 +67,7 @@ def continue_pretraining(
     if _finished(path, ckpt, cfg.train.epochs):
         return path, RunDir(path).read_results()
     agree(lambda: check_batch(cfg, "train"))
+    agree(lambda: check_run_writable(path))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
@@ -152,6 +153,7 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     if _finished(path, ckpt, cfg.finetune.epochs):
         return path, RunDir(path).read_results()
     agree(lambda: check_batch(cfg, "finetune"))
+    agree(lambda: check_run_writable(path))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     source = FinetuneSource(EncoderSpec.from_dict(ckpt["classifier"]).without_head(), None, ckpt["source"])

@@ -23,6 +23,22 @@ def check_folder_writable(folder: str | Path) -> Path:
     return folder
 
 
+def check_run_writable(run_dir: str | Path) -> Path:
+    """A run that will be continued can be written: the run folder and those it writes into (checkpoints/,
+    tensorboard/, probes/) are writable folders where they exist (a read-only mount or copy is named, before any
+    work, instead of failing on its first write)."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "tensorboard", run_dir / "probes"):
+        if folder.exists() and not folder.is_dir():
+            raise KmimError(f"cannot continue {run_dir}: {folder} is a file, not a folder; move it away")
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            raise KmimError(
+                f"cannot continue {run_dir}: {folder} is not writable (a read-only copy or mount?): make it "
+                "writable, or copy the run folder somewhere writable and continue that"
+            )
+    return run_dir
+
+
 def check_writable(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
     """An output file that may be written: its folder is writable, and it does not exist unless `overwrite`."""
     path = Path(path).expanduser()

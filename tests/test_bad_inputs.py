@@ -319,3 +319,23 @@ def test_export_of_an_unfinished_run_or_into_a_missing_folder_is_refused(finishe
     )
     assert main(["export", ckpt1, "--out", str(tmp_path / "e"), "--allow-unfinished", "-q"]) == 0
     assert "(1 epochs," in (tmp_path / "e" / "README.md").read_text()
+
+
+def test_continuing_a_run_on_read_only_media_or_with_a_file_in_its_way_is_one_line(
+    finished_run, tmp_path, capsys, monkeypatch
+):
+    """Continuing (2 more epochs) a run whose folder cannot be written was a traceback at its first write."""
+    import os
+
+    import shutil
+
+    run = Path(shutil.copytree(finished_run / "run", tmp_path / "run"))
+    argv = ["pretrain", "--resume", str(run), "-q", "train.epochs=4"]
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(run / "checkpoints") else real(p, mode))
+    _refused(argv, tmp_path, f"{run / 'checkpoints'} is not writable (a read-only copy or mount?)", capsys)
+    monkeypatch.undo()
+    (run / "tensorboard").mkdir(exist_ok=True)
+    os.rename(run / "tensorboard", tmp_path / "tb")
+    (run / "tensorboard").write_text("")
+    _refused(argv, tmp_path, f"{run / 'tensorboard'} is a file, not a folder", capsys)
