@@ -75,6 +75,12 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _jpeg_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def _imagefolder(root: Path, bad_name: str, bad_bytes: bytes) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -88,16 +94,19 @@ def _imagefolder(root: Path, bad_name: str, bad_bytes: bytes) -> Path:
 
 
 GOOD_PNG = _png_bytes(np.full((20, 20, 3), 128, np.uint8))
+GOOD_JPEG = _jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))  # cut past its header
 BAD_IMAGES = {
     "corrupt": ("x.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "unreadable or corrupt image"),
-    "truncated": ("x.png", GOOD_PNG[: len(GOOD_PNG) // 2], "unreadable or corrupt image"),
+    "truncated": ("x.png", GOOD_PNG[: len(GOOD_PNG) // 2], "the PNG file is cut short (no end marker)"),
+    "truncated-jpeg": ("x.jpg", GOOD_JPEG[: len(GOOD_JPEG) // 2], "the JPEG file is cut short (no end marker)"),
     "zero-byte": ("x.jpg", b"", "unreadable or corrupt image"),
     "tiny": ("x.png", _png_bytes(np.zeros((3, 3, 3), np.uint8)), "smaller than one patch (4)"),
 }
 
 
+@pytest.mark.parametrize("target", ["tokens", "pixels"])  # pixels fit no tokenizer: the header scan is the door
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
-def test_bad_image(case, tmp_path, capsys):
+def test_bad_image(case, target, tmp_path, capsys):
     name, data, message = BAD_IMAGES[case]
     root = _imagefolder(tmp_path / "data", name, data)
     out = tmp_path / "runs"
@@ -112,6 +121,7 @@ def test_bad_image(case, tmp_path, capsys):
         f"out_dir={out}",
         "train.epochs=1",
         "train.warmup_epochs=0",
+        f"train.target={target}",
     ]
     err = _refused(argv, tmp_path, message, capsys)
     assert name in err  # names the file
@@ -326,7 +336,6 @@ def test_continuing_a_run_on_read_only_media_or_with_a_file_in_its_way_is_one_li
 ):
     """Continuing (2 more epochs) a run whose folder cannot be written was a traceback at its first write."""
     import os
-
     import shutil
 
     run = Path(shutil.copytree(finished_run / "run", tmp_path / "run"))

@@ -19,19 +19,33 @@ from torch.utils.data import DataLoader, Dataset
 from kmim.data.datasets import DECODE_ERRORS
 from kmim.progress import progress_bar
 
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # what a whole JPEG (EOI) / PNG (IEND chunk) ends with
+TAIL = 1024  # bytes read from a file's end to find its marker (trailing padding after it is allowed)
+
 
 def header_problem(path: str, min_side: int) -> str | None:
-    """What is wrong with the image file at `path` (one line), or None."""
+    """What is wrong with the image file at `path` (one line), or None. A JPEG or PNG must also hold its end marker
+    in its last KiB: a file cut short (an interrupted copy or download, the commonest damage past the header) is
+    found here, by one small read, not in the middle of training. Other formats cut short are found when decoded."""
     try:
         with Image.open(path) as im:
-            width, height = im.size
+            width, height, fmt = *im.size, im.format
     except Image.DecompressionBombError:
         return f"{path}: image has more pixels than PIL's safety limit: shrink it or raise PIL.Image.MAX_IMAGE_PIXELS"
     except DECODE_ERRORS as e:
         return f"{path}: unreadable or corrupt image ({type(e).__name__}): remove or replace it"
     if min(width, height) < min_side:
         return f"{path}: image is {width}x{height}, smaller than one patch ({min_side})"
+    if fmt in END_MARKERS and END_MARKERS[fmt] not in _tail(path):
+        return f"{path}: the {fmt} file is cut short (no end marker): remove or replace it"
     return None
+
+
+def _tail(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - TAIL))
+        return f.read()
 
 
 class _Headers(Dataset[str]):
