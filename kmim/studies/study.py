@@ -39,6 +39,7 @@ from kmim.runs import RunDir
 
 if TYPE_CHECKING:
     import torch
+    import torch.nn
 
 STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe", "online-vs-offline")
 K_GRID = (10, 25, 50, 100, 200, 1000)
@@ -241,18 +242,24 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, *, progress: bool) -> dict[str, Any]:
-    """kNN, linear probe, low-shot probe (CLS feature), TCAS / NMI of the run's tokenizer, and optionally kNN at
-    every numbered checkpoint and the probe at those in PROBE_AT."""
+    """kNN, linear probe, low-shot probe (eval.pool feature), TCAS / NMI of the run's tokenizer, and optionally kNN
+    at every numbered checkpoint and the probe at those in PROBE_AT. The linear probe is the preset's eval.probe:
+    AdamW on the cached features (the CPU presets), or MAE's LARS probe through the encoder, split over the
+    processes and resumable (the ImageNet presets), as `kmim probe` runs it."""
     from kmim.eval import load_encoder, split_features
     from kmim.eval.lowshot import low_shot_probe
 
-    (trf, try_), (tef, tey), n_cls = split_features(load_encoder(run_dir)[0], cfg, _device(cfg), progress=progress)
+    enc, info = load_encoder(run_dir)
+    (trf, try_), (tef, tey), n_cls = split_features(enc, cfg, _device(cfg), progress=progress)
     tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
-    knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls=n_cls)
+    knn, probe = _knn_and_probe(cfg, (tr, try_), (te, tey), n_cls=n_cls, probe=cfg.eval.probe == "adamw")
+    if probe is None:
+        probe = _encoder_probe(enc, cfg, Path(info["checkpoint"]), progress=progress)
     low = low_shot_probe(tr, try_, te, test_labels=tey, shots=SHOTS, draws=DRAWS, seed=cfg.train.seed)
     rec = {
         "knn_top1": knn,
         "linear_probe_top1": probe,
+        "linear_probe": cfg.eval.probe,
         "lowshot_top1": low["mean"],
         "lowshot_std": low["std"],
         "n_test": len(tey),
@@ -261,6 +268,18 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, *, progress: bool) 
     if curve:
         rec.update(_curves(cfg, run_dir))
     return rec
+
+
+def _encoder_probe(encoder: torch.nn.Module, cfg: RunConfig, checkpoint: Path, *, progress: bool) -> float:
+    """The linear probe that trains through the encoder (eval.probe=lars: MAE's; attentive: CAPI's head), with
+    its checkpoint in the run directory: top-1 (%)."""
+    from kmim.eval.attentive import attentive_probe
+    from kmim.eval.lars import lars_probe
+    from kmim.eval.resume import probe_checkpoint
+
+    ck = probe_checkpoint(checkpoint, cfg, "student")
+    run = lars_probe if cfg.eval.probe == "lars" else attentive_probe
+    return cast(float, run(encoder, cfg, _device(cfg), progress=progress, checkpoint=ck)["top1"])
 
 
 def _knn_and_probe(
@@ -327,11 +346,14 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
     ckpts = RunDir(run_dir).numbered_checkpoints()
     for ckpt in ckpts:
         epoch = int(ckpt.stem.split("-")[1])
-        (trf, try_), (tef, tey), n_cls = split_features(load_encoder(ckpt)[0], cfg, _device(cfg), progress=False)
-        pool = cfg.eval.pool
+        enc = load_encoder(ckpt)[0]
+        (trf, try_), (tef, tey), n_cls = split_features(enc, cfg, _device(cfg), progress=False)
+        pool, probed = cfg.eval.pool, epoch in probe_epochs(cfg)
         knn, probe = _knn_and_probe(
-            cfg, (trf[pool], try_), (tef[pool], tey), n_cls=n_cls, probe=epoch in probe_epochs(cfg)
+            cfg, (trf[pool], try_), (tef[pool], tey), n_cls=n_cls, probe=probed and cfg.eval.probe == "adamw"
         )
+        if probed and probe is None:
+            probe = _encoder_probe(enc, cfg, ckpt, progress=False)
         knn_pts.append([epoch, knn])
         if probe is not None:
             probe_pts.append([epoch, probe])

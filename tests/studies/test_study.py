@@ -258,3 +258,15 @@ def test_a_study_continues_under_another_data_root(tmp_path):
     S.check_same_config(arm, cfg, record, out=tmp_path)
     moved = {"config": {**S.config_to_dict(cfg), "out_dir": "/somewhere/else/runs"}}  # a study folder moved
     S.check_same_config(arm, cfg, moved, out=tmp_path)
+
+
+def test_an_arm_under_a_lars_preset_is_probed_as_kmim_probe_does(tmp_path):
+    """The ImageNet study presets set eval.probe=lars: the arm's linear probe is MAE's LARS probe through the
+    encoder (split over processes, resumable), as `kmim probe` runs it, not the AdamW head on cached features."""
+    lars = ["eval.probe=lars", "eval.lars_epochs=2", "eval.lars_warmup_epochs=0", "eval.lars_batch_size=8"]
+    out = tmp_path / "k"
+    rec = S.run_arm(S.arms("k-ablation", out)[0], out, None, overrides=[*FAST, *lars], curve=False, progress=False)
+    run = out / "runs" / "pixels-k10-s0"
+    assert main(["probe", str(run), "-q", *lars]) == 0
+    assert rec["linear_probe"] == "lars"
+    assert rec["linear_probe_top1"] == json.loads((run / "evaluations.json").read_text())["probe"]["linear_probe_top1"]
