@@ -21,7 +21,7 @@ from kmim.eval import load_encoder, random_encoder
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable, check_run_writable
-from kmim.resolve import check_batch, check_images, check_online_k, check_tokenizer_path, load_run_config
+from kmim.resolve import check_batch, check_images, check_k_patches, check_tokenizer_path, load_run_config
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 
@@ -43,7 +43,7 @@ def start_pretraining(
     def check_output() -> None:
         check_batch(cfg, "train")
         check_tokenizer_path(cfg)
-        check_online_k(cfg)
+        check_k_patches(cfg)
         check_folder_writable(run_dir)
         RunDir(run_dir).check_new(cfg, overwrite)
 

@@ -101,19 +101,35 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
         )
 
 
-def check_online_k(cfg: RunConfig) -> None:
-    """Online clusters cannot use more prototypes than the training split has patches (Sinkhorn-Knopp would spread
-    each patch over prototypes no patch can ever take)."""
-    if cfg.train.target != "online-clusters":
-        return
+def training_counts(cfg: RunConfig) -> tuple[int, int]:
+    """(images in the training split, images of its least populated class)."""
+    import numpy as np
+
     from kmim.data import build_dataset
 
-    n = len(build_dataset(replace(cfg.data, cache="none"), "train")[0])  # type: ignore[arg-type]
+    ds = build_dataset(replace(cfg.data, cache="none"), "train")[0]
+    targets = getattr(ds, "targets", None)  # ImageFolder; in-memory datasets keep `labels`
+    labels = np.asarray(targets if targets is not None else ds.labels)  # type: ignore[attr-defined]
+    return len(labels), int(np.bincount(labels).min()) if len(labels) else 0
+
+
+def check_k_patches(cfg: RunConfig) -> None:
+    """K can be no larger than the patches it is drawn from: the training split's for online clusters (Sinkhorn-
+    Knopp would spread each patch over prototypes no patch can ever take), those of the tokenizer's fit images for
+    K-means over pixels or HOG cells (K-means needs K vectors)."""
+    if cfg.train.target == "pixels" or (
+        cfg.train.target == "tokens" and cfg.tokenizer.name not in ("kmeans-pixels", "kmeans-hog")
+    ):
+        return
+    n = training_counts(cfg)[0]
+    if cfg.train.target == "tokens" and cfg.tokenizer.fit_images:
+        n = min(n, cfg.tokenizer.fit_images)
     side = cfg.data.img_size // resolve_spec(cfg.model).patch_size
+    what = "train.target=online-clusters assigns to prototypes" if cfg.train.target != "tokens" else "K-means fits"
     if cfg.tokenizer.k > n * side**2:
         raise KmimError(
             f"tokenizer.k={cfg.tokenizer.k} exceeds the {n * side**2:,} training patches ({n:,} images x {side**2} "
-            "patches) that train.target=online-clusters assigns to prototypes: lower tokenizer.k"
+            f"patches) that {what}: lower tokenizer.k"
         )
 
 

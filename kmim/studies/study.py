@@ -203,6 +203,34 @@ def arm_overrides(
     return [o for o in ov if not (o in overrides and o.startswith(unused))]
 
 
+def check_arm_data(study: str, arm: Arm, cfg: RunConfig) -> None:
+    """What an arm needs of the data, checked for every arm before the first trains (a study stopped at arm 9 by a
+    K too large for the data wastes the 8 before it): global batches no larger than the training split (pretraining,
+    and fine-tuning / the probes that train through the encoder where the study runs them), K no larger than the
+    patches its tokens or prototypes are drawn from, at least SHOTS training images per class (low-shot), and 2 per
+    class where a probe holds some out (the attentive probe of online-vs-offline)."""
+    from kmim.resolve import check_batch, check_k_patches, training_counts
+
+    n, least = training_counts(cfg)
+    sections = ["train", *(["finetune"] if study in ("vs-mae", "finetune-recipe") else [])]
+    sections += {"lars": ["eval"], "attentive": ["attentive"]}.get(cfg.eval.probe, [])
+    sections += ["attentive"] if study == "online-vs-offline" else []
+    for section in dict.fromkeys(sections):
+        batch = check_batch(cfg, section).global_batch
+        if batch > n:
+            raise KmimError(
+                f"arm {arm.name}: the {section} global batch {batch} exceeds the {n} training images: lower it"
+            )
+    check_k_patches(cfg)
+    need = 2 if study == "online-vs-offline" else 0
+    need = max(need, SHOTS if study not in ("finetune-recipe",) else 0)
+    if least < need:
+        raise KmimError(
+            f"arm {arm.name}: a class has {least} training images; this study needs {need} per class "
+            f"({'low-shot takes ' + str(SHOTS) if need == SHOTS else 'the attentive probe holds one out'}): add images"
+        )
+
+
 def check_records_belong(study: str, out: Path, todo: list[Arm]) -> None:
     """A study folder continues only with the arms that wrote it: records of arms the study no longer has (a folder
     of an earlier design, or of another study) are refused in one line."""
@@ -515,6 +543,8 @@ def run_study(
         path = out / "records" / f"{arm.name}.json"
         if path.is_file():
             check_same_config(arm, cfg, json.loads(path.read_text()), out=out)
+        else:
+            check_arm_data(study, arm, cfg)
     records = []
     for i, arm in enumerate(todo):
         path = out / "records" / f"{arm.name}.json"

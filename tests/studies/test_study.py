@@ -270,3 +270,20 @@ def test_an_arm_under_a_lars_preset_is_probed_as_kmim_probe_does(tmp_path):
     assert main(["probe", str(run), "-q", *lars]) == 0
     assert rec["linear_probe"] == "lars"
     assert rec["linear_probe_top1"] == json.loads((run / "evaluations.json").read_text())["probe"]["linear_probe_top1"]
+
+
+@pytest.mark.parametrize(
+    "extra, want",
+    [
+        (["data.synthetic_per_class=12"], "tokenizer.k=1000 exceeds the 768 training patches (48 images x 16 patches)"),
+        (["data.synthetic_per_class=6"], "arm pixels-k10-s0: a class has 6 training images; this study needs 10"),
+    ],
+)
+def test_a_study_checks_what_every_arm_needs_of_the_data_before_the_first_trains(extra, want, tmp_path, capsys):
+    """k-ablation's K = 1000 arm on 48 tiny images (768 patches), or low-shot's 10 images per class on 6: one line
+    at the door, before the K = 10 arm trains for nothing."""
+    out = tmp_path / "k"
+    assert main(["study", "k-ablation", "--out", str(out), "-q", *FAST, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and want in err[0], err
+    assert not (out / "runs").exists() and not (out / "records").exists()
