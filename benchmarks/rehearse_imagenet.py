@@ -10,8 +10,9 @@ ImageNet-100 / ImageNet-1k on 1 and 8 GPUs.
    view (tokenizer fit, kNN), the pretraining view (RRC), the LARS view, the fine-tuning view (RandAugment), on the
    original files and on a `kmim prepare` copy (short side 256).
 3. Runs the IN-100 pipeline with the real presets, overriding only epochs, batch sizes, image counts and workers:
-   tokenize (1 process, then torchrun 2: the files must be equal), pretrain (torchrun 2), knn, the LARS probe
-   (torchrun 2), finetune (torchrun 2); wall time (startup included) and images/s per process of each. On a 1-GPU
+   tokenize (1 process, then torchrun 2: the files must be equal), pretrain (torchrun 2), pretrain again preempted
+   by SIGUSR1 mid-epoch (exit 75) and continued by the same command line, knn, the LARS probe (torchrun 2),
+   finetune (torchrun 2); wall time (startup included) and images/s per process of each. On a 1-GPU
    machine run it with `--nproc 1 --batch 256 --workers N` (benchmarks/gpu_check.sh does): measured GPU rows.
 4. Prints one table: per stage, the measured rows, and the projected wall time on IN-100 and IN-1k on 1 and 8 GPUs:
    GPU time from the last device measurement (H100, ViT-B/16 K-MIM bf16 batch 128: 2,802 img/s, docs/benchmarks.md;
@@ -125,8 +126,8 @@ def view_rates(root: Path, n: int) -> dict[str, float]:
 # ---- the stages ---------------------------------------------------------------------------------------------------
 
 
-def kmim(*args: str, nproc: int = 1, port: int = 29560) -> tuple[float, subprocess.CompletedProcess]:
-    launch = (
+def launcher(nproc: int, port: int) -> list[str]:
+    return (
         [sys.executable, "-m", "kmim"]
         if nproc == 1
         else [
@@ -141,6 +142,10 @@ def kmim(*args: str, nproc: int = 1, port: int = 29560) -> tuple[float, subproce
             "kmim",
         ]
     )
+
+
+def kmim(*args: str, nproc: int = 1, port: int = 29560) -> tuple[float, subprocess.CompletedProcess]:
+    launch = launcher(nproc, port)
     t0 = time.perf_counter()
     proc = subprocess.run([*launch, *args], env=ENV, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -182,6 +187,8 @@ def stages(
     ]
     w, _ = kmim("pretrain", "-q", "-c", PRESET, *run, nproc=nproc)
     rows.append({"stage": "pretrain (1 epoch)", "procs": nproc, "images": n_train // batch * batch, "wall_s": w})
+    others = [o for o in run if not o.startswith(("out_dir=", "name="))]
+    rows.append(preempted_pretraining([*others, f"out_dir={out}", "name=preempted"], out / "preempted", nproc))
     w, _ = kmim("knn", "-q", str(out / "pre"))
     rows.append({"stage": "knn (train + val features)", "procs": 1, "images": n_train + n_val, "wall_s": w})
     lars = [
@@ -215,6 +222,54 @@ def stages(
         {"stage": "finetune (1 epoch)", "procs": nproc, "images": n_train // batch * batch + n_val, "wall_s": w}
     )
     return rows
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under `pid` (Linux /proc): torchrun's workers."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def preempted_pretraining(run: list[str], run_dir: Path, nproc: int) -> dict:
+    """The pretraining stage as SLURM preempts it: SIGUSR1 to every worker after its first logged step (what
+    `#SBATCH --signal=USR1@120` sends each task), exit 75 expected; then the same command line again, which must
+    continue the run to its end (`kmim.launch.start_pretraining` resumes a folder holding this config's checkpoint)."""
+    import signal
+
+    cmd = [*launcher(nproc, 29561), "pretrain", "-q", "-c", PRESET, *run, "train.log_every=1", "train.sync_every=1"]
+    metrics = run_dir / "metrics.jsonl"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (metrics.is_file() and '"step"' in metrics.read_text()):
+        time.sleep(0.2)
+    for pid in _descendants(proc.pid) if nproc > 1 else [proc.pid]:
+        os.kill(pid, signal.SIGUSR1)
+    _, err = proc.communicate()
+    if proc.returncode != 75:
+        sys.exit(f"preempted pretraining exited {proc.returncode}, not 75:\n{err[-3000:]}")
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["train_state"]
+    again = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True)
+    if again.returncode != 0:
+        sys.exit(f"the same command did not continue the preempted run:\n{again.stderr[-3000:]}")
+    done = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["train_state"]
+    note = (
+        f"SIGUSR1 at epoch {state['epoch'] + 1} step {state['epoch_step']}: exit 75; the same command continued to "
+        f"step {done['step']} (epoch {done['epoch']})"
+    )
+    return {"stage": "pretrain, preempted + rerun", "procs": nproc, "images": 0, "wall_s": time.perf_counter() - t0,
+            "note": note}  # fmt: skip
 
 
 # ---- projections --------------------------------------------------------------------------------------------------
