@@ -4,7 +4,7 @@ K = 50 ids) and MAE (MSE on pixels), at the ImageNet presets' geometries (ViT-S/
 small CPU preset (mnist-tiny at 64 px, 8x8 patches). The cross predictor keeps the preset's decoder width, depth and
 heads (CrossMAE's comparison); it predicts 100 % or 25 % of the masked patches (`model.predict_fraction`).
 
-    python benchmarks/bench_decoder.py [--batch 8] [--steps 3]
+    python benchmarks/bench_decoder.py [--batch 8] [--steps 3] [--device cuda]   (cuda: bf16 autocast, as training)
 
 Ratios are to the MAE decoder at the same geometry and target; times are the median of `--steps` steps after one
 warm-up step, the variants interleaved.
@@ -33,31 +33,39 @@ K = 50
 
 
 def _step(model: torch.nn.Module, imgs: torch.Tensor, noise: torch.Tensor, target: str) -> None:
-    pred, ids = model(imgs, 0.75, noise, masked_only=True)  # (B, P, out), (B, P)
+    cuda = imgs.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        pred, ids = model(imgs, 0.75, noise, masked_only=True)  # (B, P, out), (B, P)
     if target == "tokens":
         loss = F.cross_entropy(pred.flatten(0, 1), (ids.flatten() * 7) % K)
     else:
         loss = pred.float().pow(2).mean()
     loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
 
 
-def measure(geometry: str, target: str, *, batch: int, steps: int) -> dict[str, tuple[float, float]]:
+def measure(
+    geometry: str, target: str, *, batch: int, steps: int, device: str = "cpu"
+) -> dict[str, tuple[float, float]]:
     cfg, side = GEOMETRIES[geometry]
-    imgs = torch.randn(batch, 3, side, side)
+    imgs = torch.randn(batch, 3, side, side, device=device)
     models = {}
     for name, (decoder, fraction) in VARIANTS.items():
         spec = resolve_spec(ModelConfig(**{**cfg.__dict__, "decoder": decoder, "predict_fraction": fraction}))
         out = K if target == "tokens" else spec.patch_size**2 * 3
         torch.manual_seed(0)
-        models[name] = build_mim(spec, side, 3, out_dim=out)
+        models[name] = build_mim(spec, side, 3, out_dim=out).to(device)
     n = models["mae"].num_patches
-    noise = torch.rand(batch, n, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(batch, n, generator=torch.Generator().manual_seed(0)).to(device)
     flops = {}
     for name, m in models.items():
         with FlopCounterMode(display=False) as fc:
             _step(m, imgs, noise, target)
         flops[name] = fc.get_total_flops() / batch
     times: dict[str, list[float]] = {name: [] for name in models}
+    for m in models.values():  # warm-up (CUDA kernels, allocator)
+        _step(m, imgs, noise, target)
     for _ in range(steps):
         for name, m in models.items():
             t = time.perf_counter()
@@ -70,14 +78,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16 autocast)")
     args = p.parse_args()
-    print(f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.steps} steps (fp32, CPU)")
+    where = "fp32, CPU" if args.device == "cpu" else f"bf16 autocast, {torch.cuda.get_device_name(0)}"
+    print(f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.steps} steps ({where})")
     print(
         f"{'geometry':18s} {'target':7s} {'decoder':11s} {'GFLOP/img':>10s} {'ratio':>6s} {'ms/img':>8s} {'ratio':>6s}"
     )
     for geometry in GEOMETRIES:
         for target in ("tokens", "pixels"):
-            res = measure(geometry, target, batch=args.batch, steps=args.steps)
+            res = measure(geometry, target, batch=args.batch, steps=args.steps, device=args.device)
             f0, t0 = res["mae"]
             for name, (f, t) in res.items():
                 print(

@@ -68,14 +68,14 @@ def config(args: argparse.Namespace, target: str, root: str | None):
         f"train.batch_size={args.batch}",
         "train.micro_batch_size=0",
         f"train.target={target}",
-        f"train.compile={str(args.compile).lower()}",
+        f"run.compile={str(args.compile).lower()}",
         f"train.sync_every={sync}",
         f"train.log_every={max(sync, 20 // sync * sync)}",
         "train.save_every=100",
         "tokenizer.fit_images=256",
         "tokenizer.niter=5",
-        "train.tensorboard=false",
-        f"train.device={args.device}",
+        "run.tensorboard=false",
+        f"run.device={args.device}",
     ]
     return load_config(PRESETS[args.preset], over)
 

@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    common = [f"data.num_workers={a.workers}", f"train.device={a.device}", "tokenizer.device=" + a.device]
+    common = [f"data.num_workers={a.workers}", f"run.device={a.device}", "tokenizer.device=" + a.device]
     measure(None, [*common, "tokenizer.k=200"], a.batches, "mnist5k, mnist-tiny, batch 128")
     with tempfile.TemporaryDirectory() as d:
         root = jpeg_folder(Path(d))

@@ -47,8 +47,8 @@ def config(args: argparse.Namespace, target: str):
         f"train.target={target}",
         f"train.batch_size={args.batch}",
         "train.warmup_epochs=0",
-        "train.tensorboard=false",
-        f"train.device={args.device}",
+        "run.tensorboard=false",
+        f"run.device={args.device}",
     ]
     return load_config(None, over)
 

@@ -3,7 +3,7 @@
 # Trainer) for ViT-B/16 K-MIM vs MAE on device batches with each lever on/off (eager with 2 interleaved repeats and
 # a profile, sync_every=20, batch 256, torch.compile); the same loop reading an ImageNet-shaped JPEG folder with the
 # machine's cores; and the paper-scale rehearsal's stages on the GPU (ViT-S/16, measured rows beside the
-# projections); the online target's step time; the cost of one ViT-B checkpoint written from the GPU; then, when
+# projections); the online target's step time; MAE's decoder against the cross-attention predictor; the cost of one ViT-B checkpoint written from the GPU; then, when
 # ../shared/data/imagenette224.tar is there, Imagenette-128 ViT-S/16 MAE and K-MIM (lightly's protocol) for a few
 # epochs with kNN at each checkpoint. One table per part; each part has its own timeout, so one slow part cannot eat
 # the budget.
@@ -32,6 +32,8 @@ echo "== ViT-B/16 reading the JPEG folder (the real loader, $(nproc) workers)"
 timeout 120 $B --batch 128 --repeats 1 --folder "$FOLDER"
 echo "== online clustering targets vs K-MIM PIXEL vs MAE, ViT-B/16 step time (CAPI's K = 16,384)"
 timeout 90 $PY benchmarks/bench_online.py --preset vit-b16 --batch 128 --steps 10 --k 16384
+echo "== MAE decoder vs cross-attention predictor (100 % / 25 % of masked patches), FLOPs and step time, bf16"
+timeout 90 $PY benchmarks/bench_decoder.py --device cuda --batch 64 --steps 10
 echo "== ViT-B/16 checkpoint write from the GPU (what train.last_every trades against)"
 timeout 60 $PY benchmarks/bench_checkpoint.py --device cuda --dir "$(dirname "$FOLDER")"
 TAR=${IMAGENETTE_TAR:-../shared/data/imagenette224.tar}

@@ -10,7 +10,9 @@ checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -169,9 +171,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | off
-    compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
     save_every: int = 5  # epochs between numbered checkpoints (checkpoints/checkpoint-NNNN.pt)
     keep_checkpoints: int = 0  # numbered checkpoints kept, the newest (older ones deleted as new ones are written);
     # 0 = all (a study's curves read them all; an IN-1k ViT-B run saving every 20 epochs writes ~107 GB of them)
@@ -181,10 +181,6 @@ class TrainConfig:
     sync_every: int = 1  # optimizer steps between host reads of the loss (the NaN guard): 1 = every micro-batch,
     # checked before it reaches the weights; N = on the device in between, read every N steps and at each epoch's
     # end (a non-finite loss still never reaches a checkpoint); log_every must be a multiple of it
-    tensorboard: bool = True  # TensorBoard event files in RUN/tensorboard (when the tensorboard package is installed)
-    wandb: bool = False  # also log to Weights & Biases (pip install 'kmim[tracking]'); the run id is checkpointed
-    wandb_project: str = "kmim"
-    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online
     health_images: int = 0  # > 0: every epoch, TCAS / NMI / usage of the targets' hard ids (the tokenizer's, or the
     # online prototypes' argmax) on a fixed seeded subset of this many training images (eval view); 0 = off
     online: OnlineConfig = field(default_factory=OnlineConfig)
@@ -230,6 +226,19 @@ class FinetuneConfig:
 
 
 @dataclass
+class RunSection:
+    """`run:`: where and how a run executes and what it logs, for pretraining, fine-tuning and evaluation alike;
+    nothing here changes the recipe (the device can change the last digits: CPU fp32 against bf16 on CUDA)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the model (CUDA only; ignored on CPU)
+    tensorboard: bool = True  # TensorBoard event files in RUN/tensorboard (when the tensorboard package is installed)
+    wandb: bool = False  # also log to Weights & Biases (pip install 'kmim[tracking]'); the run id is checkpointed
+    wandb_project: str = "kmim"
+    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online
+
+
+@dataclass
 class EvalConfig:
     pool: str = "cls"  # cls | mean (of patch tokens): which encoder feature the probes use
     batch_size: int = 256
@@ -267,6 +276,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunSection = field(default_factory=RunSection)
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -367,15 +377,15 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.beta1": _in_range(0, 1),
     "train.beta2": _in_range(0, 1),
     "train.seed": _at_least(0),
-    "train.device": _device,
+    "run.device": _device,
     "train.amp": _one_of(AMPS),
     "train.save_every": _at_least(1),
     "train.keep_checkpoints": _at_least(0),
     "train.last_every": _at_least(1),
     "train.log_every": _at_least(1),
     "train.sync_every": _at_least(1),
-    "train.wandb_project": _non_empty,
-    "train.wandb_mode": _one_of(WANDB_MODES),
+    "run.wandb_project": _non_empty,
+    "run.wandb_mode": _one_of(WANDB_MODES),
     "train.health_images": _at_least(0),
     "train.online.target_temp": _positive,
     "train.online.pred_temp": _positive,
@@ -540,11 +550,29 @@ def _migrate_accum(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MOVED_TO_RUN = ("device", "compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")  # train.X -> run.X
+# (2026-12-07, issue 30): what never changes the recipe has its own section
+
+
+def _migrate_run(raw: dict[str, Any]) -> dict[str, Any]:
+    """train.device / compile / tensorboard / wandb* of configs written before the run: section, moved there."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or not any(k in train for k in MOVED_TO_RUN):
+        return raw
+    run = dict(raw.get("run") or {})
+    kept = {k: v for k, v in train.items() if k not in MOVED_TO_RUN}
+    for k in MOVED_TO_RUN:
+        if k in train:
+            run.setdefault(k, train[k])
+    return {**raw, "train": kept, "run": run}
+
+
 def migrate_legacy(raw: Any) -> Any:
-    """A saved or YAML config dict with the old flat tokenizer keys moved into their sub-configs and the old
-    per-process batch with accumulation turned into the global batch."""
+    """A saved or YAML config dict with the old flat tokenizer keys moved into their sub-configs, the old
+    per-process batch with accumulation turned into the global batch, and the settings that moved to `run:`
+    moved there."""
     if isinstance(raw, dict):
-        raw = _migrate_accum(raw)
+        raw = _migrate_run(_migrate_accum(raw))
     tok = raw.get("tokenizer") if isinstance(raw, dict) else None
     if not isinstance(tok, dict) or not any(k in LEGACY_KEYS for k in tok):
         return raw
@@ -589,6 +617,11 @@ def _override(item: str) -> Any:
     old = key.removeprefix("tokenizer.")
     if key.startswith("tokenizer.") and old in LEGACY_KEYS:
         raise KmimError(f"override {item!r}: {key} was renamed tokenizer.{LEGACY_KEYS[old]}")
+    if key.removeprefix("train.") in MOVED_TO_RUN and key.startswith("train."):
+        new = "run." + key.removeprefix("train.")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {key} is now {new} (read as {new})", file=sys.stderr)
+        item = new + item[len(key) :]
     return OmegaConf.from_dotlist([item])
 
 

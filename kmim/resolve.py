@@ -85,7 +85,7 @@ def check_randaug(value: str) -> None:
 
 def check_tokenizer_path(cfg: RunConfig) -> None:
     """Pretraining's inputs at the door: tokens read tokenizer.path when set, which must exist (evaluation does not
-    need it); online clusters learn their own tokenizer and would silently ignore one; train.wandb needs wandb
+    need it); online clusters learn their own tokenizer and would silently ignore one; run.wandb needs wandb
     installed (found before any tokenizer fit or file is written)."""
     path = cfg.tokenizer.path
     if path and cfg.train.target == "tokens" and not Path(path).expanduser().is_file():
@@ -95,10 +95,8 @@ def check_tokenizer_path(cfg: RunConfig) -> None:
             f"tokenizer.path={path} is not read by train.target=online-clusters (it learns its own prototypes): "
             "unset tokenizer.path"
         )
-    if cfg.train.wandb and importlib.util.find_spec("wandb") is None:
-        raise KmimError(
-            "train.wandb=true but wandb is not installed: pip install 'kmim[tracking]' or train.wandb=false"
-        )
+    if cfg.run.wandb and importlib.util.find_spec("wandb") is None:
+        raise KmimError("run.wandb=true but wandb is not installed: pip install 'kmim[tracking]' or run.wandb=false")
 
 
 def training_counts(cfg: RunConfig) -> tuple[int, int]:

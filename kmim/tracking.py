@@ -1,6 +1,6 @@
 """Experiment tracking beside metrics.jsonl: TensorBoard event files in every run directory (`RUN/tensorboard/`,
 when the `tensorboard` package is installed: `pip install 'kmim[tracking]'`), and Weights & Biases when
-`train.wandb=true` (offline by default: `wandb sync RUN/wandb/...` uploads later; `train.wandb_mode=online` logs
+`run.wandb=true` (offline by default: `wandb sync RUN/wandb/...` uploads later; `run.wandb_mode=online` logs
 live). The W&B run id is kept in the checkpoint, so `--resume` continues the same W&B run. Rank 0 only; nothing
 here needs a network unless the user asks for it.
 
@@ -41,7 +41,7 @@ class Tracker:
         self.wandb_id = wandb_id
         if not main:
             return
-        t = cfg.train
+        t = cfg.run
         if t.tensorboard:
             self.tb = _summary_writer(run_dir / "tensorboard", None if resume_step is None else resume_step + 1)
         if t.wandb:
@@ -85,8 +85,8 @@ def _wandb_run(run_dir: Path, cfg: RunConfig, run_id: str | None) -> Any:
     try:
         import wandb
     except ImportError:
-        raise KmimError("train.wandb=true but wandb is not installed: pip install 'kmim[tracking]'") from None
-    t = cfg.train
+        raise KmimError("run.wandb=true but wandb is not installed: pip install 'kmim[tracking]'") from None
+    t = cfg.run
     return wandb.init(
         project=t.wandb_project,
         name=cfg.name,

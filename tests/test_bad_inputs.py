@@ -300,7 +300,7 @@ def test_a_per_kind_tokenizer_option_the_tokenizer_does_not_read_is_refused(tmp_
 
 
 def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_the_door(tmp_path, capsys):
-    """An online run given tokenizer.path (it learns its own prototypes), and train.wandb=true without wandb (it
+    """An online run given tokenizer.path (it learns its own prototypes), and run.wandb=true without wandb (it
     failed after the tokenizer fit and left files that blocked a rerun): one line, nothing written."""
     import importlib.util
 
@@ -316,7 +316,7 @@ def test_pretraining_inputs_a_run_would_ignore_or_fail_on_late_are_refused_at_th
     online = [*base, "train.target=online-clusters"]  # 24 images x 16 patches
     _refused([*online, "tokenizer.k=385"], tmp_path, "tokenizer.k=385 exceeds the 384 training patches", capsys)
     if importlib.util.find_spec("wandb") is None:
-        _refused([*base, "train.wandb=true"], tmp_path, "train.wandb=true but wandb is not installed", capsys)
+        _refused([*base, "run.wandb=true"], tmp_path, "run.wandb=true but wandb is not installed", capsys)
 
 
 def test_export_of_an_unfinished_run_or_into_a_missing_folder_is_refused(finished_run, tmp_path, capsys):

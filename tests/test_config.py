@@ -104,15 +104,15 @@ BAD_VALUES = {
     "train.beta1": "1.0",
     "train.beta2": "-0.5",
     "train.seed": "-1",
-    "train.device": "bogus",
+    "run.device": "bogus",
     "train.amp": "bogus",
     "train.save_every": "0",
     "train.last_every": "0",
     "train.keep_checkpoints": "-1",
     "train.log_every": "0",
     "train.sync_every": "0",
-    "train.wandb_project": "a/b",
-    "train.wandb_mode": "bogus",
+    "run.wandb_project": "a/b",
+    "run.wandb_mode": "bogus",
     "train.health_images": "-1",
     "train.online.target_temp": "0",
     "train.online.pred_temp": "-1",
@@ -202,9 +202,9 @@ def test_every_numeric_or_choice_field_is_checked():
         "tokenizer.encoder_kwargs",
         "train.norm_pix",
         "train.online.positionwise_sk",
-        "train.compile",
-        "train.tensorboard",
-        "train.wandb",
+        "run.compile",
+        "run.tensorboard",
+        "run.wandb",
         "finetune.ema",
     }
     registry = {"data.name", "data.class_list", "model.preset", "tokenizer.name", "tokenizer.supervised.preset"}
@@ -288,3 +288,18 @@ def test_configs_saved_with_accumulation_load_as_their_global_batch():
     assert (cfg.train.batch_size, cfg.train.micro_batch_size) == (256, 64)
     with pytest.raises(KmimError, match="train.batch_size is now the global batch"):
         load_config(None, ["train.accum_steps=2"])
+
+
+def test_settings_moved_to_the_run_section_still_load(tmp_path, capsys):
+    """train.device / compile / tensorboard / wandb* moved to run: (issue 30): a saved config, a YAML file and an
+    override with the old path all land there; the override says so in one line."""
+    from kmim.config import load_config
+
+    saved = load_config(None, (), base={"train": {"device": "cpu", "tensorboard": False, "epochs": 3}})
+    assert (saved.run.device, saved.run.tensorboard, saved.train.epochs) == ("cpu", False, 3)
+    (tmp_path / "old.yaml").write_text("train: {wandb_project: p, compile: true}\n")
+    assert load_config(tmp_path / "old.yaml").run.wandb_project == "p"
+    capsys.readouterr()
+    assert load_config(None, ["train.device=cpu"]).run.device == "cpu"
+    assert capsys.readouterr().err.strip() == "note: train.device is now run.device (read as run.device)"
+    assert "device" not in config_to_dict(saved)["train"]

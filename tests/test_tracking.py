@@ -76,7 +76,7 @@ def test_a_resume_drops_the_events_of_the_redone_epoch(tiny_overrides):
 def test_wandb_offline_run_keeps_its_id_across_a_resume(tiny_overrides, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run_dir, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=wb", "train.wandb=true", "train.epochs=1"]))
+    run_dir, _ = pretrain_run(load_config(None, [*tiny_overrides, "name=wb", "run.wandb=true", "train.epochs=1"]))
     from kmim.engine.checkpoint import load_checkpoint
 
     first = load_checkpoint(run_dir / "checkpoints/last.pt")["wandb_id"]

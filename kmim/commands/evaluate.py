@@ -60,7 +60,7 @@ def evaluate(
     if "probe" in methods and cfg.eval.probe in ("lars", "attentive"):
         agree(lambda: check_batch(cfg, "eval" if cfg.eval.probe == "lars" else "attentive"))
         ck = None if random_init else probe_checkpoint(Path(checkpoint), cfg, network)
-    device = str(local_device(resolve_device(cfg.train.device)))
+    device = str(local_device(resolve_device(cfg.run.device)))
     res = evaluate_encoder(encoder, cfg, methods, device=device, progress=progress, checkpoint=ck)
     res["checkpoint"], res["network"] = checkpoint, network
     if is_main() and not random_init:

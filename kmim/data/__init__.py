@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kmim.data.datasets import DATASETS, DatasetInfo, build_dataset
+from kmim.data.workers import quiet_worker
 
 __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "make_loader", "stack_dataset"]
 
@@ -18,7 +19,13 @@ def make_loader(
     """A DataLoader whose order depends only on `seed` (pass seed + epoch for a new, reproducible order)."""
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers, drop_last=shuffle
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=num_workers,
+        drop_last=shuffle,
+        worker_init_fn=quiet_worker,
     )
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from kmim.data.workers import quiet_worker
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 
@@ -43,7 +44,12 @@ def _decode_all(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pixels (sum of H*W*3,) uint8 in shared memory, offsets (N,) int64, shapes (N, 2) int64 of (H, W))."""
     arrays = DataLoader(
-        _Decode(paths, loader), batch_size=None, num_workers=num_workers, collate_fn=lambda a: a, shuffle=False
+        _Decode(paths, loader),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=lambda a: a,
+        shuffle=False,
+        worker_init_fn=quiet_worker,
     )
     chunks, shapes = [], []
     for arr in progress_bar(arrays, total=len(paths), desc=desc, unit="img"):

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kmim.data.datasets import DECODE_ERRORS
+from kmim.data.workers import quiet_worker
 from kmim.progress import progress_bar
 
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # what a whole JPEG (EOI) / PNG (IEND chunk) ends with
@@ -91,7 +92,9 @@ def scan_headers(
     if cache is not None and cache.is_file() and json.loads(cache.read_text()) == key:
         return None, key
     mine = paths[rank::world]
-    loader = DataLoader(_Headers(mine, min_side), batch_size=64, num_workers=workers, collate_fn=list)
+    loader = DataLoader(
+        _Headers(mine, min_side), batch_size=64, num_workers=workers, collate_fn=list, worker_init_fn=quiet_worker
+    )
     for problems in progress_bar(loader, desc="checking image headers", disable=not progress, unit="batch"):
         bad = next((p for p in problems if p), None)
         if bad:

@@ -17,7 +17,7 @@ from kmim.errors import KmimError
 T = TypeVar("T")
 
 
-def resolve_device(name: str, field: str = "train.device") -> torch.device:
+def resolve_device(name: str, field: str = "run.device") -> torch.device:
     """auto (CUDA when available) | cpu | cuda | cuda:N; `field` names the setting in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

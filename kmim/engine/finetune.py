@@ -147,7 +147,7 @@ class Finetuner(Trainer):
         if source.state_dict is not None:  # None on a resume: the checkpoint's weights are loaded below
             load_encoder_weights(self.model, source.state_dict, source.path)
         self.model.to(self.device)
-        self.forward = wrap_for_training(self.model, self.device, cfg.train.compile)
+        self.forward = wrap_for_training(self.model, self.device, cfg.run.compile)
         self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
         groups = param_groups_layer_decay(
             self.model,

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kmim.config import DataConfig
+from kmim.data.workers import quiet_worker
 
 
 def make_train_loader(
@@ -24,4 +25,5 @@ def make_train_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        worker_init_fn=quiet_worker,
     )

@@ -19,11 +19,12 @@ from types import FrameType
 
 import torch
 
+from kmim.data.workers import PREEMPTION_SIGNALS
 from kmim.engine.dist import all_reduce_max, is_dist
 from kmim.errors import PREEMPTED_EXIT, Preempted
 
 __all__ = ["PREEMPTED_EXIT", "SIGNALS", "Preempted", "catch_preemption", "signal_name", "stop_requested"]
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = PREEMPTION_SIGNALS  # DataLoader workers ignore them (kmim.data.workers): the main process handles them
 _received: list[int] = []  # the signals received while a trainer runs
 
 

@@ -75,7 +75,7 @@ class Pretrainer(Trainer):
         self.target = build_target(
             cfg, tokenizer, model=self.model, info=self.info, spec=self.encoder_spec, device=self.device
         )
-        self.forward = wrap_for_training(self.model, self.device, t.compile)
+        self.forward = wrap_for_training(self.model, self.device, self.cfg.run.compile)
         self.lr = effective_lr(t.base_lr, self.plan.global_batch)
         cuda = self.device.type == "cuda"
         self.opt = build_optimizer(self.model, self.lr, t.weight_decay, betas=(t.beta1, t.beta2), fused=cuda)

@@ -82,7 +82,7 @@ class Trainer:
         self, cfg: RunConfig, run_dir: Path, hp: TrainConfig | FinetuneConfig, *, progress: bool = True
     ) -> None:
         self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
-        self.device = local_device(resolve_device(cfg.train.device))
+        self.device = local_device(resolve_device(cfg.run.device))
         self.state = TrainState()
         self.epoch_hooks: list[EpochHook] = []  # each gets the epoch's metrics row
         self.plan = plan_batch(cfg, self.section, get_world_size())

@@ -62,9 +62,15 @@ RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset
     ),
 }
 HOLDOUT = 0.1
-NEUTRAL = ("out_dir", "data.root", "data.num_workers", "data.prefetch_factor", "data.cache")  # where the runs and
-# the data live and how the data is read: a study continues when moved, or on another machine with its own data.root
-# (the numbers do not depend on these)
+NEUTRAL = (
+    "out_dir",
+    "data.root",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.cache",
+    *(f"run.{k}" for k in ("compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")),
+)  # where the runs and the data live, how the data is read and what is logged: a study continues when moved, or on
+# another machine with its own data.root (the numbers do not depend on these; run.device can, so it is compared)
 
 
 @dataclass(frozen=True)
@@ -403,10 +409,10 @@ def _finetune(run_dir: Path, progress: bool) -> float:
 
 
 def _device(cfg: RunConfig) -> str:
-    """train.device, resolved to this process's GPU under torchrun."""
+    """run.device, resolved to this process's GPU under torchrun."""
     from kmim.engine.dist import local_device, resolve_device
 
-    return str(local_device(resolve_device(cfg.train.device)))
+    return str(local_device(resolve_device(cfg.run.device)))
 
 
 def run_recipe_arm(

@@ -1,4 +1,4 @@
-"""torch.compile of the model's forward + loss (what train.compile does on CUDA) gives the eager step's loss and
+"""torch.compile of the model's forward + loss (what run.compile does on CUDA) gives the eager step's loss and
 gradients, checked on CPU with the inductor backend (slow: compiling takes about a minute here)."""
 
 import pytest

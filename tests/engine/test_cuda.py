@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
     [
         ["train.amp=auto"],
         ["train.amp=fp16"],
-        ["train.compile=true"],
+        ["run.compile=true"],
         ["train.target=online-clusters", "train.health_images=12"],
     ],
 )
 def test_pretrain_on_cuda(extra, tmp_path):
-    assert main(["pretrain", "-q", *TINY, f"out_dir={tmp_path}", "name=r", "train.device=cuda", *extra]) == 0
+    assert main(["pretrain", "-q", *TINY, f"out_dir={tmp_path}", "name=r", "run.device=cuda", *extra]) == 0
     res = json.loads((tmp_path / "r/results.json").read_text())
     assert res["steps"] == 6 and res["final_epoch_loss"] < 10
 
@@ -37,7 +37,7 @@ def test_tokenizer_ids_on_cuda_equal_cpu(tmp_path):
 
 
 def test_finetune_on_cuda(tmp_path):
-    ft = ["finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8", "train.device=cuda"]
+    ft = ["finetune.epochs=1", "finetune.warmup_epochs=0", "finetune.batch_size=8", "run.device=cuda"]
     assert main(["finetune", "--random-init", "-q", *TINY, f"out_dir={tmp_path}", *ft]) == 0
 
 
@@ -47,7 +47,7 @@ def test_attentive_probe_on_cuda(tmp_path):
         "eval.attentive_epochs=1",
         "eval.attentive_warmup_epochs=0",
         "eval.attentive_batch_size=8",
-        "train.device=cuda",
+        "run.device=cuda",
         "data.synthetic_per_class=16",
     ]
     assert main(["probe", "--random-init", "-q", *TINY, *att]) == 0

@@ -57,7 +57,7 @@ def _same_tensors(wa, wb):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_gloo_processes_match_one(tmp_path, capsys):
     out, tok = tmp_path / "runs", tmp_path / "tok.pt"
-    base = [*RUN, f"out_dir={out}", f"tokenizer.path={tok}", "train.device=cpu"]
+    base = [*RUN, f"out_dir={out}", f"tokenizer.path={tok}", "run.device=cpu"]
     # the 1-process runs in this process (one torch thread, as the conftest sets), the 2-process ones under torchrun
     assert main(["tokenize", "-q", *RUN, "--out", str(tok)]) == 0
     assert main(["pretrain", "-q", *base, "name=one", "train.batch_size=8"]) == 0
@@ -88,7 +88,7 @@ def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
     base = [
         *RUN,
         f"out_dir={out}",
-        "train.device=cpu",
+        "run.device=cpu",
         "train.target=online-clusters",
         "train.batch_size=8",
         "train.online.momentum=0.9",
@@ -153,7 +153,7 @@ def test_a_rank_that_cannot_read_the_tokenizer_stops_every_rank(tmp_path):
         str(script),
         *RUN,
         f"out_dir={out}",
-        "train.device=cpu",
+        "run.device=cpu",
         str(tok),
     ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
@@ -198,7 +198,7 @@ def test_an_image_that_fails_to_decode_mid_run_stops_every_rank_with_one_line_ea
         "train.warmup_epochs=0",
         "train.batch_size=4",
         f"out_dir={tmp_path / 'runs'}",
-        "train.device=cpu",
+        "run.device=cpu",
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("kmim pretrain: error:")]

@@ -100,7 +100,7 @@ def test_two_slurm_tasks_without_torchrun_run_together(tmp_path):
     """srun --ntasks=2 python -m kmim pretrain ...: the tasks join one process group (gloo) and give the 2-process
     run: one run directory written by rank 0, its results saying world_size 2, the weights of 1 process."""
     tok = tmp_path / "tok.pt"
-    base = [*RUN, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
+    base = [*RUN, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "run.device=cpu", "train.batch_size=8"]
     assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
     assert main(["pretrain", *base, "name=one"]) == 0
     procs = _slurm_tasks(["pretrain", *base, "name=two"])
@@ -120,7 +120,7 @@ def test_a_run_preempted_on_two_processes_continues_on_one(tmp_path):
 
     tok = tmp_path / "tok.pt"
     run = [*TINY, "data.synthetic_per_class=16", "train.epochs=10", "train.warmup_epochs=1", "train.log_every=1", "-q"]
-    base = [*run, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "train.device=cpu", "train.batch_size=8"]
+    base = [*run, f"out_dir={tmp_path}", f"tokenizer.path={tok}", "run.device=cpu", "train.batch_size=8"]
     assert main(["tokenize", "-q", *TINY, "--out", str(tok)]) == 0
     assert main(["pretrain", *base, "name=one"]) == 0
     procs = _slurm_tasks(["pretrain", *base, "name=two"])
@@ -136,3 +136,20 @@ def test_a_run_preempted_on_two_processes_continues_on_one(tmp_path):
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 1
+
+
+def test_dataloader_workers_leave_the_preemption_signals_to_the_main_process():
+    """SLURM signals every process of the step: a worker that died of SIGUSR1 would stop the run before its
+    checkpoint. kmim's workers ignore it; the loader goes on to the end."""
+    from torch.utils.data import TensorDataset
+
+    from kmim.data import make_loader
+
+    loader = make_loader(TensorDataset(torch.arange(64.0)), 4, shuffle=False, num_workers=1)
+    it = iter(loader)
+    first = next(it)
+    for w in it._workers:  # the worker processes
+        os.kill(w.pid, signal.SIGUSR1)
+        os.kill(w.pid, signal.SIGTERM)
+    rest = list(it)
+    assert torch.cat([first[0], *(b[0] for b in rest)]).tolist() == list(range(64))

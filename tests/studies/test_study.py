@@ -197,7 +197,7 @@ def test_a_study_under_torchrun_gives_the_records_of_one_process(tmp_path):
     import subprocess
     import sys
 
-    args = ["study", "tcas-vs-probe", "-q", *FAST, "train.device=cpu"]
+    args = ["study", "tcas-vs-probe", "-q", *FAST, "run.device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "kmim"]
     two = subprocess.run(
