@@ -152,7 +152,7 @@ def attentive_probe(
                     encoder, heads, opt, lr=schedule(step), batches=batches, accum=plan.accum, device=dev, step=step
                 )
                 bar.set_postfix(loss=f"{loss:.4f}")
-                ck.check_stop(heads, opt, Position(epoch, s + 1), "attentive probe")
+                ck.check_stop(heads, opt, Position(epoch, s + 1), name="attentive probe")
             ck.save(heads, opt, Position(epoch + 1, 0))
             if progress:
                 left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60

@@ -136,7 +136,7 @@ def lars_probe(
                 x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
                 loss = _head_step(head, opt, schedule(epoch * spe + s), x=x, y=y, step=epoch * spe + s)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                ck.check_stop(head, opt, Position(epoch, s + 1, history), "lars probe")
+                ck.check_stop(head, opt, Position(epoch, s + 1, history), name="lars probe")
             head.eval()
             with torch.no_grad():
                 history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))

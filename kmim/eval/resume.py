@@ -77,12 +77,12 @@ class ProbeCheckpoint:
         }
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
-    def check_stop(self, heads: nn.Module, opt: torch.optim.Optimizer, pos: Position, name: str) -> None:
+    def check_stop(self, heads: nn.Module, opt: torch.optim.Optimizer, pos: Position, *, name: str) -> None:
         """After a step: on a preemption signal (any process), save `pos` and raise `Preempted`."""
         if stop_requested():
-            self._stop(heads, opt, pos, name)
+            self._stop(heads, opt, pos, name=name)
 
-    def _stop(self, heads: nn.Module, opt: torch.optim.Optimizer, pos: Position, name: str) -> NoReturn:
+    def _stop(self, heads: nn.Module, opt: torch.optim.Optimizer, pos: Position, *, name: str) -> NoReturn:
         self.save(heads, opt, pos)
         barrier()
         where = f"wrote {self.path}: run the same command again to continue" if self.path else "no checkpoint kept"
@@ -102,7 +102,7 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def probe_checkpoint(
-    checkpoint: Path, cfg: RunConfig, network: str, probe: str | None = None
+    checkpoint: Path, cfg: RunConfig, network: str, *, probe: str | None = None
 ) -> ProbeCheckpoint | None:
     """The LARS / attentive probe's checkpoint for an encoder in a run directory: RUN/probes/<probe>-<network>.pt
     (`probe`: eval.probe unless named), keyed by the encoder file (path, size, modification time) and the recipe;

@@ -105,7 +105,7 @@ def network_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, 
         pools[pool] = {"knn": knn, "probe": probe}
     tr, te = trf[cfg.eval.pool], tef[cfg.eval.pool]
     low = low_shot_probe(tr, try_, te, test_labels=tey, shots=SHOTS, draws=DRAWS, seed=cfg.train.seed)
-    ck = probe_checkpoint(Path(info["checkpoint"]), cfg, network, "attentive")  # a preempted study continues its probe
+    ck = probe_checkpoint(Path(info["checkpoint"]), cfg, network, probe="attentive")  # a preempted study continues
     att = attentive_probe(enc, cfg, device, progress=progress, checkpoint=ck)
     return {
         "knn_top1": pools[cfg.eval.pool]["knn"],
@@ -147,7 +147,7 @@ def _gap(a: list[float], b: list[float]) -> tuple[float, float]:
     return gap, se
 
 
-def _word(gap: float, se: float, ahead: str, behind: str) -> str:
+def _word(gap: float, se: float, *, ahead: str, behind: str) -> str:
     return ahead if gap > 2 * se else behind if gap < -2 * se else "not resolved"
 
 
@@ -170,7 +170,7 @@ def _online_vs_offline(records: list[dict[str, Any]], present: set[str]) -> list
                 for other in (g + suffix for g in OFFLINE if g + suffix in present):
                     gap, se = _gap(a, _values(records, other, key))
                     behind = "MAE ahead" if other.startswith("mae") else "offline ahead"
-                    word = _word(gap, se, "online ahead", behind)
+                    word = _word(gap, se, ahead="online ahead", behind=behind)
                     parts.append(f"{network} − {other} = {gap:+.1f} (SE {se:.1f}): **{word}**")
             out.append(f"{label}, {decoder}: online " + "; ".join(parts) + ".")
     return out
@@ -184,7 +184,8 @@ def _decoders(records: list[dict[str, Any]], present: set[str]) -> list[str]:
         parts = []
         for g in (g for g in (*OFFLINE, ONLINE) if g in present and f"{g}-cross" in present):
             gap, se = _gap(_values(records, f"{g}-cross", key), _values(records, g, key))
-            parts.append(f"{g} {gap:+.1f} (SE {se:.1f}): **{_word(gap, se, 'cross ahead', 'MAE decoder ahead')}**")
+            word = _word(gap, se, ahead="cross ahead", behind="MAE decoder ahead")
+            parts.append(f"{g} {gap:+.1f} (SE {se:.1f}): **{word}**")
         if parts:
             out.append(f"{label}, cross predictor − MAE decoder: " + "; ".join(parts) + ".")
     return out
@@ -197,7 +198,8 @@ def _teacher_vs_student(records: list[dict[str, Any]], present: set[str]) -> lis
         parts = []
         for key, label in METRICS:
             gap, se = _gap(_values(records, g, f"teacher_{key}"), _values(records, g, key))
-            parts.append(f"{label} {gap:+.1f} (SE {se:.1f}): **{_word(gap, se, 'teacher ahead', 'student ahead')}**")
+            word = _word(gap, se, ahead="teacher ahead", behind="student ahead")
+            parts.append(f"{label} {gap:+.1f} (SE {se:.1f}): **{word}**")
         out.append(f"{g}, teacher − student: " + "; ".join(parts) + ".")
     return out
 
@@ -212,7 +214,7 @@ def _sinkhorn(records: list[dict[str, Any]], present: set[str]) -> list[str]:
     for key, label in METRICS[:2]:
         for prefix in ("", "teacher_"):
             gap, se = _gap(_values(records, alt, prefix + key), _values(records, ONLINE, prefix + key))
-            word = _word(gap, se, "all-patch ahead", "position-wise ahead")
+            word = _word(gap, se, ahead="all-patch ahead", behind="position-wise ahead")
             parts.append(f"{label} ({prefix.rstrip('_') or 'student'}) {gap:+.1f} (SE {se:.1f}): **{word}**")
     return ["Sinkhorn over all patches − position-wise: " + "; ".join(parts) + "."]
 
@@ -260,7 +262,7 @@ def _cell(v: list[float]) -> str:
     return f"{np.mean(v):.1f} ± {sd:.1f}"
 
 
-def _pool_cell(recs: list[dict[str, Any]], network: str, pool: str, key: str) -> str:
+def _pool_cell(recs: list[dict[str, Any]], network: str, *, pool: str, key: str) -> str:
     return _cell([r["pools"][network][pool][key] for r in recs if network in r.get("pools", {})])
 
 
@@ -295,7 +297,7 @@ def tables(records: list[dict[str, Any]], out: Path) -> list[str]:
     ]
     for g, recs in by.items():
         for network in recs[0].get("networks", ["student"]):
-            cells = [_pool_cell(recs, network, p, k) for k in ("knn", "probe") for p in ("cls", "mean")]
+            cells = [_pool_cell(recs, network, pool=p, key=k) for k in ("knn", "probe") for p in ("cls", "mean")]
             lines.append(f"| {g} | {network} | " + " | ".join(cells) + " |")
     return [*lines, *_collapse_table(records, out)]
 
