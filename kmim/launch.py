@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from kmim.config import RunConfig
+from kmim.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.checkpoint import latest_checkpoint
-from kmim.engine.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.finetune import Finetuner, FinetuneSource
 from kmim.engine.pretrain import pretrain, resume
 from kmim.engine.trainer import EpochHook, reopen_run, start_run

@@ -16,7 +16,7 @@ from kmim.config import BatchPlan, RunConfig, TokenizerConfig, load_config, plan
 from kmim.data import DATASETS
 from kmim.data.datasets import FOLDER_DATASETS
 from kmim.data.subsets import CLASS_LISTS
-from kmim.engine.dist import broadcast_object, get_rank, get_world_size, on_main
+from kmim.dist import broadcast_object, get_rank, get_world_size, on_main
 from kmim.errors import KmimError
 from kmim.fit import TOKENIZERS
 from kmim.models import PRESETS, resolve_spec

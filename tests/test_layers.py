@@ -10,7 +10,7 @@ import kmim
 
 LAYERS = [
     {"__init__", "errors", "argtypes", "progress"},
-    {"config", "runinfo", "paths", "digest", "spec"},
+    {"config", "runinfo", "paths", "digest", "spec", "dist"},
     {"data", "models", "metrics", "tokenizers", "tracking", "runs"},
     {"engine"},
     {"eval"},

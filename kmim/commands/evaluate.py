@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.dist import agree, in_process_group, is_main, local_device, resolve_device
+from kmim.dist import agree, in_process_group, is_main, local_device, resolve_device
 from kmim.errors import KmimError
 from kmim.eval import evaluate_encoder, load_encoder, random_encoder
 from kmim.eval.resume import probe_checkpoint, run_dir_of

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.dist import in_process_group
+from kmim.dist import in_process_group
 from kmim.errors import KmimError
 from kmim.launch import continue_run, start
 

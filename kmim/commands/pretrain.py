@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kmim.argtypes import add_config_arguments, print_json
-from kmim.engine.dist import agree, in_process_group
+from kmim.dist import agree, in_process_group
 from kmim.errors import KmimError
 from kmim.launch import continue_pretraining, start_pretraining
 from kmim.resolve import load_run_config

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kmim.data import build_dataset
-    from kmim.engine.dist import resolve_device
+    from kmim.dist import resolve_device
     from kmim.fit import training_split
 
     if len(args.tokenizer) + len(args.file) != 1:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kmim.argtypes import add_config_arguments
-from kmim.engine.dist import in_process_group, is_main
+from kmim.dist import in_process_group, is_main
 from kmim.studies.study import STUDIES, run_study
 
 

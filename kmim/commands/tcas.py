@@ -288,7 +288,7 @@ def _registered(entry: Entry) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmim.engine.dist import resolve_device
+    from kmim.dist import resolve_device
     from kmim.eval.tokens import token_counts
     from kmim.fit import TOKENIZERS
     from kmim.models import resolve_spec

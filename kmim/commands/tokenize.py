@@ -4,7 +4,7 @@ Under torchrun (`torchrun --nproc-per-node N -m kmim tokenize ...`) a K-means to
 together: each decodes every N-th image (with data.num_workers DataLoader workers), the patch sample is gathered,
 rank 0 runs K-means and writes the file, which equals the one-process file. Kinds that train a model first (vq, a
 supervised encoder) and the oracles are fitted by rank 0 alone, the others waiting for it past the process group's
-30-minute timeout (up to KMIM_MAIN_WAIT_S, 48 h: `kmim.engine.dist.on_main`).
+30-minute timeout (up to KMIM_MAIN_WAIT_S, 48 h: `kmim.dist.on_main`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import cast
 
 from kmim.argtypes import add_config_arguments
 from kmim.config import RunConfig
-from kmim.engine.dist import agree, get_rank, get_world_size, in_process_group, is_main, on_main
+from kmim.dist import agree, get_rank, get_world_size, in_process_group, is_main, on_main
 from kmim.fit import FitData, fit_tokenizer, shards_fit, training_split
 from kmim.paths import check_writable
 from kmim.resolve import load_run_config

@@ -23,11 +23,11 @@ from torch.utils.data import Dataset, Subset
 
 from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
+from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews, sample_seed
 from kmim.data.transforms import finetune_transform
+from kmim.dist import gather_in_order, get_rank, get_world_size, is_main, wrap_for_training
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import gather_in_order, get_rank, get_world_size, is_main, wrap_for_training
-from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import build_optimizer, effective_lr
 from kmim.engine.trainer import Trainer, autocast_ctx, write_results
 from kmim.errors import KmimError

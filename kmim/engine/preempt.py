@@ -20,7 +20,7 @@ from types import FrameType
 import torch
 
 from kmim.data.workers import PREEMPTION_SIGNALS
-from kmim.engine.dist import all_reduce_max, is_dist
+from kmim.dist import all_reduce_max, is_dist
 from kmim.errors import PREEMPTED_EXIT, Preempted
 
 __all__ = ["PREEMPTED_EXIT", "SIGNALS", "Preempted", "catch_preemption", "signal_name", "stop_requested"]

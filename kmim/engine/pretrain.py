@@ -19,16 +19,16 @@ from torch.utils.data import Subset
 
 from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
+from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import normalize_batch
-from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import (
+from kmim.dist import (
     get_rank,
     get_world_size,
     is_main,
     wrap_for_training,
 )
-from kmim.engine.loader import make_train_loader
+from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.optim import build_optimizer, effective_lr
 from kmim.engine.targets import build_target, out_dim
 from kmim.engine.trainer import (

@@ -24,7 +24,7 @@ import torch
 
 from kmim.config import RunConfig
 from kmim.data import DatasetInfo
-from kmim.engine.dist import all_reduce_max, all_reduce_mean, all_reduce_sum, get_world_size, is_main
+from kmim.dist import all_reduce_max, all_reduce_mean, all_reduce_sum, get_world_size, is_main
 from kmim.engine.objectives import compute_targets, mim_loss, select_patches
 from kmim.engine.optim import ema_momentum
 from kmim.engine.trainer import autocast_ctx

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from kmim.config import FinetuneConfig, RunConfig, TrainConfig, config_to_dict, plan_batch
 from kmim.data.sampling import GlobalBatchSampler
-from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.dist import (
+from kmim.dist import (
     all_reduce_mean,
     barrier,
     get_world_size,
@@ -32,6 +31,7 @@ from kmim.engine.dist import (
     mean_over_processes,
     resolve_device,
 )
+from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.loop import Bar, LossCheck, NonFiniteLoss, StepHooks, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.engine.preempt import Preempted, catch_preemption, signal_name, stop_requested

@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from kmim.config import RunConfig, plan_batch
 from kmim.data import build_dataset, make_loader
+from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import lars_probe_transform
-from kmim.engine.dist import all_reduce_mean, all_reduce_sum, get_rank, get_world_size
+from kmim.dist import all_reduce_mean, all_reduce_sum, get_rank, get_world_size
 from kmim.engine.finetune import holdout_split
-from kmim.engine.loader import make_train_loader
 from kmim.engine.optim import Schedule, set_lr
 from kmim.engine.preempt import catch_preemption
 from kmim.engine.trainer import autocast_ctx

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset, Subset
 
 from kmim.config import POOLS
 from kmim.data import make_loader
+from kmim.dist import gather_in_order, get_rank, get_world_size
 from kmim.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from kmim.engine.dist import gather_in_order, get_rank, get_world_size
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 from kmim.spec import EncoderSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kmim.engine.dist import gather_in_order, get_rank, get_world_size
+from kmim.dist import gather_in_order, get_rank, get_world_size
 
 
 @torch.no_grad()

@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from kmim.config import RunConfig, plan_batch
 from kmim.data import build_dataset, make_loader
+from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import lars_probe_transform
-from kmim.engine.dist import all_gather_cat, gather_in_order, get_rank, get_world_size
-from kmim.engine.loader import make_train_loader
+from kmim.dist import all_gather_cat, gather_in_order, get_rank, get_world_size
 from kmim.engine.optim import Schedule, set_lr
 from kmim.engine.preempt import catch_preemption
 from kmim.engine.probe import probe_head

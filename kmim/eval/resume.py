@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kmim.config import RunConfig, config_to_dict
-from kmim.engine.dist import barrier, is_main
+from kmim.dist import barrier, is_main
 from kmim.engine.preempt import Preempted, signal_name, stop_requested
 from kmim.runinfo import atomic_write
 

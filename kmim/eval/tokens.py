@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Subset
 
 from kmim.data import make_loader
-from kmim.engine.dist import all_reduce_sum, get_rank, get_world_size
+from kmim.dist import all_reduce_sum, get_rank, get_world_size
 from kmim.metrics import cooccurrence
 from kmim.progress import progress_bar
 

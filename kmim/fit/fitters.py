@@ -12,7 +12,7 @@ from typing import cast
 import torch
 
 from kmim.config import TokenizerConfig
-from kmim.engine.dist import resolve_device
+from kmim.dist import resolve_device
 from kmim.fit.data import FitData
 from kmim.fit.encoders import (
     check_layer,

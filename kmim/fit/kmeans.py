@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from kmim.config import TokenizerConfig
 from kmim.data import make_loader
-from kmim.engine.dist import broadcast_object, gather_in_order, on_main
+from kmim.dist import broadcast_object, gather_in_order, on_main
 from kmim.errors import KmimError
 from kmim.progress import progress_bar
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from kmim.config import RunConfig, config_to_dict
-from kmim.engine.dist import is_main, on_main
+from kmim.dist import is_main, on_main
 from kmim.errors import KmimError
 from kmim.runs import RunDir
 
@@ -410,7 +410,7 @@ def _finetune(run_dir: Path, progress: bool) -> float:
 
 def _device(cfg: RunConfig) -> str:
     """run.device, resolved to this process's GPU under torchrun."""
-    from kmim.engine.dist import local_device, resolve_device
+    from kmim.dist import local_device, resolve_device
 
     return str(local_device(resolve_device(cfg.run.device)))
 

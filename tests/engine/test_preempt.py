@@ -14,7 +14,7 @@ import torch
 
 import kmim.engine.trainer as trainer_module
 from kmim.cli import main
-from kmim.engine.dist import first_host, slurm_env
+from kmim.dist import first_host, slurm_env
 from kmim.errors import PREEMPTED_EXIT
 from tests.conftest import TINY
 

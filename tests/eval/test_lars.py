@@ -25,7 +25,7 @@ LARS = [
 SCRIPT = """
 import sys, torch
 from kmim.config import load_config
-from kmim.engine.dist import in_process_group, is_main
+from kmim.dist import in_process_group, is_main
 from kmim.eval import random_encoder
 from kmim.eval.lars import lars_probe
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kmim.engine import dist as kd
+from kmim import dist as kd
 from kmim.errors import KmimError
 
 PG_TIMEOUT_S = 1  # the process group's timeout in these tests
