@@ -39,25 +39,25 @@ def main() -> None:
     tr, te = trf[e.pool], tef[e.pool]
     knn, t_knn = timed(
         lambda: top1(
-            weighted_knn_predict(tr, try_, te, num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature), tey
+            weighted_knn_predict(tr, try_, te, num_classes=n_cls, k=e.knn.k, temperature=e.knn.temperature), tey
         )
     )
-    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, lr=e.probe_lrs[0], **probe_recipe(e, 0)))
+    _, t_head = timed(lambda: train_linear_probe(tr, try_, n_cls, lr=e.linear.lrs[0], **probe_recipe(e, 0)))
     probe, t_probe = timed(
         lambda: linear_probe(
-            tr, try_, te, test_labels=tey, num_classes=n_cls, lrs=list(e.probe_lrs), **probe_recipe(e, 0)
+            tr, try_, te, test_labels=tey, num_classes=n_cls, lrs=list(e.linear.lrs), **probe_recipe(e, 0)
         )
     )
     _, t_all = timed(lambda: evaluate_encoder(enc, cfg, progress=False))
     print(
-        f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.probe_lrs)} lrs x "
-        f"{e.probe_epochs} epochs + a final fit"
+        f"{a.threads} threads; {len(try_):,} train + {len(tey):,} test images; probe: {len(e.linear.lrs)} lrs x "
+        f"{e.linear.epochs} epochs + a final fit"
     )
     print("| part | s |")
     print("|---|---:|")
     print(f"| features, train + test (both pools, one pass) | {t_feat:.2f} |")
-    print(f"| kNN (k={e.knn_k}), one pool | {t_knn:.3f} |")
-    print(f"| one probe head ({e.probe_epochs} epochs on cached features) | {t_head:.2f} |")
+    print(f"| kNN (k={e.knn.k}), one pool | {t_knn:.3f} |")
+    print(f"| one probe head ({e.linear.epochs} epochs on cached features) | {t_head:.2f} |")
     print(f"| linear probe: lr sweep + final fit, one pool | {t_probe:.2f} |")
     print(f"| evaluate_encoder (features + kNN + probe, 2 pools), as the demo runs it | {t_all:.2f} |")
     print(f"(random-init encoder: kNN {knn:.1f}, probe {probe['top1']:.1f})")

@@ -40,7 +40,7 @@ def _knn(encoder: object, cfg: object) -> dict[str, float]:
     (tr, try_), (te, tey), n = split_features(encoder, cfg, progress=False)  # type: ignore[arg-type]
     e = cfg.eval  # type: ignore[attr-defined]
     return {
-        p: knn_top1((tr[p], try_), (te[p], tey), num_classes=n, k=e.knn_k, temperature=e.knn_temperature) for p in POOLS
+        p: knn_top1((tr[p], try_), (te[p], tey), num_classes=n, k=e.knn.k, temperature=e.knn.temperature) for p in POOLS
     }
 
 

@@ -192,10 +192,10 @@ def stages(
     w, _ = kmim("knn", "-q", str(out / "pre"))
     rows.append({"stage": "knn (train + val features)", "procs": 1, "images": n_train + n_val, "wall_s": w})
     lars = [
-        "eval.lars_epochs=1",
-        "eval.lars_warmup_epochs=0",
-        f"eval.lars_batch_size={batch}",
-        f"eval.lars_micro_batch_size={batch // 2}",
+        "eval.lars.epochs=1",
+        "eval.lars.warmup_epochs=0",
+        f"eval.lars.batch_size={batch}",
+        f"eval.lars.micro_batch_size={batch // 2}",
     ]
     w, proc = kmim("probe", "-q", str(out / "pre"), *lars, nproc=nproc)
     top1 = json.loads(proc.stdout)["linear_probe_top1"]

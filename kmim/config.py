@@ -239,31 +239,55 @@ class RunSection:
 
 
 @dataclass
+class KnnConfig:
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
+class LinearConfig:
+    """eval.probe=adamw: a linear head on cached eval-view features, lr picked on a held-out 10 % of train."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lrs: list[float] = field(default_factory=lambda: [1e-2, 3e-2, 1e-1, 3e-1])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LarsConfig:
+    """eval.probe=lars: MAE's main_linprobe (LARS, BN head, augmented crops each epoch)."""
+
+    epochs: int = 90
+    warmup_epochs: int = 10
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    batch_size: int = 256  # the GLOBAL batch of the head's step (MAE: 16,384 = 512 x 32 GPUs)
+    micro_batch_size: int = 0  # most images per process and encoder forward; 0 = batch_size / processes
+
+
+@dataclass
+class AttentiveConfig:
+    """eval.probe=attentive: CAPI's attentive-pooling head on the frozen patch tokens."""
+
+    epochs: int = 20
+    warmup_epochs: int = 2  # (CAPI: 10 % of the iterations, linear, then cosine to 0)
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])  # base lrs (x batch / 256) of the heads
+    # trained side by side on the same features; each with every weight decay below (CAPI's grid idea)
+    weight_decays: list[float] = field(default_factory=lambda: [5e-4, 5e-2])
+    holdout: float = 0.1  # the head is chosen on this stratified fraction of train (CAPI: 0.1)
+    batch_size: int = 256  # the GLOBAL batch of the heads' step
+    micro_batch_size: int = 0  # most images per process and encoder forward; 0 = global / processes
+
+
+@dataclass
 class EvalConfig:
     pool: str = "cls"  # cls | mean (of patch tokens): which encoder feature the probes use
-    batch_size: int = 256
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    probe_epochs: int = 100
-    probe_batch_size: int = 256
-    probe_lrs: list[float] = field(
-        default_factory=lambda: [1e-2, 3e-2, 1e-1, 3e-1]
-    )  # chosen on a held-out 10% of train
-    probe_weight_decay: float = 0.0
-    probe: str = "adamw"  # adamw: head on cached features, lr picked on held-out train | lars: MAE's main_linprobe
-    lars_epochs: int = 90  # eval.probe=lars: MAE's recipe (LARS, BN head, augmented crops each epoch)
-    lars_warmup_epochs: int = 10
-    lars_base_lr: float = 0.1  # lr = lars_base_lr * lars_batch_size / 256
-    lars_batch_size: int = 256  # the GLOBAL batch of the head's step (MAE: 16,384 = 512 x 32 GPUs)
-    lars_micro_batch_size: int = 0  # most images per process and encoder forward; 0 = lars_batch_size / processes
-    attentive_epochs: int = 20  # eval.probe=attentive: CAPI's attentive-pooling head on the frozen patch tokens
-    attentive_warmup_epochs: int = 2  # (CAPI: 10 % of the iterations, linear, then cosine to 0)
-    attentive_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])  # base lrs (x batch / 256) of
-    # the heads trained side by side on the same features; each with every weight decay below (CAPI's grid idea)
-    attentive_weight_decays: list[float] = field(default_factory=lambda: [5e-4, 5e-2])
-    attentive_holdout: float = 0.1  # the head is chosen on this stratified fraction of train (CAPI: 0.1)
-    attentive_batch_size: int = 256  # the GLOBAL batch of the heads' step
-    attentive_micro_batch_size: int = 0  # most images per process and encoder forward; 0 = global / processes
+    batch_size: int = 256  # images per forward when extracting features
+    probe: str = "adamw"  # the linear probe: adamw (eval.linear) | lars (eval.lars, MAE's) | attentive (eval.attentive)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    lars: LarsConfig = field(default_factory=LarsConfig)
+    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
 
 
 @dataclass
@@ -397,25 +421,25 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.online.proto_weight_decay": _at_least(0),
     "eval.pool": _one_of(POOLS),
     "eval.batch_size": _at_least(1),
-    "eval.knn_k": _at_least(1),
-    "eval.knn_temperature": _positive,
-    "eval.probe_epochs": _at_least(1),
-    "eval.probe_batch_size": _at_least(1),
-    "eval.probe_lrs": _lr_list,
-    "eval.probe_weight_decay": _at_least(0),
+    "eval.knn.k": _at_least(1),
+    "eval.knn.temperature": _positive,
+    "eval.linear.epochs": _at_least(1),
+    "eval.linear.batch_size": _at_least(1),
+    "eval.linear.lrs": _lr_list,
+    "eval.linear.weight_decay": _at_least(0),
     "eval.probe": _one_of(PROBES),
-    "eval.lars_epochs": _at_least(1),
-    "eval.lars_warmup_epochs": _at_least(0),
-    "eval.lars_base_lr": _positive,
-    "eval.lars_batch_size": _at_least(1),
-    "eval.lars_micro_batch_size": _at_least(0),
-    "eval.attentive_epochs": _at_least(1),
-    "eval.attentive_warmup_epochs": _at_least(0),
-    "eval.attentive_lrs": _lr_list,
-    "eval.attentive_weight_decays": _wd_list,
-    "eval.attentive_holdout": _in_range(0, 1, lo_open=True),
-    "eval.attentive_batch_size": _at_least(1),
-    "eval.attentive_micro_batch_size": _at_least(0),
+    "eval.lars.epochs": _at_least(1),
+    "eval.lars.warmup_epochs": _at_least(0),
+    "eval.lars.base_lr": _positive,
+    "eval.lars.batch_size": _at_least(1),
+    "eval.lars.micro_batch_size": _at_least(0),
+    "eval.attentive.epochs": _at_least(1),
+    "eval.attentive.warmup_epochs": _at_least(0),
+    "eval.attentive.lrs": _lr_list,
+    "eval.attentive.weight_decays": _wd_list,
+    "eval.attentive.holdout": _in_range(0, 1, lo_open=True),
+    "eval.attentive.batch_size": _at_least(1),
+    "eval.attentive.micro_batch_size": _at_least(0),
     "finetune.epochs": _at_least(1),
     "finetune.warmup_epochs": _at_least(0),
     "finetune.batch_size": _at_least(1),
@@ -476,11 +500,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"{section}.warmup_epochs={hp.warmup_epochs} is longer than {section}.epochs={hp.epochs}: lower it"
             )
     for probe in ("lars", "attentive"):
-        if getattr(cfg.eval, f"{probe}_warmup_epochs") > getattr(cfg.eval, f"{probe}_epochs"):
-            raise KmimError(
-                f"eval.{probe}_warmup_epochs={getattr(cfg.eval, f'{probe}_warmup_epochs')} is longer "
-                f"than eval.{probe}_epochs"
-            )
+        sub = getattr(cfg.eval, probe)
+        if sub.warmup_epochs > sub.epochs:
+            raise KmimError(f"eval.{probe}.warmup_epochs={sub.warmup_epochs} is longer than eval.{probe}.epochs")
     return cfg
 
 
@@ -489,8 +511,8 @@ def validate(cfg: RunConfig) -> RunConfig:
 BATCH_FIELDS = {  # plan name -> (config section, global batch field, per-process cap field)
     "train": ("train", "batch_size", "micro_batch_size"),
     "finetune": ("finetune", "batch_size", "micro_batch_size"),
-    "eval": ("eval", "lars_batch_size", "lars_micro_batch_size"),
-    "attentive": ("eval", "attentive_batch_size", "attentive_micro_batch_size"),
+    "eval": ("eval.lars", "batch_size", "micro_batch_size"),
+    "attentive": ("eval.attentive", "batch_size", "micro_batch_size"),
 }
 
 
@@ -513,7 +535,9 @@ def plan_batch(cfg: RunConfig, section: str, world: int) -> BatchPlan:
     per-process cap (the micro-step count divides the per-process share). One KmimError line when the global batch
     cannot be split evenly over the processes."""
     section, batch_field, cap_field = BATCH_FIELDS[section]
-    hp = getattr(cfg, section)
+    hp: Any = cfg
+    for part in section.split("."):
+        hp = getattr(hp, part)
     total, cap = getattr(hp, batch_field), getattr(hp, cap_field)
     if total % world:
         raise KmimError(
@@ -554,6 +578,33 @@ MOVED_TO_RUN = ("device", "compile", "tensorboard", "wandb", "wandb_project", "w
 # (2026-12-07, issue 30): what never changes the recipe has its own section
 
 
+EVAL_MOVED = {  # eval.X -> eval.<sub>.<y> (2026-12-07, issue 30): each probe's settings in its own sub-section
+    **{f"knn_{k}": f"knn.{k}" for k in ("k", "temperature")},
+    **{f"probe_{k}": f"linear.{k}" for k in ("epochs", "batch_size", "lrs", "weight_decay")},
+    **{f"lars_{k}": f"lars.{k}" for k in ("epochs", "warmup_epochs", "base_lr", "batch_size", "micro_batch_size")},
+    **{
+        f"attentive_{k}": f"attentive.{k}"
+        for k in ("epochs", "warmup_epochs", "lrs", "weight_decays", "holdout", "batch_size", "micro_batch_size")
+    },
+}
+
+
+def _migrate_eval(raw: dict[str, Any]) -> dict[str, Any]:
+    """eval.knn_k, eval.probe_*, eval.lars_*, eval.attentive_* of configs written before the sub-sections."""
+    ev = raw.get("eval")
+    if not isinstance(ev, dict) or not any(k in EVAL_MOVED for k in ev):
+        return raw
+    out: dict[str, Any] = {}
+    for key, value in ev.items():
+        if key in EVAL_MOVED:
+            sub, name = EVAL_MOVED[key].split(".")
+            out.setdefault(sub, {})
+            out[sub] = {**out[sub], name: value}
+        else:
+            out[key] = value if not isinstance(value, dict) else {**out.get(key, {}), **value}
+    return {**raw, "eval": out}
+
+
 def _migrate_run(raw: dict[str, Any]) -> dict[str, Any]:
     """train.device / compile / tensorboard / wandb* of configs written before the run: section, moved there."""
     train = raw.get("train")
@@ -572,7 +623,7 @@ def migrate_legacy(raw: Any) -> Any:
     per-process batch with accumulation turned into the global batch, and the settings that moved to `run:`
     moved there."""
     if isinstance(raw, dict):
-        raw = _migrate_run(_migrate_accum(raw))
+        raw = _migrate_eval(_migrate_run(_migrate_accum(raw)))
     tok = raw.get("tokenizer") if isinstance(raw, dict) else None
     if not isinstance(tok, dict) or not any(k in LEGACY_KEYS for k in tok):
         return raw
@@ -604,6 +655,16 @@ def _load_yaml(p: Path) -> Any:
     return migrate_legacy(loaded)
 
 
+def _moved(key: str) -> str | None:
+    """The new path of a key that moved (train.device -> run.device, eval.lars_epochs -> eval.lars.epochs)."""
+    section, _, name = key.partition(".")
+    if section == "train" and name in MOVED_TO_RUN:
+        return f"run.{name}"
+    if section == "eval" and name in EVAL_MOVED:
+        return f"eval.{EVAL_MOVED[name]}"
+    return None
+
+
 def _override(item: str) -> Any:
     if "=" not in item:
         raise KmimError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=5)")
@@ -617,8 +678,8 @@ def _override(item: str) -> Any:
     old = key.removeprefix("tokenizer.")
     if key.startswith("tokenizer.") and old in LEGACY_KEYS:
         raise KmimError(f"override {item!r}: {key} was renamed tokenizer.{LEGACY_KEYS[old]}")
-    if key.removeprefix("train.") in MOVED_TO_RUN and key.startswith("train."):
-        new = "run." + key.removeprefix("train.")
+    new = _moved(key)
+    if new is not None:
         if os.environ.get("RANK", "0") == "0":
             print(f"note: {key} is now {new} (read as {new})", file=sys.stderr)
         item = new + item[len(key) :]

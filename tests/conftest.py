@@ -24,8 +24,8 @@ TINY = [
     "train.epochs=2",
     "train.warmup_epochs=1",
     "train.batch_size=8",
-    "eval.probe_epochs=5",
-    "eval.probe_lrs=[0.1]",
+    "eval.linear.epochs=5",
+    "eval.linear.lrs=[0.1]",
 ]
 
 

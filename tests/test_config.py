@@ -7,9 +7,9 @@ from kmim.errors import KmimError
 def test_overrides_and_yaml(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epochs: 7\n  base_lr: 0.01\nmodel:\n  preset: vit-s16\n")
-    cfg = load_config(f, ["train.epochs=9", "eval.probe_lrs=[0.5]"])
+    cfg = load_config(f, ["train.epochs=9", "eval.linear.lrs=[0.5]"])
     assert cfg.train.epochs == 9 and cfg.train.base_lr == 0.01 and cfg.model.preset == "vit-s16"
-    assert cfg.eval.probe_lrs == [0.5]
+    assert cfg.eval.linear.lrs == [0.5]
     assert load_config(None, (), base=config_to_dict(cfg)) == cfg
     assert "epochs: 9" in config_to_yaml(cfg)
 
@@ -124,25 +124,25 @@ BAD_VALUES = {
     "train.online.proto_weight_decay": "-1",
     "eval.pool": "bogus",
     "eval.batch_size": "0",
-    "eval.knn_k": "0",
-    "eval.knn_temperature": "0",
-    "eval.probe_epochs": "0",
-    "eval.probe_batch_size": "0",
-    "eval.probe_lrs": "[]",
-    "eval.probe_weight_decay": "-1",
+    "eval.knn.k": "0",
+    "eval.knn.temperature": "0",
+    "eval.linear.epochs": "0",
+    "eval.linear.batch_size": "0",
+    "eval.linear.lrs": "[]",
+    "eval.linear.weight_decay": "-1",
     "eval.probe": "sgd",
-    "eval.lars_epochs": "0",
-    "eval.lars_warmup_epochs": "-1",
-    "eval.lars_base_lr": "0",
-    "eval.lars_batch_size": "0",
-    "eval.lars_micro_batch_size": "-1",
-    "eval.attentive_epochs": "0",
-    "eval.attentive_warmup_epochs": "-1",
-    "eval.attentive_lrs": "[0.0]",
-    "eval.attentive_weight_decays": "[-1.0]",
-    "eval.attentive_holdout": "0",
-    "eval.attentive_batch_size": "0",
-    "eval.attentive_micro_batch_size": "-1",
+    "eval.lars.epochs": "0",
+    "eval.lars.warmup_epochs": "-1",
+    "eval.lars.base_lr": "0",
+    "eval.lars.batch_size": "0",
+    "eval.lars.micro_batch_size": "-1",
+    "eval.attentive.epochs": "0",
+    "eval.attentive.warmup_epochs": "-1",
+    "eval.attentive.lrs": "[0.0]",
+    "eval.attentive.weight_decays": "[-1.0]",
+    "eval.attentive.holdout": "0",
+    "eval.attentive.batch_size": "0",
+    "eval.attentive.micro_batch_size": "-1",
     "finetune.epochs": "0",
     "finetune.warmup_epochs": "-1",
     "finetune.batch_size": "0",
@@ -274,7 +274,10 @@ def test_presets_resolve_to_the_same_recipe_on_one_and_two_processes():
         cfg = load_config(f"configs/{preset}.yaml", ["data.root=/x"])
         for name, (section, field, _cap) in BATCH_FIELDS.items():
             one, two = plan_batch(cfg, name, 1), plan_batch(cfg, name, 2)
-            assert one.global_batch == two.global_batch == getattr(getattr(cfg, section), field)
+            hp = cfg
+            for part in section.split("."):  # eval.lars, eval.attentive
+                hp = getattr(hp, part)
+            assert one.global_batch == two.global_batch == getattr(hp, field)
         assert config_to_dict(cfg) == config_to_dict(load_config(f"configs/{preset}.yaml", ["data.root=/x"]))
 
 
@@ -291,8 +294,9 @@ def test_configs_saved_with_accumulation_load_as_their_global_batch():
 
 
 def test_settings_moved_to_the_run_section_still_load(tmp_path, capsys):
-    """train.device / compile / tensorboard / wandb* moved to run: (issue 30): a saved config, a YAML file and an
-    override with the old path all land there; the override says so in one line."""
+    """train.device / compile / tensorboard / wandb* moved to run: and each probe's settings to its eval sub-section
+    (issue 30): a saved config, a YAML file and an override with the old path all land there; the override says so
+    in one line."""
     from kmim.config import load_config
 
     saved = load_config(None, (), base={"train": {"device": "cpu", "tensorboard": False, "epochs": 3}})
@@ -303,3 +307,7 @@ def test_settings_moved_to_the_run_section_still_load(tmp_path, capsys):
     assert load_config(None, ["train.device=cpu"]).run.device == "cpu"
     assert capsys.readouterr().err.strip() == "note: train.device is now run.device (read as run.device)"
     assert "device" not in config_to_dict(saved)["train"]
+    old = load_config(None, (), base={"eval": {"lars_epochs": 12, "knn_k": 5, "probe_lrs": [0.5], "pool": "mean"}})
+    assert (old.eval.lars.epochs, old.eval.knn.k, old.eval.linear.lrs, old.eval.pool) == (12, 5, [0.5], "mean")
+    assert load_config(None, ["eval.attentive_holdout=0.2"]).eval.attentive.holdout == 0.2
+    assert "eval.attentive_holdout is now eval.attentive.holdout" in capsys.readouterr().err

@@ -109,8 +109,8 @@ def _cached_feature_methods(
                 (trf[pool], try_),
                 (tef[pool], tey),
                 num_classes=n_cls,
-                k=e.knn_k,
-                temperature=e.knn_temperature,
+                k=e.knn.k,
+                temperature=e.knn.temperature,
                 device=device,
             )
         if "probe" in methods and e.probe == "adamw":
@@ -120,7 +120,7 @@ def _cached_feature_methods(
                 tef[pool],
                 test_labels=tey,
                 num_classes=n_cls,
-                lrs=list(e.probe_lrs),
+                lrs=list(e.linear.lrs),
                 **probe_recipe(e, cfg.train.seed),
             )
             res["linear_probe_top1"], res["linear_probe_lr"] = lp["top1"], lp["lr"]

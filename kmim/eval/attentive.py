@@ -8,7 +8,7 @@ chosen on a held-out 10 % of train, training crops augmented. The head is timm's
 `q_proj=False, out_features=0` (exactly that pooling) followed by a `Linear`.
 
 Run as the LARS probe is (kmim.eval.lars): each process encodes its slice of every global batch (freshly seeded
-RandomResizedCrop of the full image each epoch, workers, bf16 on CUDA, at most eval.attentive_micro_batch_size images
+RandomResizedCrop of the full image each epoch, workers, bf16 on CUDA, at most eval.attentive.micro_batch_size images
 per forward), the heads' gradients are averaged over the processes, so the heads are the same on 1 or N processes.
 Held-out and test images (eval view) are streamed through the encoder once at the end, sharded: no patch-token
 cache, so it runs on ImageNet as on mnist5k. Reported: the test top-1 of the head with the best held-out top-1.
@@ -77,7 +77,7 @@ def patch_tokens(encoder: nn.Module, imgs: torch.Tensor, device: torch.device) -
 
 
 def _grid(cfg: RunConfig) -> list[tuple[float, float]]:
-    return list(product(cfg.eval.attentive_lrs, cfg.eval.attentive_weight_decays))
+    return list(product(cfg.eval.attentive.lrs, cfg.eval.attentive.weight_decays))
 
 
 def _optimizer(heads: nn.ModuleList, grid: list[tuple[float, float]], global_batch: int) -> torch.optim.AdamW:
@@ -111,15 +111,15 @@ def attentive_probe(
     train, info = build_dataset(cfg.data, "train")
     train_eval, _ = build_dataset(cfg.data, "train")
     cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
-    fit, held = _split(train, train_eval, e.attentive_holdout, seed=cfg.train.seed)
+    fit, held = _split(train, train_eval, e.attentive.holdout, seed=cfg.train.seed)
     sampler = GlobalBatchSampler(
         len(cast(Sized, fit)), plan.micro, cfg.train.seed, rank=get_rank(), world_size=get_world_size()
     )
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
-            f"eval.attentive_batch_size={e.attentive_batch_size} exceeds the {len(cast(Sized, fit))} training images "
-            "left after the held-out part: lower eval.attentive_batch_size"
+            f"eval.attentive.batch_size={e.attentive.batch_size} exceeds the {len(cast(Sized, fit))} training images "
+            "left after the held-out part: lower eval.attentive.batch_size"
         )
     encoder.eval().to(dev)
     grid = _grid(cfg)
@@ -128,7 +128,7 @@ def attentive_probe(
         AttentiveHead(int(cast("VisionTransformer", encoder).embed_dim), len(info.classes)) for _ in grid
     ).to(dev)
     opt = _optimizer(heads, grid, plan.global_batch)
-    schedule = Schedule(1.0, e.attentive_epochs * spe, e.attentive_warmup_epochs * spe)
+    schedule = Schedule(1.0, e.attentive.epochs * spe, e.attentive.warmup_epochs * spe)
     loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     ck = checkpoint or ProbeCheckpoint(None, "", cfg)
     pos = ck.restore(heads, opt)
@@ -136,15 +136,15 @@ def attentive_probe(
         again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
         tqdm.write(
             f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
-            f"{e.attentive_epochs} epochs{again}"
+            f"{e.attentive.epochs} epochs{again}"
         )
     t0, first = time.perf_counter(), pos.epoch
     with catch_preemption():
-        for epoch in range(pos.epoch, e.attentive_epochs):
+        for epoch in range(pos.epoch, e.attentive.epochs):
             start = pos.step if epoch == first else 0
             sampler.set_epoch(epoch, skip=start * plan.accum)
             batches, loss = iter(loader), math.nan
-            desc = f"attentive probe {epoch + 1}/{e.attentive_epochs}"
+            desc = f"attentive probe {epoch + 1}/{e.attentive.epochs}"
             bar = progress_bar(range(start, spe), desc=desc, disable=not progress, leave=False)
             for s in bar:
                 step = epoch * spe + s
@@ -155,7 +155,7 @@ def attentive_probe(
                 ck.check_stop(heads, opt, Position(epoch, s + 1), name="attentive probe")
             ck.save(heads, opt, Position(epoch + 1, 0))
             if progress:
-                left = (e.attentive_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
+                left = (e.attentive.epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
                 tqdm.write(f"{desc}  loss {loss:.4f}  (about {left:.0f} min left)")
     held_top1 = _top1(encoder, heads, held, cfg=cfg, device=dev, progress=progress, name="held-out")
     best = max(range(len(grid)), key=held_top1.__getitem__)
@@ -168,7 +168,7 @@ def attentive_probe(
         "lr": grid[best][0],
         "weight_decay": grid[best][1],
         "grid": [[lr, wd, acc] for (lr, wd), acc in zip(grid, held_top1, strict=True)],
-        "epochs": e.attentive_epochs,
+        "epochs": e.attentive.epochs,
         "global_batch": plan.global_batch,
     }
 
@@ -180,9 +180,9 @@ def _split(
     try:
         return holdout_split(train, train_eval, fraction, seed=seed)
     except KmimError as err:
-        msg = str(err).replace("finetune.holdout", "eval.attentive_holdout")
-        msg = msg.replace(", or eval.attentive_holdout=0", " (the probe chooses its head on held-out train)")
-        raise KmimError(msg.replace(" or eval.attentive_holdout=0", "")) from None
+        msg = str(err).replace("finetune.holdout", "eval.attentive.holdout")
+        msg = msg.replace(", or eval.attentive.holdout=0", " (the probe chooses its head on held-out train)")
+        raise KmimError(msg.replace(" or eval.attentive.holdout=0", "")) from None
 
 
 def _step(
@@ -214,7 +214,7 @@ def _step(
                 p.grad.copy_(all_reduce_mean(p.grad))
     value = float(all_reduce_mean(torch.tensor(total, dtype=torch.float64))) / len(heads)
     if not math.isfinite(value):
-        raise KmimError(f"attentive probe: the loss became {value} at step {step}: lower eval.attentive_lrs")
+        raise KmimError(f"attentive probe: the loss became {value} at step {step}: lower eval.attentive.lrs")
     opt.step()
     return value
 

@@ -1,13 +1,13 @@
 """MAE's linear probe (`main_linprobe.py`), for numbers comparable with the paper's tables, data-parallel.
 
 The recipe: a BatchNorm (no affine) + linear head on the frozen encoder's feature (eval.pool), trained with LARS
-(momentum 0.9, trust coefficient 0.001, no trust ratio or weight decay on biases), lr = lars_base_lr x global batch
+(momentum 0.9, trust coefficient 0.001, no trust ratio or weight decay on biases), lr = eval.lars.base_lr x global batch
 / 256 with warmup and a per-step cosine to 0, on freshly augmented crops every epoch (RandomResizedCrop of the full
 image, bicubic, and a flip when data.hflip), cross-entropy.
 
 How it runs at scale. The encoder is frozen, so only its forward over the crops costs anything: each process
 encodes its slice of every global batch (`GlobalBatchSampler`, DataLoader workers, bf16 autocast on CUDA, at most
-eval.lars_micro_batch_size images per forward), the features of the whole global batch are all-gathered, and every
+eval.lars.micro_batch_size images per forward), the features of the whole global batch are all-gathered, and every
 process takes the same head step on all of them. The BatchNorm statistics are therefore those of the global batch
 (what SyncBatchNorm gives; MAE's DDP head normalises each GPU's 512 images instead), and the head is the same on 1
 or N processes (float tolerance). The crops are seeded per sample and epoch (`SeededViews`). The test features
@@ -106,8 +106,8 @@ def lars_probe(
     spe = len(sampler) // plan.accum
     if spe == 0:
         raise KmimError(
-            f"eval.lars_batch_size={e.lars_batch_size} exceeds the {len(cast(Sized, train))} training images: the "
-            "probe would take no step; lower eval.lars_batch_size"
+            f"eval.lars.batch_size={e.lars.batch_size} exceeds the {len(cast(Sized, train))} training images: the "
+            "probe would take no step; lower eval.lars.batch_size"
         )
     encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
@@ -115,22 +115,22 @@ def lars_probe(
     loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     torch.manual_seed(cfg.train.seed)
     head = probe_head(cast("VisionTransformer", encoder).embed_dim, len(info.classes)).to(dev)
-    lr = e.lars_base_lr * plan.global_batch / 256
+    lr = e.lars.base_lr * plan.global_batch / 256
     opt = lars_optimizer(head, lr)
-    schedule = Schedule(lr, e.lars_epochs * spe, e.lars_warmup_epochs * spe)
+    schedule = Schedule(lr, e.lars.epochs * spe, e.lars.warmup_epochs * spe)
     ck = checkpoint or ProbeCheckpoint(None, "", cfg)
     pos = ck.restore(head, opt)
     if progress:
         again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
-        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars_epochs} epochs{again}")
+        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars.epochs} epochs{again}")
     history, t0, first = pos.history, time.perf_counter(), pos.epoch
     with catch_preemption():
-        for epoch in range(pos.epoch, e.lars_epochs):
+        for epoch in range(pos.epoch, e.lars.epochs):
             start = pos.step if epoch == first else 0
             sampler.set_epoch(epoch, skip=start * plan.accum)
             batches, loss = iter(loader), math.nan
             bar = progress_bar(
-                range(start, spe), desc=f"lars probe {epoch + 1}/{e.lars_epochs}", disable=not progress, leave=False
+                range(start, spe), desc=f"lars probe {epoch + 1}/{e.lars.epochs}", disable=not progress, leave=False
             )
             for s in bar:
                 x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
@@ -143,9 +143,9 @@ def lars_probe(
             head.train()
             ck.save(head, opt, Position(epoch + 1, 0, history))
             if progress:
-                left = (e.lars_epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
+                left = (e.lars.epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
                 tqdm.write(
-                    f"lars probe epoch {epoch + 1}/{e.lars_epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
+                    f"lars probe epoch {epoch + 1}/{e.lars.epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
                     f"  (about {left:.0f} min left)"
                 )
     ck.finish()
@@ -155,7 +155,7 @@ def lars_probe(
         "best_top1": history[best],
         "best_epoch": best + 1,
         "lr": lr,
-        "epochs": e.lars_epochs,
+        "epochs": e.lars.epochs,
         "global_batch": plan.global_batch,
         "history": history,
         "head": {k: v.cpu() for k, v in head.state_dict().items()},
@@ -179,7 +179,7 @@ def _head_step(head: nn.Module, opt: Lars, lr: float, *, x: torch.Tensor, y: tor
     loss = F.cross_entropy(head(x), y)
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise KmimError(f"lars probe: the loss became {value} at step {step}: lower eval.lars_base_lr")
+        raise KmimError(f"lars probe: the loss became {value} at step {step}: lower eval.lars.base_lr")
     opt.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
     opt.step()  # type: ignore[no-untyped-call]  # timm's Lars.step is unannotated

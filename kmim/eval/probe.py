@@ -20,9 +20,9 @@ def _accuracy(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) 
 def probe_recipe(e: Any, seed: int) -> dict[str, Any]:
     """The keyword arguments of `linear_probe` from an EvalConfig `e` (eval.probe_*) and a seed."""
     return {
-        "epochs": e.probe_epochs,
-        "batch_size": e.probe_batch_size,
-        "weight_decay": e.probe_weight_decay,
+        "epochs": e.linear.epochs,
+        "batch_size": e.linear.batch_size,
+        "weight_decay": e.linear.weight_decay,
         "seed": seed,
     }
 
@@ -34,7 +34,7 @@ def check_held_out_split(labels: torch.Tensor, num_classes: int) -> None:
     if int(counts.min()) < 2 or len(labels) // 10 < num_classes:
         raise KmimError(
             f"the training split ({len(labels)} images, as few as {int(counts.min())} in a class) is too small for "
-            "the probe's held-out lr choice (a stratified 10 %): pass one learning rate, e.g. eval.probe_lrs=[0.1]"
+            "the probe's held-out lr choice (a stratified 10 %): pass one learning rate, e.g. eval.linear.lrs=[0.1]"
         )
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from kmim.tokenizers import Tokenizer
 
 RANDOM_SEEDS = (0, 1, 2)
-FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.probe_epochs=10", "eval.probe_lrs=[0.1]"]
+FAST = ["train.epochs=2", "train.warmup_epochs=1", "tokenizer.k=32", "eval.linear.epochs=10", "eval.linear.lrs=[0.1]"]
 DEMO_DATA = ("mnist5k", "imagenette")
 IMAGENETTE = [  # `kmim demo --data imagenette`: configs/imagenette64_kmim.yaml (tests/studies/test_demo.py checks)
     "data.name=imagenette",

@@ -329,7 +329,7 @@ def _knn_and_probe(
     from kmim.eval.probe import linear_probe, probe_recipe
 
     e = cfg.eval
-    knn = knn_top1(train, test, num_classes=n_cls, k=e.knn_k, temperature=e.knn_temperature, device=_device(cfg))
+    knn = knn_top1(train, test, num_classes=n_cls, k=e.knn.k, temperature=e.knn.temperature, device=_device(cfg))
     if not probe:
         return knn, None
     res = linear_probe(
@@ -337,7 +337,7 @@ def _knn_and_probe(
         test[0],
         test_labels=test[1],
         num_classes=n_cls,
-        lrs=list(e.probe_lrs),
+        lrs=list(e.linear.lrs),
         **probe_recipe(e, cfg.train.seed),
     )
     return knn, res["top1"]

@@ -44,9 +44,9 @@ def test_finetune_on_cuda(tmp_path):
 def test_attentive_probe_on_cuda(tmp_path):
     att = [
         "eval.probe=attentive",
-        "eval.attentive_epochs=1",
-        "eval.attentive_warmup_epochs=0",
-        "eval.attentive_batch_size=8",
+        "eval.attentive.epochs=1",
+        "eval.attentive.warmup_epochs=0",
+        "eval.attentive.batch_size=8",
         "run.device=cuda",
         "data.synthetic_per_class=16",
     ]

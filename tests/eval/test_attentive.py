@@ -17,11 +17,11 @@ ATT = [
     *TINY,
     "data.synthetic_per_class=16",
     "eval.probe=attentive",
-    "eval.attentive_epochs=8",
-    "eval.attentive_warmup_epochs=1",
-    "eval.attentive_batch_size=8",
-    "eval.attentive_lrs=[3e-2,3e-1]",
-    "eval.attentive_weight_decays=[0.0]",
+    "eval.attentive.epochs=8",
+    "eval.attentive.warmup_epochs=1",
+    "eval.attentive.batch_size=8",
+    "eval.attentive.lrs=[3e-2,3e-1]",
+    "eval.attentive.weight_decays=[0.0]",
 ]
 
 
@@ -59,8 +59,8 @@ def test_attentive_probe_beats_chance_on_tiny_data(monkeypatch):
 
 
 def test_a_batch_larger_than_the_fitting_part_is_refused():
-    cfg = load_config(None, [*ATT, "eval.attentive_batch_size=64"])
-    with pytest.raises(KmimError, match="eval.attentive_batch_size=64 exceeds"):
+    cfg = load_config(None, [*ATT, "eval.attentive.batch_size=64"])
+    with pytest.raises(KmimError, match="eval.attentive.batch_size=64 exceeds"):
         attentive_probe(random_encoder(cfg, 0), cfg, "cpu", progress=False)
 
 
@@ -82,14 +82,14 @@ def test_kmim_probe_with_the_attentive_head_records_its_result(tmp_path):
             "one to hold out): add images (the probe chooses its head on held-out train)",
         ),
         (
-            ["data.synthetic_per_class=3", "data.synthetic_classes=8", "eval.attentive_holdout=0.05"],
+            ["data.synthetic_per_class=3", "data.synthetic_classes=8", "eval.attentive.holdout=0.05"],
             "should be greater or equal to the number of classes = 8): use a larger fraction",
         ),
     ],
 )
 def test_a_split_too_small_to_hold_out_suggests_a_fix_the_probe_accepts(extra, want):
-    """The hint was 'or eval.attentive_holdout=0', which the config refuses; one image per class needs images."""
-    cfg = load_config(None, [*TINY, *extra, "eval.probe=attentive", "eval.attentive_batch_size=2"])
+    """The hint was 'or eval.attentive.holdout=0', which the config refuses; one image per class needs images."""
+    cfg = load_config(None, [*TINY, *extra, "eval.probe=attentive", "eval.attentive.batch_size=2"])
     with pytest.raises(KmimError) as err:
         attentive_probe(random_encoder(cfg, 0), cfg, "cpu", progress=False)
     assert str(err.value).endswith(want) and not re.search(r"holdout=0(?![.\d])", str(err.value))

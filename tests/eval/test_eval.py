@@ -60,7 +60,7 @@ def test_the_default_probe_says_when_the_split_is_too_small_for_its_lr_choice():
     from kmim.eval.probe import linear_probe
 
     x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])  # one image per class
-    with pytest.raises(KmimError, match=r"too small for the probe's held-out lr choice.*eval.probe_lrs=\[0.1\]"):
+    with pytest.raises(KmimError, match=r"too small for the probe's held-out lr choice.*eval.linear.lrs=\[0.1\]"):
         linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.01, 0.1], epochs=1)
     assert (
         linear_probe(x, y, x, test_labels=y, num_classes=3, lrs=[0.1], epochs=1)["lr"] == 0.1

@@ -18,9 +18,9 @@ LARS = [
     *TINY,
     "data.synthetic_per_class=16",
     "eval.probe=lars",
-    "eval.lars_epochs=3",
-    "eval.lars_warmup_epochs=1",
-    "eval.lars_batch_size=8",
+    "eval.lars.epochs=3",
+    "eval.lars.warmup_epochs=1",
+    "eval.lars.batch_size=8",
 ]
 SCRIPT = """
 import sys, torch
@@ -62,7 +62,7 @@ def test_two_processes_train_the_head_of_one(tmp_path):
         str(script),
         str(tmp_path / "two.pt"),
         *LARS,
-        "eval.lars_micro_batch_size=2",
+        "eval.lars.micro_batch_size=2",
     ]  # 2 x 2 accum x 2 procs
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -75,8 +75,8 @@ def test_two_processes_train_the_head_of_one(tmp_path):
 
 
 def test_a_batch_larger_than_the_split_is_refused():
-    cfg = load_config(None, [*LARS, "eval.lars_batch_size=1000"])
-    with pytest.raises(KmimError, match=r"eval.lars_batch_size=1000 exceeds the 48 training images"):
+    cfg = load_config(None, [*LARS, "eval.lars.batch_size=1000"])
+    with pytest.raises(KmimError, match=r"eval.lars.batch_size=1000 exceeds the 48 training images"):
         lars_probe(random_encoder(cfg, 0), cfg, "cpu", progress=False)
 
 

@@ -16,14 +16,14 @@ from tests.conftest import TINY
 from tests.helpers import pretrain_run
 
 PROBES = {
-    "lars": ["eval.probe=lars", "eval.lars_epochs=3", "eval.lars_warmup_epochs=1", "eval.lars_batch_size=8"],
+    "lars": ["eval.probe=lars", "eval.lars.epochs=3", "eval.lars.warmup_epochs=1", "eval.lars.batch_size=8"],
     "attentive": [
         "eval.probe=attentive",
-        "eval.attentive_epochs=3",
-        "eval.attentive_warmup_epochs=1",
-        "eval.attentive_batch_size=8",
-        "eval.attentive_lrs=[1e-3,1e-2]",
-        "eval.attentive_weight_decays=[0.0]",
+        "eval.attentive.epochs=3",
+        "eval.attentive.warmup_epochs=1",
+        "eval.attentive.batch_size=8",
+        "eval.attentive.lrs=[1e-3,1e-2]",
+        "eval.attentive.weight_decays=[0.0]",
     ],
 }
 
@@ -76,7 +76,7 @@ def test_a_probe_file_of_another_recipe_is_not_resumed(run_dir, monkeypatch, cap
     code, whole, _ = _probe(run_dir, "lars", capsys)
     total = len(steps)
     _signal_at(monkeypatch, 2)
-    assert _probe(run_dir, "lars", capsys, "eval.lars_base_lr=0.2")[0] == 75  # another recipe stopped mid-way
+    assert _probe(run_dir, "lars", capsys, "eval.lars.base_lr=0.2")[0] == 75  # another recipe stopped mid-way
     steps = _signal_at(monkeypatch)
     code, again, _ = _probe(run_dir, "lars", capsys)
     assert code == 0 and again == whole and len(steps) == total  # started afresh, the other heads not loaded

@@ -20,15 +20,15 @@ FAST = [
     "tokenizer.batch_size=16",
     "tokenizer.vq.epochs=1",
     "tokenizer.supervised.epochs=1",
-    "eval.probe_epochs=3",
+    "eval.linear.epochs=3",
     "finetune.epochs=1",
     "finetune.warmup_epochs=0",
     "finetune.batch_size=8",
-    "eval.attentive_epochs=1",
-    "eval.attentive_warmup_epochs=0",
-    "eval.attentive_batch_size=8",
-    "eval.attentive_lrs=[1e-3]",
-    "eval.attentive_weight_decays=[0.0]",
+    "eval.attentive.epochs=1",
+    "eval.attentive.warmup_epochs=0",
+    "eval.attentive.batch_size=8",
+    "eval.attentive.lrs=[1e-3]",
+    "eval.attentive.weight_decays=[0.0]",
 ]
 
 
@@ -263,7 +263,7 @@ def test_a_study_continues_under_another_data_root(tmp_path):
 def test_an_arm_under_a_lars_preset_is_probed_as_kmim_probe_does(tmp_path):
     """The ImageNet study presets set eval.probe=lars: the arm's linear probe is MAE's LARS probe through the
     encoder (split over processes, resumable), as `kmim probe` runs it, not the AdamW head on cached features."""
-    lars = ["eval.probe=lars", "eval.lars_epochs=2", "eval.lars_warmup_epochs=0", "eval.lars_batch_size=8"]
+    lars = ["eval.probe=lars", "eval.lars.epochs=2", "eval.lars.warmup_epochs=0", "eval.lars.batch_size=8"]
     out = tmp_path / "k"
     rec = S.run_arm(S.arms("k-ablation", out)[0], out, None, overrides=[*FAST, *lars], curve=False, progress=False)
     run = out / "runs" / "pixels-k10-s0"
