@@ -154,22 +154,18 @@ class OnlineConfig:
 
 
 @dataclass
-class TrainConfig:
-    target: str = "tokens"  # tokens (K-MIM: cross-entropy on token ids) | pixels (MAE: MSE on pixels) |
-    # online-clusters (CAPI-style: soft Sinkhorn assignments of an EMA teacher's features to learned prototypes)
-    norm_pix: bool = True  # for target=pixels: per-patch normalized pixel targets (MAE's norm_pix_loss)
-    label_smoothing: float = 0.0
-    mask_ratio: float = 0.75
+class ScheduleConfig:
+    """What `train:` and `finetune:` share, each with its own defaults: the budget, the global batch, the lr
+    schedule, precision, seeding, checkpoints and logging (the same YAML paths under either section)."""
+
     epochs: int = 40
     warmup_epochs: int = 3
     batch_size: int = 128  # the GLOBAL batch: images per optimizer step, summed over processes and accumulation
     micro_batch_size: int = 0  # most images one process puts through the model at once (GPU memory); the
     # accumulation steps follow (kmim.config.plan_batch); 0 = batch_size / processes, no accumulation
-    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256 (the paper code's default; MAE published 1.5e-4)
+    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256 (pretraining: the paper code's default; MAE 1.5e-4)
     min_lr: float = 0.0
     weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | off
     save_every: int = 5  # epochs between numbered checkpoints (checkpoints/checkpoint-NNNN.pt)
@@ -181,24 +177,35 @@ class TrainConfig:
     sync_every: int = 1  # optimizer steps between host reads of the loss (the NaN guard): 1 = every micro-batch,
     # checked before it reaches the weights; N = on the device in between, read every N steps and at each epoch's
     # end (a non-finite loss still never reaches a checkpoint); log_every must be a multiple of it
+
+
+@dataclass
+class TrainConfig(ScheduleConfig):
+    """`train:`: pretraining, the schedule (ScheduleConfig) plus the target and AdamW's betas."""
+
+    target: str = "tokens"  # tokens (K-MIM: cross-entropy on token ids) | pixels (MAE: MSE on pixels) |
+    # online-clusters (CAPI-style: soft Sinkhorn assignments of an EMA teacher's features to learned prototypes)
+    norm_pix: bool = True  # for target=pixels: per-patch normalized pixel targets (MAE's norm_pix_loss)
+    label_smoothing: float = 0.0
+    mask_ratio: float = 0.75
+    beta1: float = 0.9
+    beta2: float = 0.95
     health_images: int = 0  # > 0: every epoch, TCAS / NMI / usage of the targets' hard ids (the tokenizer's, or the
     # online prototypes' argmax) on a fixed seeded subset of this many training images (eval view); 0 = off
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ScheduleConfig):
     """`kmim finetune`: end-to-end fine-tuning with the MAE/BEiT recipe (timm's layer decay, RandAugment, random
     erasing, Mixup/CutMix, label smoothing, drop path, EMA). Defaults: MAE's ViT-B recipe (100 epochs, blr 5e-4,
     layer decay 0.65, drop path 0.1, mixup 0.8, cutmix 1.0, smoothing 0.1, RandAug m9, reprob 0.25)."""
 
     epochs: int = 100
     warmup_epochs: int = 5
-    batch_size: int = 128  # the GLOBAL batch per optimizer step (over processes and accumulation), as train.*
-    micro_batch_size: int = 0  # most images per process and forward pass; 0 = batch_size / processes
-    base_lr: float = 5e-4  # lr = base_lr * batch_size / 256
+    base_lr: float = 5e-4
     min_lr: float = 1e-6
-    weight_decay: float = 0.05
+    save_every: int = 10
     layer_decay: float = 0.65  # lr scale of block i = layer_decay ** (depth + 1 - i) (timm param_groups_layer_decay)
     drop_path: float = 0.1
     mixup: float = 0.8  # Mixup alpha; 0 = off
@@ -216,13 +223,6 @@ class FinetuneConfig:
     # finetune.seed) instead of the test split: for choosing a recipe without looking at the test set
     eval_every: int = 5  # epochs between test-split evaluations (the last is always done); finetune_best_top1 is
     # the best of these (MAE evaluates every epoch: eval_every=1, as the ImageNet presets)
-    seed: int = 0
-    amp: str = "auto"
-    save_every: int = 10
-    keep_checkpoints: int = 0  # as train.keep_checkpoints
-    last_every: int = 1  # as train.last_every
-    log_every: int = 20
-    sync_every: int = 1  # as train.sync_every
 
 
 @dataclass
@@ -352,6 +352,22 @@ def _wd_list(v: Any) -> str | None:
 
 
 # field path -> check returning None (valid) or what is wrong; every numeric or enum field is listed
+SCHEDULE_CHECKS: dict[str, Callable[[Any], str | None]] = {  # ScheduleConfig's fields, under train and finetune
+    "epochs": _at_least(1),
+    "warmup_epochs": _at_least(0),
+    "batch_size": _at_least(1),
+    "micro_batch_size": _at_least(0),
+    "base_lr": _positive,
+    "min_lr": _at_least(0),
+    "weight_decay": _at_least(0),
+    "seed": _at_least(0),
+    "amp": _one_of(AMPS),
+    "save_every": _at_least(1),
+    "keep_checkpoints": _at_least(0),
+    "last_every": _at_least(1),
+    "log_every": _at_least(1),
+    "sync_every": _at_least(1),
+}
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "name": _non_empty,
     "data.img_size": _at_least(1),
@@ -388,26 +404,13 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.decoder": _one_of(DECODERS),
     "model.predict_fraction": _in_range(0, 1, lo_open=True, hi_open=False),
     "model.head": _one_of(HEADS),
+    **{f"{section}.{name}": check for section in ("train", "finetune") for name, check in SCHEDULE_CHECKS.items()},
     "train.target": _one_of(TARGETS),
     "train.label_smoothing": _in_range(0, 1),
     "train.mask_ratio": _in_range(0, 1, lo_open=True),
-    "train.epochs": _at_least(1),
-    "train.warmup_epochs": _at_least(0),
-    "train.batch_size": _at_least(1),
-    "train.micro_batch_size": _at_least(0),
-    "train.base_lr": _positive,
-    "train.min_lr": _at_least(0),
-    "train.weight_decay": _at_least(0),
     "train.beta1": _in_range(0, 1),
     "train.beta2": _in_range(0, 1),
-    "train.seed": _at_least(0),
     "run.device": _device,
-    "train.amp": _one_of(AMPS),
-    "train.save_every": _at_least(1),
-    "train.keep_checkpoints": _at_least(0),
-    "train.last_every": _at_least(1),
-    "train.log_every": _at_least(1),
-    "train.sync_every": _at_least(1),
     "run.wandb_project": _non_empty,
     "run.wandb_mode": _one_of(WANDB_MODES),
     "train.health_images": _at_least(0),
@@ -440,13 +443,6 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.attentive.holdout": _in_range(0, 1, lo_open=True),
     "eval.attentive.batch_size": _at_least(1),
     "eval.attentive.micro_batch_size": _at_least(0),
-    "finetune.epochs": _at_least(1),
-    "finetune.warmup_epochs": _at_least(0),
-    "finetune.batch_size": _at_least(1),
-    "finetune.micro_batch_size": _at_least(0),
-    "finetune.base_lr": _positive,
-    "finetune.min_lr": _at_least(0),
-    "finetune.weight_decay": _at_least(0),
     "finetune.layer_decay": _in_range(0, 1, lo_open=True, hi_open=False),
     "finetune.drop_path": _in_range(0, 1),
     "finetune.mixup": _at_least(0),
@@ -461,13 +457,6 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "finetune.ema_decay": _in_range(0, 1, lo_open=True),
     "finetune.eval_every": _at_least(1),
     "finetune.holdout": _in_range(0, 1),
-    "finetune.seed": _at_least(0),
-    "finetune.amp": _one_of(AMPS),
-    "finetune.save_every": _at_least(1),
-    "finetune.keep_checkpoints": _at_least(0),
-    "finetune.last_every": _at_least(1),
-    "finetune.log_every": _at_least(1),
-    "finetune.sync_every": _at_least(1),
 }
 
 
