@@ -4,6 +4,7 @@ removing or renaming a file is seen at the next build and changes the scan key."
 
 import os
 
+import pytest
 from PIL import Image
 
 import kmim.data.listing as L
@@ -61,3 +62,45 @@ def test_the_scan_key_changes_with_the_file_list_not_per_image_stats(tmp_path, m
     monkeypatch.undo()
     (root / "train" / "a" / "1.png").rename(root / "train" / "a" / "9.png")
     assert key() != first
+
+
+WALKS = """
+import sys, json
+import kmim.data.listing as L
+from kmim.config import load_config
+from kmim.dist import get_rank, in_process_group
+from kmim.resolve import check_images
+
+calls = []
+real = L.walk
+L.walk = lambda folder: calls.append(folder) or real(folder)
+
+def work():
+    cfg = load_config(None, ["data.name=imagefolder", f"data.root={sys.argv[1]}", "data.img_size=16"])
+    check_images(cfg, ("train", "test"), __import__("pathlib").Path(sys.argv[2]), progress=False, min_side=1)
+    from kmim.data import build_dataset
+    n = len(build_dataset(cfg.data, "train")[0])
+    json.dump({"walks": len(calls), "train": n}, open(f"{sys.argv[2]}/rank{get_rank()}.json", "w"))
+
+in_process_group(work)
+"""
+
+
+@pytest.mark.slow  # ~15 s: 2 gloo processes
+def test_under_two_processes_rank_0_walks_and_the_other_rank_receives_the_listing(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    script = tmp_path / "walks.py"
+    script.write_text(WALKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script)]
+    proc = subprocess.run(
+        [*cmd, str(root), str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"walks": 2, "train": 4}, {"walks": 0, "train": 4}]  # rank 0 walked train/ and val/ once
