@@ -31,6 +31,16 @@ class NonFiniteLoss(KmimError):
 
 
 @dataclass(frozen=True)
+class Stepper:
+    """What takes an optimizer step: the optimizer, the lr schedule it follows (set before each step) and, for fp16,
+    the GradScaler."""
+
+    opt: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler | None = None
+
+
+@dataclass(frozen=True)
 class StepHooks:
     """What runs around each optimizer step (each optional): `on_step(step, extras)` after it, with the extras of the
     step's last micro-batch and its loss under "loss"; `before_step()` after the step's last backward, before the
@@ -76,22 +86,21 @@ class EpochResult:
 def run_epoch(
     batches: Iterable[Any],
     loss_fn: LossFn,
-    opt: torch.optim.Optimizer,
+    stepper: Stepper,
     *,
-    schedule: Schedule,
     step: int,
     n_batches: int,
     accum: int = 1,
-    scaler: torch.amp.GradScaler | None = None,
     hooks: StepHooks = StepHooks(),
     check: LossCheck = LossCheck(),
     bar: Bar = Bar(),
 ) -> EpochResult:
     """Run up to `n_batches` micro-batches (a multiple of `accum`); returns the step count and per-batch losses.
 
-    lr(step) is set before the first micro-batch of each step; the loss is divided by `accum` before backward,
-    so a step's gradient is the mean over its micro-batches. `hooks` run around each step (StepHooks); the
-    `check.grad_norm_every`-th steps put the gradient's global L2 norm under "grad_norm" in the extras.
+    lr(step) is set (`stepper.schedule`) before the first micro-batch of each step; the loss is divided by `accum`
+    before backward, so a step's gradient is the mean over its micro-batches. `hooks` run around each step
+    (StepHooks); the `check.grad_norm_every`-th steps put the gradient's global L2 norm under "grad_norm" in the
+    extras.
 
     The NaN guard. With `check.sync_every` = 1 each loss value is read on the host (one sync per micro-batch), mapped
     by `check.reduce` and a non-finite one raises NonFiniteLoss before it reaches the weights. With `sync_every` = N
@@ -101,6 +110,7 @@ def run_epoch(
     never a checkpoint written after the epoch.
     """
     res = EpochResult(step)
+    opt, schedule, scaler = stepper.opt, stepper.schedule, stepper.scaler
     sync_every, no_sync = check.sync_every, hooks.no_sync
     pending = _PendingLosses(res, check.reduce_tensor)
     progress = progress_bar(total=n_batches, desc=bar.desc, disable=not bar.show, leave=False)

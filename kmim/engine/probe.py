@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kmim.engine.loop import run_epoch
+from kmim.engine.loop import Stepper, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 
 
@@ -52,5 +52,5 @@ def train_linear_probe(
         return F.cross_entropy(head(feats[idx]), labels[idx]), {}
 
     head.train()
-    run_epoch(batches(), loss_fn, opt, schedule=schedule, step=0, n_batches=total)
+    run_epoch(batches(), loss_fn, Stepper(opt, schedule), step=0, n_batches=total)
     return head.eval()

@@ -32,7 +32,7 @@ from kmim.dist import (
     resolve_device,
 )
 from kmim.engine.checkpoint import save_checkpoint
-from kmim.engine.loop import Bar, LossCheck, NonFiniteLoss, StepHooks, run_epoch
+from kmim.engine.loop import Bar, LossCheck, NonFiniteLoss, StepHooks, Stepper, run_epoch
 from kmim.engine.optim import Schedule
 from kmim.engine.preempt import Preempted, catch_preemption, signal_name, stop_requested
 from kmim.errors import KmimError
@@ -182,12 +182,10 @@ class Trainer:
             res = run_epoch(
                 batches,
                 self._micro_step,
-                self.opt,
-                schedule=schedule,
+                Stepper(self.opt, schedule, self.scaler),
                 step=st.step,
                 n_batches=(spe - done) * self.plan.accum,
                 accum=self.plan.accum,
-                scaler=self.scaler,
                 hooks=StepHooks(
                     on_step=on_step,
                     before_step=self._before_step,

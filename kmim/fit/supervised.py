@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.data import make_loader
-from kmim.engine.loop import Bar, run_epoch
+from kmim.engine.loop import Bar, Stepper, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 
@@ -90,8 +90,7 @@ def train_supervised(
         step = run_epoch(
             loader,
             loss_fn,
-            opt,
-            schedule=schedule,
+            Stepper(opt, schedule),
             step=step,
             n_batches=steps_per_epoch,
             bar=Bar(f"supervised {epoch + 1}/{epochs}", progress, postfix),

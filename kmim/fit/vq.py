@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kmim.data import make_loader
-from kmim.engine.loop import Bar, StepHooks, run_epoch
+from kmim.engine.loop import Bar, StepHooks, Stepper, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 from kmim.errors import KmimError
 from kmim.metrics import codebook_usage, perplexity
@@ -124,8 +124,7 @@ def train_vqvae(
         step = run_epoch(
             loader,
             loss_fn,
-            opt,
-            schedule=schedule,
+            Stepper(opt, schedule),
             step=step,
             n_batches=steps_per_epoch,
             hooks=StepHooks(on_step=on_step),

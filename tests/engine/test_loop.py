@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kmim.engine.loop import LossCheck, NonFiniteLoss, StepHooks, run_epoch
+from kmim.engine.loop import LossCheck, NonFiniteLoss, StepHooks, Stepper, run_epoch
 from kmim.engine.optim import Schedule, build_optimizer
 
 
@@ -24,9 +24,9 @@ def test_accumulated_step_equals_one_big_batch():
     m2.load_state_dict(m1.state_dict())
     sched = Schedule(lr=0.1, total_steps=1, warmup_steps=0)
     o1, o2 = build_optimizer(m1, 0.1), build_optimizer(m2, 0.1)
-    r1 = run_epoch([torch.arange(8)], _loss(m1, x, y), o1, schedule=sched, step=0, n_batches=1)
+    r1 = run_epoch([torch.arange(8)], _loss(m1, x, y), Stepper(o1, sched), step=0, n_batches=1)
     r2 = run_epoch(
-        [torch.arange(4), torch.arange(4, 8)], _loss(m2, x, y), o2, schedule=sched, step=0, n_batches=2, accum=2
+        [torch.arange(4), torch.arange(4, 8)], _loss(m2, x, y), Stepper(o2, sched), step=0, n_batches=2, accum=2
     )
     assert r1.step == r2.step == 1 and len(r2.losses) == 2
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
@@ -54,7 +54,7 @@ def test_no_sync_wraps_every_micro_batch_but_the_last_of_each_step():
     batches = [torch.arange(i, i + 2) for i in range(0, 8, 2)] * 2  # 8 micro-batches of 2
     sched = Schedule(lr=0.1, total_steps=3, warmup_steps=0)
     res = run_epoch(
-        batches, loss_fn, opt, schedule=sched, step=0, n_batches=6, accum=3, hooks=StepHooks(no_sync=no_sync)
+        batches, loss_fn, Stepper(opt, sched), step=0, n_batches=6, accum=3, hooks=StepHooks(no_sync=no_sync)
     )
     assert res.step == 2
     assert [local for _, local in calls] == [True, True, False, True, True, False]
@@ -71,8 +71,7 @@ def test_lr_follows_the_schedule_per_step_and_on_step_sees_the_loss():
     run_epoch(
         [torch.arange(8)] * 4,
         _loss(m, x, y),
-        opt,
-        schedule=Schedule(1.0, 4, 2),
+        Stepper(opt, Schedule(1.0, 4, 2)),
         step=0,
         n_batches=4,
         hooks=StepHooks(on_step=on_step),
@@ -91,7 +90,7 @@ def test_non_finite_loss_stops_before_the_weights_change():
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 1"):
         run_epoch(
-            [torch.arange(4), torch.arange(4, 8)], loss_fn, opt, schedule=Schedule(0.1, 2, 0), step=0, n_batches=2
+            [torch.arange(4), torch.arange(4, 8)], loss_fn, Stepper(opt, Schedule(0.1, 2, 0)), step=0, n_batches=2
         )
     assert not all(torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))  # step 0 was applied
     assert all(p.grad is None for p in m.parameters())  # the bad micro-batch never reached backward
@@ -106,12 +105,11 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
     oa, ob = build_optimizer(ma, 0.1), build_optimizer(mb, 0.1)
     batches = [torch.arange(i % 2 * 4, i % 2 * 4 + 4) for i in range(7)]
     seen = []
-    ra = run_epoch(batches, _loss(ma, x, y), oa, schedule=Schedule(0.1, 7, 1), step=0, n_batches=7)
+    ra = run_epoch(batches, _loss(ma, x, y), Stepper(oa, Schedule(0.1, 7, 1)), step=0, n_batches=7)
     rb = run_epoch(
         batches,
         _loss(mb, x, y),
-        ob,
-        schedule=Schedule(0.1, 7, 1),
+        Stepper(ob, Schedule(0.1, 7, 1)),
         step=0,
         n_batches=7,
         check=LossCheck(sync_every=3),
@@ -130,7 +128,7 @@ def test_reading_the_loss_every_n_steps_trains_the_same_and_names_the_bad_step()
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at optimizer step 4"):
         run_epoch(
-            batches, loss_fn, opt, schedule=Schedule(0.1, 7, 0), step=0, n_batches=7, check=LossCheck(sync_every=3)
+            batches, loss_fn, Stepper(opt, Schedule(0.1, 7, 0)), step=0, n_batches=7, check=LossCheck(sync_every=3)
         )
 
 
