@@ -237,7 +237,7 @@ def _collapse(records: list[dict[str, Any]], present: set[str]) -> list[str]:
 
 
 def rules(records: list[dict[str, Any]]) -> list[str]:
-    from kmim.studies.study_rules import _noise
+    from kmim.studies.common import noise as _noise
 
     present = {r["group"] for r in records}
     if not any(g.startswith(ONLINE) for g in present):
@@ -267,7 +267,7 @@ def _pool_cell(recs: list[dict[str, Any]], network: str, *, pool: str, key: str)
 
 
 def tables(records: list[dict[str, Any]], out: Path) -> list[str]:
-    from kmim.studies.study_rules import _groups
+    from kmim.studies.common import groups as _groups
 
     lines = [
         "## Methods (mean ± sd over seeds; the headline pool is the preset's eval.pool)",
@@ -315,7 +315,9 @@ def _collapse_table(records: list[dict[str, Any]], out: Path) -> list[str]:
         f"targets' entropy (log K = {np.log(ONLINE_K):.2f}) | TCAS (1,000 images) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    from kmim.studies.study_rules import _groups, _pyplot, _save
+    from kmim.studies.common import groups as _groups
+    from kmim.studies.common import pyplot as _pyplot
+    from kmim.studies.common import save as _save
 
     for g, recs in _groups(online).items():
         last = np.mean([r["teacher_curve"][-1][1:] for r in recs], axis=0)

@@ -156,7 +156,7 @@ def _tcas_record(group: str, seed: int, tcas: float | None, knn: float) -> dict:
 
 
 def test_tcas_rules_put_one_point_per_tokenizer_at_its_seed_mean(tmp_path):
-    from kmim.studies.study_rules import _tcas_rows, tcas_rules, tcas_tables
+    from kmim.studies.tcas_vs_probe import _tcas_rows, tcas_rules, tcas_tables
 
     # five tokenizers, accuracy falling with TCAS; two seeds each at +-1 pt; an MAE arm without TCAS
     recs = [_tcas_record(f"t{i}", s, 0.2 * i + 0.01 * s, 80.0 - 5 * i + (2 * s - 1)) for i in range(5) for s in (0, 1)]
