@@ -82,8 +82,9 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
 
 
 def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
-    """Online targets: Sinkhorn's column sums (and max shift) are all-reduced and the prototypes' gradients averaged,
-    so 2 processes with the same global batch give the 1-process losses, encoder and prototypes."""
+    """Online targets (with CAPI's weight-normed cosine student head): Sinkhorn's column sums (and max shift) are
+    all-reduced and the prototypes' gradients averaged, so 2 processes with the same global batch give the 1-process
+    losses, encoder and prototypes."""
     out = tmp_path / "runs"
     base = [
         *RUN,
@@ -92,6 +93,7 @@ def test_online_clustering_on_two_gloo_processes_matches_one(tmp_path):
         "train.target=online-clusters",
         "train.batch_size=8",
         "train.online.momentum=0.9",
+        "model.head=cosine",
     ]
     assert main(["pretrain", "-q", *base, "name=one"]) == 0
     two = _torchrun(2, "pretrain", "-q", *base, "name=two")
