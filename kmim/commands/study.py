@@ -39,7 +39,9 @@ def arm_commands(
     study folder's runs/, and for vs-mae the fine-tuning of that run (into RUN-finetune, as the study does), to run
     as separate (e.g. scheduler) jobs; the study, rerun, then finds the finished runs, trains nothing more and
     evaluates them."""
-    from kmim.studies.study import FINETUNE_SEEDS, RECIPES, arm_overrides, arms, layout
+    from kmim.studies.finetune_recipe import RECIPES
+    from kmim.studies.study import arm_overrides, arms, layout
+    from kmim.studies.vs_mae import FINETUNE_SEEDS
 
     conf = ["-c", config] if config else []
     lines = []

@@ -7,7 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kmim.studies.common import METRICS, by_group, mean_sd, noise, pyplot, save
+from kmim.studies.common import METRICS, Arm, Layout, by_group, mean_sd, noise, pyplot, save, tok
+
+K_GRID = (10, 25, 50, 100, 200, 1000)
+
+
+def arms(lay: Layout) -> list[Arm]:
+    """PIXEL K-means at every K of K_GRID, 2 seeds."""
+    return [
+        Arm(f"pixels-k{kk}-s{s}", f"K={kk}", tok("kmeans-pixels", kk), s, run=f"pixels-k{kk}-s{s}")
+        for s in (0, 1)
+        for kk in K_GRID
+    ]
 
 
 def _k_summary(records: list[dict[str, Any]], key: str) -> dict[int, tuple[float, float]]:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kmim.studies.common import DRAWS, SHOTS, Arm, Layout
+
 if TYPE_CHECKING:
     from kmim.config import ModelConfig, RunConfig
 
@@ -85,6 +87,18 @@ def groups(runs: Path, seed: int, *, cross: tuple[str, ...], shared: bool) -> di
     return out
 
 
+def arms(lay: Layout) -> list[Arm]:
+    """The groups of `groups`, 2 seeds (CAPI's predictor sized for the study's preset, or the default model's)."""
+    from kmim.config import ModelConfig
+
+    cross = lay.cross or cross_overrides(ModelConfig())
+    return [
+        Arm(f"{g}-s{s}", g, ov, s, run=r)
+        for s in (0, 1)
+        for g, (ov, r) in groups(lay.runs, s, cross=cross, shared=lay.shared).items()
+    ]
+
+
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 
 
@@ -95,7 +109,7 @@ def network_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, 
     from kmim.eval.attentive import attentive_probe
     from kmim.eval.lowshot import low_shot_probe
     from kmim.eval.resume import probe_checkpoint
-    from kmim.studies.study import DRAWS, SHOTS, _knn_and_probe
+    from kmim.studies.study import _knn_and_probe
 
     enc, info = load_encoder(run_dir, network)
     (trf, try_), (tef, tey), n_cls = split_features(enc, cfg, device, progress=progress)

@@ -7,11 +7,11 @@
   it is finished and is not continued by this code.)
 * `k-ablation` (Table 4): PIXEL K in {10, 25, 50, 100, 200, 1000}, two seeds.
 * `vs-mae` (section 5): K-MIM PIXEL, MAE norm-pix, MAE raw pixels, K-MIM HOG, three seeds; kNN at every saved
-  checkpoint and the linear probe at a few (accuracy vs epochs); the seed-0 run of each method fine-tuned with the
-  preset's `finetune` section (the paper's main metric).
+  checkpoint and the linear probe at a few (accuracy vs epochs); the runs of the seeds in `vs_mae.FINETUNE_SEEDS`
+  fine-tuned with the preset's `finetune` section (the paper's main metric).
 * `finetune-recipe`: the fine-tuning recipe for vs-mae chosen on untrained encoders alone (so it favours no method):
-  each candidate of RECIPES fine-tunes a random-init encoder on 90 % of train and is scored on the held-out 10 %
-  (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
+  each candidate of `finetune_recipe.RECIPES` fine-tunes a random-init encoder on 90 % of train and is scored on
+  the held-out 10 % (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
 * `online-vs-offline` (issue 28; the first design, issue 20, is finished in docs/results/online-vs-offline-40ep and
   not continued by this code): online clusters with CAPI's recipe against offline tokens and MAE, with MAE's decoder
   and CAPI's cross-attention predictor, student and EMA teacher evaluated (kmim/studies/online.py).
@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,32 +35,16 @@ from kmim.config import RunConfig, config_to_dict
 from kmim.dist import is_main, on_main
 from kmim.errors import KmimError
 from kmim.runs import RunDir
+from kmim.studies.common import DRAWS, SHOTS, Arm, Layout
+from kmim.studies.finetune_recipe import RECIPES
+from kmim.studies.study_rules import ARMS
+from kmim.studies.vs_mae import FINETUNE_SEEDS, PROBE_AT
 
 if TYPE_CHECKING:
     import torch
     import torch.nn
 
-STUDIES = ("tcas-vs-probe", "k-ablation", "vs-mae", "finetune-recipe", "online-vs-offline")
-K_GRID = (10, 25, 50, 100, 200, 1000)
-SHOTS, DRAWS = 10, 5
-PROBE_AT = (0.3, 0.6)  # vs-mae: the saved epochs nearest these fractions of the budget also get a linear probe
-# (the final encoder always does): 6 and 12 of 20 epochs (the first round), 12 and 24 of 40
-FINETUNE_SEEDS = (0, 1, 2)  # vs-mae: seeds whose run is also fine-tuned (all, from the 40-epoch round on; the
-# 20-epoch round fine-tuned seed 0 only, its records say so)
-RECIPES = {  # finetune-recipe: the candidates, fixed before any ran (the preset's finetune section is the base)
-    "lr5e-4-ld0.75": ("finetune.base_lr=5e-4", "finetune.layer_decay=0.75"),
-    "lr1e-3-ld0.75": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.75"),
-    "lr2e-3-ld0.75": ("finetune.base_lr=2e-3", "finetune.layer_decay=0.75"),
-    "lr1e-3-ld0.65": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.65"),
-    "lr1e-3-ld0.9": ("finetune.base_lr=1e-3", "finetune.layer_decay=0.9"),
-    "lr1e-3-ld0.75-mixup": (
-        "finetune.base_lr=1e-3",
-        "finetune.layer_decay=0.75",
-        "finetune.mixup=0.8",
-        "finetune.cutmix=1.0",
-    ),
-}
-HOLDOUT = 0.1
+STUDIES = tuple(ARMS)  # "all" runs them in this order
 NEUTRAL = (
     "out_dir",
     "data.root",
@@ -71,31 +54,6 @@ NEUTRAL = (
     *(f"run.{k}" for k in ("compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")),
 )  # where the runs and the data live, how the data is read and what is logged: a study continues when moved, or on
 # another machine with its own data.root (the numbers do not depend on these; run.device can, so it is compared)
-
-
-@dataclass(frozen=True)
-class Arm:
-    name: str  # the arm's record (DIR/records/NAME.json), unique in the study
-    group: str  # what is averaged over seeds
-    overrides: tuple[str, ...]
-    seed: int = 0
-    run: str = ""  # its run folder's name in a pool shared by studies (--runs); "" = the arm's name
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a study's arms train and what its main K is: `runs` is DIR/runs, or with `kmim study --runs POOL` a
-    folder shared by the studies of one round, where the same run (K-MIM PIXEL at the main K, MAE, HOG, seeds 0-1)
-    is trained once under one name and read by each study that has it; `k` is the preset's tokenizer.k (200 on
-    mnist5k, the paper's 50 on Imagenette), the K of the K-MIM, HOG and feature arms."""
-
-    runs: Path
-    k: int = 200
-    shared: bool = False
-    cross: tuple[str, ...] = ()  # online-vs-offline: CAPI's predictor for the preset's encoder (online.cross_overrides)
-
-    def run_name(self, arm: Arm) -> str:
-        return arm.run if self.shared and arm.run else arm.name
 
 
 def layout(out: Path, config: str | None, runs: str | None = None) -> Layout:
@@ -111,68 +69,12 @@ def layout(out: Path, config: str | None, runs: str | None = None) -> Layout:
     return Layout(Path(runs), k, shared=True, cross=cross)
 
 
-def _tok(name: str, k: int, *extra: str) -> tuple[str, ...]:
-    return ("train.target=tokens", f"tokenizer.name={name}", f"tokenizer.k={k}", *extra)
-
-
 def arms(study: str, out: Path, lay: Layout | None = None) -> list[Arm]:
-    """The fixed arms of a study (dependencies first: feature tokenizers read earlier arms' encoders)."""
-    lay = lay or Layout(out / "runs")
-    k, runs = lay.k, lay.runs
-    if study == "tcas-vs-probe":
-        return [Arm(f"{g}-s{s}", g, ov, s, run=f"{g}-s{s}") for s in (0, 1) for g, ov in _tcas_groups(lay, s).items()]
-    if study == "k-ablation":
-        return [
-            Arm(f"pixels-k{kk}-s{s}", f"K={kk}", _tok("kmeans-pixels", kk), s, run=f"pixels-k{kk}-s{s}")
-            for s in (0, 1)
-            for kk in K_GRID
-        ]
-    if study == "vs-mae":
-        groups = {
-            f"kmim-pixels-k{k}": (_tok("kmeans-pixels", k), f"pixels-k{k}"),
-            "mae-normpix": (("train.target=pixels", "train.norm_pix=true"), "mae-normpix"),
-            "mae-raw": (("train.target=pixels", "train.norm_pix=false"), "mae-raw"),
-            f"kmim-hog-k{k}": (_tok("kmeans-hog", k), f"hog-k{k}"),
-        }
-        return [Arm(f"{g}-s{s}", g, ov, s, run=f"{r}-s{s}") for s in (0, 1, 2) for g, (ov, r) in groups.items()]
-    if study == "finetune-recipe":
-        return [Arm(name, name, (*ov, f"finetune.holdout={HOLDOUT}")) for name, ov in RECIPES.items()]
-    if study == "online-vs-offline":
-        from kmim.config import ModelConfig
-        from kmim.studies import online
-
-        cross = lay.cross or online.cross_overrides(ModelConfig())
-        return [
-            Arm(f"{g}-s{s}", g, ov, s, run=r)
-            for s in (0, 1)
-            for g, (ov, r) in online.groups(runs, s, cross=cross, shared=lay.shared).items()
-        ]
-    raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
-
-
-def second_k(k: int) -> int:
-    """tcas-vs-probe's second pixel K: 50 beside a main K other than 50 (mnist5k: 200 and 50), else 200."""
-    return 200 if k == 50 else 50
-
-
-def _tcas_groups(lay: Layout, seed: int) -> dict[str, tuple[str, ...]]:
-    """tcas-vs-probe's tokenizers for one seed at the main K (MAE and K-MIM PIXEL first: two feature tokenizers read
-    their runs)."""
-    k, k2 = lay.k, second_k(lay.k)
-    mae, pix = lay.runs / f"mae-normpix-s{seed}", lay.runs / f"pixels-k{k}-s{seed}"
-    return {
-        "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
-        f"pixels-k{k}": _tok("kmeans-pixels", k),
-        f"pixels-k{k2}": _tok("kmeans-pixels", k2),
-        f"pixels-norm-k{k}": _tok("kmeans-pixels", k, "tokenizer.patch_norm=true"),
-        f"hog-k{k}": _tok("kmeans-hog", k),
-        f"vq-k{k}": _tok("vq", k),
-        f"supervised-features-k{k}": _tok("kmeans-features", k, "tokenizer.encoder=supervised"),
-        f"mae-features-k{k}": (*_tok("kmeans-features", k), f"tokenizer.encoder={mae}"),
-        f"kmim-features-k{k}": (*_tok("kmeans-features", k), f"tokenizer.encoder={pix}"),
-        f"cross-class-k{k}": _tok("cross-class", k),
-        f"class-wise-k{k}": _tok("class-wise", k),
-    }
+    """The fixed arms of a study, declared in its own file (dependencies first: feature tokenizers read earlier
+    arms' encoders)."""
+    if study not in ARMS:
+        raise KmimError(f"study {study!r} is unknown: use one of {', '.join(STUDIES)} or all")
+    return ARMS[study](lay or Layout(out / "runs"))
 
 
 # ---- one arm ------------------------------------------------------------------------------------------------------

@@ -14,7 +14,37 @@ from typing import Any
 import numpy as np
 
 from kmim.metrics.stats import bootstrap_ci, pearson, spearman
-from kmim.studies.common import METRICS, cell, groups, mean_sd, noise, pyplot, save
+from kmim.studies.common import METRICS, Arm, Layout, cell, groups, mean_sd, noise, pyplot, save, tok
+
+
+def arms(lay: Layout) -> list[Arm]:
+    """The tokenizers of `tcas_groups`, 2 seeds."""
+    return [Arm(f"{g}-s{s}", g, ov, s, run=f"{g}-s{s}") for s in (0, 1) for g, ov in tcas_groups(lay, s).items()]
+
+
+def second_k(k: int) -> int:
+    """tcas-vs-probe's second pixel K: 50 beside a main K other than 50 (mnist5k: 200 and 50), else 200."""
+    return 200 if k == 50 else 50
+
+
+def tcas_groups(lay: Layout, seed: int) -> dict[str, tuple[str, ...]]:
+    """tcas-vs-probe's tokenizers for one seed at the main K (MAE and K-MIM PIXEL first: two feature tokenizers read
+    their runs)."""
+    k, k2 = lay.k, second_k(lay.k)
+    mae, pix = lay.runs / f"mae-normpix-s{seed}", lay.runs / f"pixels-k{k}-s{seed}"
+    return {
+        "mae-normpix": ("train.target=pixels", "train.norm_pix=true"),
+        f"pixels-k{k}": tok("kmeans-pixels", k),
+        f"pixels-k{k2}": tok("kmeans-pixels", k2),
+        f"pixels-norm-k{k}": tok("kmeans-pixels", k, "tokenizer.patch_norm=true"),
+        f"hog-k{k}": tok("kmeans-hog", k),
+        f"vq-k{k}": tok("vq", k),
+        f"supervised-features-k{k}": tok("kmeans-features", k, "tokenizer.encoder=supervised"),
+        f"mae-features-k{k}": (*tok("kmeans-features", k), f"tokenizer.encoder={mae}"),
+        f"kmim-features-k{k}": (*tok("kmeans-features", k), f"tokenizer.encoder={pix}"),
+        f"cross-class-k{k}": tok("cross-class", k),
+        f"class-wise-k{k}": tok("class-wise", k),
+    }
 
 
 def _tcas_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

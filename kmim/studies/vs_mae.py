@@ -13,7 +13,24 @@ from typing import Any
 import numpy as np
 
 from kmim.metrics.stats import binomial_se
-from kmim.studies.common import METRICS, by_group, mean_sd, noise, pyplot, save
+from kmim.studies.common import METRICS, Arm, Layout, by_group, mean_sd, noise, pyplot, save, tok
+
+PROBE_AT = (0.3, 0.6)  # the saved epochs nearest these fractions of the budget also get a linear probe
+# (the final encoder always does): 6 and 12 of 20 epochs (the first round), 12 and 24 of 40
+FINETUNE_SEEDS = (0, 1, 2)  # seeds whose run is also fine-tuned (all, from the 40-epoch round on; the 20-epoch
+# round fine-tuned seed 0 only, its records say so)
+
+
+def arms(lay: Layout) -> list[Arm]:
+    """K-MIM PIXEL and HOG at the main K, MAE norm-pix and raw pixels; 3 seeds."""
+    k = lay.k
+    groups = {
+        f"kmim-pixels-k{k}": (tok("kmeans-pixels", k), f"pixels-k{k}"),
+        "mae-normpix": (("train.target=pixels", "train.norm_pix=true"), "mae-normpix"),
+        "mae-raw": (("train.target=pixels", "train.norm_pix=false"), "mae-raw"),
+        f"kmim-hog-k{k}": (tok("kmeans-hog", k), f"hog-k{k}"),
+    }
+    return [Arm(f"{g}-s{s}", g, ov, s, run=f"{r}-s{s}") for s in (0, 1, 2) for g, (ov, r) in groups.items()]
 
 
 def _gap_word(gap: float, se: float) -> str:

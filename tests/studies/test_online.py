@@ -8,6 +8,7 @@ import kmim.studies.study as S
 from kmim.config import ModelConfig
 from kmim.errors import KmimError
 from kmim.studies import online
+from kmim.studies.common import Layout
 
 
 def test_arms_are_the_declared_design(tmp_path):
@@ -28,7 +29,7 @@ def test_arms_are_the_declared_design(tmp_path):
 
 
 def test_in_a_shared_pool_the_round_runs_are_read_and_five_methods_added(tmp_path):
-    lay = S.Layout(tmp_path / "pool", 50, shared=True, cross=online.cross_overrides(ModelConfig()))
+    lay = Layout(tmp_path / "pool", 50, shared=True, cross=online.cross_overrides(ModelConfig()))
     arms = S.arms("online-vs-offline", tmp_path, lay)
     groups = {a.group for a in arms}
     assert groups == {

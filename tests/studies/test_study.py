@@ -8,6 +8,8 @@ import pytest
 
 import kmim.studies.study as S
 from kmim.cli import main
+from kmim.studies.finetune_recipe import RECIPES
+from kmim.studies.vs_mae import FINETUNE_SEEDS
 from tests.conftest import TINY
 
 FAST = [
@@ -51,7 +53,7 @@ def test_study_writes_every_file(study, tmp_path, capsys):
     assert verdicts.count("\n- ") >= 1 and words, verdicts  # each verdict says one of the three words, whole
     if study == "vs-mae":  # every seed of each method is fine-tuned; every run has kNN and probe curves
         tuned = {r["arm"]: r["finetune_top1"] for r in rows}
-        assert all((tuned[a.name] != "") == (a.seed in S.FINETUNE_SEEDS) for a in S.arms(study, out))
+        assert all((tuned[a.name] != "") == (a.seed in FINETUNE_SEEDS) for a in S.arms(study, out))
         assert "Fine-tuning (3 seeds)" in report and "## Linear probe vs epochs" in report
         assert (out / "runs" / "kmim-pixels-k200-s0-finetune" / "results.json").is_file()
     if study == "online-vs-offline":  # attentive probe for every arm, the teacher of the online ones, their curves
@@ -129,7 +131,7 @@ def test_the_arms_commands_train_the_runs_that_the_study_then_only_evaluates(tmp
 def test_the_finetune_recipe_is_chosen_on_held_out_train_of_random_init_encoders(tmp_path, capsys):
     out = tmp_path / "recipe"
     assert main(["study", "finetune-recipe", "--out", str(out), "-q", *FAST]) == 0
-    recs = [json.loads((out / "records" / f"{name}.json").read_text()) for name in S.RECIPES]
+    recs = [json.loads((out / "records" / f"{name}.json").read_text()) for name in RECIPES]
     assert all(r["config"]["finetune"]["holdout"] == 0.1 for r in recs)
     for r in recs:  # evaluated on 10 % of the 96 training images, never on the test split
         res = json.loads((out / "runs" / r["arm"] / "results.json").read_text())
