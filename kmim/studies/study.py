@@ -11,7 +11,8 @@
   fine-tuned with the preset's `finetune` section (the paper's main metric).
 * `finetune-recipe`: the fine-tuning recipe for vs-mae chosen on untrained encoders alone (so it favours no method):
   each candidate of `finetune_recipe.RECIPES` fine-tunes a random-init encoder on 90 % of train and is scored on
-  the held-out 10 % (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split is never read.
+  the held-out 10 % (`finetune.holdout`); the best held-out top-1 wins (ties: the first listed). The test split
+  is never read.
 * `online-vs-offline` (issue 28; the first design, issue 20, is finished in docs/results/online-vs-offline-40ep and
   not continued by this code): online clusters with CAPI's recipe against offline tokens and MAE, with MAE's decoder
   and CAPI's cross-attention predictor, student and EMA teacher evaluated (kmim/studies/online.py).
