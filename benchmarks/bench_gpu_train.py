@@ -28,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kmim.config import load_config
+from kmim.engine.plan import resolve_plan
 from kmim.engine.pretrain import Pretrainer
 from kmim.fit import prepare_tokenizer
 
@@ -95,7 +96,7 @@ def measure(args: argparse.Namespace, target: str, root: str | None) -> dict[str
     tok = prepare_tokenizer(cfg, progress=False)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
-        trainer = Pretrainer(cfg, Path(d), tok, progress=False)
+        trainer = Pretrainer(resolve_plan(cfg, "train"), Path(d), tok, progress=False)
         trainer.sampler.n = min(trainer.sampler.n, args.batch * args.steps)  # a folder: its first images only
         trainer.epoch_hooks.append(rows.append)
         trainer.sampler.set_epoch(0)
@@ -128,7 +129,7 @@ def profile_busy(args: argparse.Namespace) -> None:
     cfg = config(args, "tokens", None)
     tok = prepare_tokenizer(cfg, progress=False)
     with tempfile.TemporaryDirectory() as d:
-        tr = Pretrainer(cfg, Path(d), tok, progress=False)
+        tr = Pretrainer(resolve_plan(cfg, "train"), Path(d), tok, progress=False)
         tr.sampler.set_epoch(0)
         batch = tuple(x.to(tr.device) for x in next(iter(tr.loader)))
         for _ in range(3):

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from kmim.config import load_config
+from kmim.engine.plan import resolve_plan
 from kmim.engine.pretrain import Pretrainer
 from kmim.fit import prepare_tokenizer
 
@@ -40,7 +41,7 @@ def measure(cfg_path: str | None, overrides: list[str], batches: int, label: str
     cfg = load_config(cfg_path, overrides)
     tok = prepare_tokenizer(cfg, progress=False)
     with tempfile.TemporaryDirectory() as d:
-        trainer = Pretrainer(cfg, Path(d), tok, progress=False)
+        trainer = Pretrainer(resolve_plan(cfg, "train"), Path(d), tok, progress=False)
         trainer.sampler.set_epoch(0)
         it, got, t0 = iter(trainer.loader), [], time.perf_counter()
         for _ in range(min(batches, len(trainer.sampler))):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from kmim.config import load_config
+from kmim.engine.plan import resolve_plan
 from kmim.engine.pretrain import Pretrainer
 from kmim.fit import prepare_tokenizer
 
@@ -86,7 +87,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name, target in VARIANTS.items():
             cfg = config(args, target)
-            tr = Pretrainer(cfg, Path(d) / name, prepare_tokenizer(cfg, progress=False), progress=False)
+            tr = Pretrainer(
+                resolve_plan(cfg, "train"), Path(d) / name, prepare_tokenizer(cfg, progress=False), progress=False
+            )
             tr.sampler.set_epoch(0)
             batch = tuple(x.to(tr.device) for x in next(iter(tr.loader)))
             trainers[name], steps[name] = tr, make_step(tr, batch)

@@ -14,6 +14,7 @@ from kmim.config import RunConfig
 from kmim.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.finetune import Finetuner, FinetuneSource
+from kmim.engine.plan import RunPlan, resolve_plan
 from kmim.engine.pretrain import pretrain, resume
 from kmim.engine.trainer import EpochHook, reopen_run, start_run
 from kmim.errors import KmimError
@@ -21,7 +22,7 @@ from kmim.eval import load_encoder, random_encoder
 from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, training_split
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable, check_run_writable
-from kmim.resolve import check_batch, check_images, check_k_patches, check_tokenizer_path, load_run_config
+from kmim.resolve import check_images, check_k_patches, check_tokenizer_path, load_run_config
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 
@@ -40,17 +41,18 @@ def start_pretraining(
             print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
         return continue_pretraining(str(run_dir), [], progress, on_epoch=on_epoch)
 
-    def check_output() -> None:
-        check_batch(cfg, "train")
+    def check_output() -> RunPlan:
+        plan = resolve_plan(cfg, "train")
         check_tokenizer_path(cfg)
         check_k_patches(cfg)
         check_folder_writable(run_dir)
         RunDir(run_dir).check_new(cfg, overwrite)
+        return plan
 
-    agree(check_output)
+    plan = agree(check_output)
     scan = agree(lambda: check_images(cfg, ("train",), run_dir, progress=progress and is_main()))
     tok = shared_tokenizer(cfg, progress)
-    return pretrain(cfg, tok, progress, overwrite=overwrite, scan=scan, on_epoch=on_epoch)
+    return pretrain(plan, tok, progress, overwrite=overwrite, scan=scan, on_epoch=on_epoch)
 
 
 def continue_pretraining(
@@ -66,13 +68,13 @@ def continue_pretraining(
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])  # what a checkpoint cannot continue under
     if _finished(path, ckpt, cfg.train.epochs):
         return path, RunDir(path).read_results()
-    agree(lambda: check_batch(cfg, "train"))
+    plan = agree(lambda: resolve_plan(cfg, "train"))
     agree(lambda: check_run_writable(path))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
-    return resume(path, cfg, ckpt, tokenizer=tok, progress=progress, scan=scan, on_epoch=on_epoch)
+    return resume(path, plan, ckpt, tokenizer=tok, progress=progress, scan=scan, on_epoch=on_epoch)
 
 
 def _source(path: str, allow_unfinished: bool = False) -> tuple[FinetuneSource, dict[str, Any] | None]:
@@ -131,14 +133,15 @@ def start(
             print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
         return continue_run(str(run_dir), [], progress)
 
-    def check_output() -> None:
-        check_batch(cfg, "finetune")
+    def check_output() -> RunPlan:
+        plan = resolve_plan(cfg, "finetune")
         check_folder_writable(run_dir)
         RunDir(run_dir).check_new(cfg, overwrite)
+        return plan
 
-    agree(check_output)
+    plan = agree(check_output)
     scan = agree(lambda: check_images(cfg, ("train", "test"), run_dir, progress=progress and is_main(), min_side=1))
-    trainer = Finetuner(cfg, run_dir, source, progress=progress)
+    trainer = Finetuner(plan, run_dir, source, progress=progress)
     start_run(trainer, overwrite, scan)
     return run_dir, trainer.run()
 
@@ -152,12 +155,12 @@ def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Pa
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
     if _finished(path, ckpt, cfg.finetune.epochs):
         return path, RunDir(path).read_results()
-    agree(lambda: check_batch(cfg, "finetune"))
+    plan = agree(lambda: resolve_plan(cfg, "finetune"))
     agree(lambda: check_run_writable(path))
     if note and is_main():
         print(f"note: {note}", file=sys.stderr)
     source = FinetuneSource(EncoderSpec.from_dict(ckpt["classifier"]).without_head(), None, ckpt["source"])
-    trainer = Finetuner(cfg, path, source, progress=progress, resume_from=ckpt)
+    trainer = Finetuner(plan, path, source, progress=progress, resume_from=ckpt)
     scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
     reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return path, trainer.run()

@@ -21,7 +21,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
 from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews, sample_seed
@@ -29,6 +28,7 @@ from kmim.data.transforms import finetune_transform
 from kmim.dist import gather_in_order, get_rank, get_world_size, is_main, wrap_for_training
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.optim import build_optimizer, effective_lr
+from kmim.engine.plan import RunPlan
 from kmim.engine.trainer import Trainer, autocast_ctx, write_results
 from kmim.errors import KmimError
 from kmim.models import EncoderSpec, build_classifier
@@ -113,19 +113,18 @@ class Finetuner(Trainer):
     """Owns the classifier, optimizer (layer decay), data, Mixup, EMA and run directory of one fine-tuning run."""
 
     kind = "finetune"
-    section = "finetune"
 
     def __init__(
         self,
-        cfg: RunConfig,
+        plan: RunPlan,
         run_dir: Path,
         source: FinetuneSource,
         *,
         progress: bool = True,
         resume_from: dict[str, Any] | None = None,
     ) -> None:
-        ft = cfg.finetune
-        super().__init__(cfg, run_dir, ft, progress=progress)
+        super().__init__(plan, run_dir, progress=progress)
+        cfg, ft = plan.cfg, plan.cfg.finetune
         ds, info = build_dataset(cfg.data, "train")
         cast(Any, ds).transform = finetune_transform(cfg.data, ft, info.mean, std=info.std, native=info.native_size)
         self.test, _ = build_dataset(cfg.data, "test")
@@ -137,7 +136,7 @@ class Finetuner(Trainer):
         self._check_source(source, info.channels)
         self.views = SeededViews(ds, ft.seed, 0)
         self.sampler = GlobalBatchSampler(
-            len(cast(Sized, ds)), self.plan.micro, ft.seed, rank=get_rank(), world_size=get_world_size()
+            len(cast(Sized, ds)), self.batch.micro, ft.seed, rank=get_rank(), world_size=get_world_size()
         )
         enc = source.spec
         self.spec = EncoderSpec(
@@ -148,7 +147,7 @@ class Finetuner(Trainer):
             load_encoder_weights(self.model, source.state_dict, source.path)
         self.model.to(self.device)
         self.forward = wrap_for_training(self.model, self.device, cfg.run.compile)
-        self.lr = effective_lr(ft.base_lr, self.plan.global_batch)
+        self.lr = effective_lr(ft.base_lr, self.batch.global_batch)
         groups = param_groups_layer_decay(
             self.model,
             ft.weight_decay,
@@ -183,10 +182,10 @@ class Finetuner(Trainer):
         ft = self.cfg.finetune
         if ft.mixup <= 0 and ft.cutmix <= 0:
             return None
-        if self.plan.micro % 2:
+        if self.batch.micro % 2:
             raise KmimError(
-                f"finetune: Mixup/CutMix pairs images, so the {self.plan.micro} images per process and "
-                f"micro-step ({self.plan.describe()}) must be even: change finetune.batch_size or "
+                f"finetune: Mixup/CutMix pairs images, so the {self.batch.micro} images per process and "
+                f"micro-step ({self.batch.describe()}) must be even: change finetune.batch_size or "
                 "finetune.micro_batch_size"
             )
         return cast("Callable[..., Mixup]", Mixup)(  # timm's Mixup is unannotated

@@ -17,7 +17,6 @@ from typing import Any, cast
 import torch
 from torch.utils.data import Subset
 
-from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
 from kmim.data.loader import make_train_loader
 from kmim.data.sampling import GlobalBatchSampler, SeededViews
@@ -30,6 +29,7 @@ from kmim.dist import (
 )
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.optim import build_optimizer, effective_lr
+from kmim.engine.plan import RunPlan
 from kmim.engine.targets import build_target, out_dim
 from kmim.engine.trainer import (
     EpochHook,
@@ -40,7 +40,7 @@ from kmim.engine.trainer import (
     write_results,
 )
 from kmim.metrics import token_metrics
-from kmim.models import EncoderSpec, MaskedImageModel, build_mim, encoder_kwargs, resolve_spec
+from kmim.models import EncoderSpec, MaskedImageModel, build_mim, encoder_kwargs
 from kmim.runs import RunDir, check_resume
 from kmim.tokenizers import Tokenizer
 
@@ -54,20 +54,19 @@ class Pretrainer(Trainer):
 
     def __init__(
         self,
-        cfg: RunConfig,
+        plan: RunPlan,
         run_dir: Path,
         tokenizer: Tokenizer | None,
         *,
         progress: bool = True,
         resume_from: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(cfg, run_dir, cfg.train, progress=progress)
-        spec = resolve_spec(cfg.model)
-        t = cfg.train
+        super().__init__(plan, run_dir, progress=progress)
+        cfg, spec, t = plan.cfg, plan.spec, plan.cfg.train
         ds, self.info = build_dataset(cfg.data, "train", train=True, min_side=spec.patch_size)
-        self.views = SeededViews(ds, t.seed, (cfg.data.img_size // spec.patch_size) ** 2, python_rngs=False)
+        self.views = SeededViews(ds, t.seed, plan.patches, python_rngs=False)
         self.sampler = GlobalBatchSampler(
-            len(cast(Sized, ds)), self.plan.micro, t.seed, rank=get_rank(), world_size=get_world_size()
+            len(cast(Sized, ds)), self.batch.micro, t.seed, rank=get_rank(), world_size=get_world_size()
         )
         self.enc_kwargs = encoder_kwargs(spec, cfg.data.img_size, self.info.channels)
         dim = out_dim(cfg, tokenizer, patch_size=spec.patch_size, channels=self.info.channels)
@@ -76,7 +75,7 @@ class Pretrainer(Trainer):
             cfg, tokenizer, model=self.model, info=self.info, spec=self.encoder_spec, device=self.device
         )
         self.forward = wrap_for_training(self.model, self.device, self.cfg.run.compile)
-        self.lr = effective_lr(t.base_lr, self.plan.global_batch)
+        self.lr = effective_lr(t.base_lr, self.batch.global_batch)
         cuda = self.device.type == "cuda"
         self.opt = build_optimizer(self.model, self.lr, t.weight_decay, betas=(t.beta1, t.beta2), fused=cuda)
         for group in self.target.param_groups(self.lr):
@@ -104,7 +103,7 @@ class Pretrainer(Trainer):
 
     @property
     def encoder_spec(self) -> EncoderSpec:
-        return EncoderSpec(resolve_spec(self.cfg.model).timm_name, self.enc_kwargs)
+        return EncoderSpec(self.plan.spec.timm_name, self.enc_kwargs)
 
     def _micro_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, Any]]:
         imgs, labels, noise = (x.to(self.device, non_blocking=True) for x in batch)  # (B, C, H, W), (B,), (B, L)
@@ -181,7 +180,7 @@ class Pretrainer(Trainer):
 
 
 def pretrain(
-    cfg: RunConfig,
+    plan: RunPlan,
     tokenizer: Tokenizer | None,
     progress: bool = True,
     *,
@@ -191,9 +190,9 @@ def pretrain(
 ) -> tuple[Path, dict[str, Any]]:
     """Run a fresh pretraining; returns the run dir and its results. Bad inputs fail before anything is written.
     `on_epoch(row)`, if given, is called with each epoch's metrics row; `scan` is the clean image scan to record."""
-    run_dir = Path(cfg.out_dir) / cfg.name
-    RunDir(run_dir).check_new(cfg, overwrite)
-    trainer = Pretrainer(cfg, run_dir, tokenizer, progress=progress)
+    run_dir = Path(plan.cfg.out_dir) / plan.cfg.name
+    RunDir(run_dir).check_new(plan.cfg, overwrite)
+    trainer = Pretrainer(plan, run_dir, tokenizer, progress=progress)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
     start_run(trainer, overwrite, scan)
@@ -202,7 +201,7 @@ def pretrain(
 
 def resume(
     run_dir: Path,
-    cfg: RunConfig,
+    plan: RunPlan,
     ckpt: dict[str, Any],
     *,
     tokenizer: Tokenizer | None,
@@ -210,12 +209,12 @@ def resume(
     on_epoch: EpochHook | None = None,
     scan: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Continue the run in run_dir from the checkpoint `ckpt` under `cfg` (its saved config plus overrides)."""
-    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])
-    trainer = Pretrainer(cfg, run_dir, tokenizer, progress=progress, resume_from=ckpt)
+    """Continue the run in run_dir from the checkpoint `ckpt` under the plan of its saved config plus overrides."""
+    check_resume(ckpt["config"], plan.cfg, ckpt["train_state"]["epoch"])
+    trainer = Pretrainer(plan, run_dir, tokenizer, progress=progress, resume_from=ckpt)
     if on_epoch is not None:
         trainer.epoch_hooks.append(on_epoch)
-    reopen_run(run_dir, cfg, ckpt["train_state"]["epoch"], scan=scan)
+    reopen_run(run_dir, plan.cfg, ckpt["train_state"]["epoch"], scan=scan)
     return run_dir, trainer.run()
 
 

@@ -3,8 +3,8 @@ loop core, metrics, checkpoints (every epoch; numbered every `save_every`) and a
 
 A subclass (pretraining, fine-tuning) builds the model, optimizer and data, and supplies `_micro_step`; `hp` holds
 its schedule settings (epochs, warmup_epochs, batch_size, micro_batch_size, min_lr, amp, save_every, log_every).
-`batch_size` is the global batch: `plan` splits it over the processes and accumulation steps
-(`kmim.config.plan_batch`), so 1, 8 or 32 processes run the same recipe.
+`batch_size` is the global batch: the run's plan (`kmim.engine.plan.RunPlan`, resolved at the door) splits it over
+the processes and accumulation steps (`batch`), so 1, 8 or 32 processes run the same recipe.
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kmim.config import FinetuneConfig, RunConfig, TrainConfig, config_to_dict, plan_batch
+from kmim.config import RunConfig, config_to_dict
 from kmim.data.sampling import GlobalBatchSampler
 from kmim.dist import (
     all_reduce_mean,
     barrier,
     get_world_size,
     is_main,
-    local_device,
     mean_over_processes,
-    resolve_device,
 )
 from kmim.engine.checkpoint import save_checkpoint
 from kmim.engine.loop import Bar, LossCheck, NonFiniteLoss, StepHooks, Stepper, run_epoch
 from kmim.engine.optim import Schedule
+from kmim.engine.plan import RunPlan
 from kmim.engine.preempt import Preempted, catch_preemption, signal_name, stop_requested
 from kmim.errors import KmimError
 from kmim.progress import is_terminal
@@ -69,7 +68,6 @@ class Trainer:
     `_ready(resume_from)`."""
 
     kind = "run"
-    section = "train"  # the config section of `hp`, named in messages
     model: torch.nn.Module
     forward: Any
     opt: torch.optim.Optimizer
@@ -78,18 +76,16 @@ class Trainer:
     loader: Any
     lr: float
 
-    def __init__(
-        self, cfg: RunConfig, run_dir: Path, hp: TrainConfig | FinetuneConfig, *, progress: bool = True
-    ) -> None:
-        self.cfg, self.run_dir, self.hp, self.progress = cfg, run_dir, hp, progress
-        self.device = local_device(resolve_device(cfg.run.device))
+    def __init__(self, plan: RunPlan, run_dir: Path, *, progress: bool = True) -> None:
+        self.plan, self.run_dir, self.progress = plan, run_dir, progress
+        self.cfg, self.hp, self.section = plan.cfg, plan.hp, plan.section  # section: named in messages
+        self.device, self.batch = plan.device, plan.batch
         self.state = TrainState()
         self.epoch_hooks: list[EpochHook] = []  # each gets the epoch's metrics row
-        self.plan = plan_batch(cfg, self.section, get_world_size())
         self.tracker: Tracker | None = None  # opened when the run starts (TensorBoard / W&B, rank 0)
         self.wandb_id: str | None = None
         self._rng: torch.Tensor | None = None  # the CPU RNG state a mid-epoch resume restores
-        seed_everything(hp.seed)
+        seed_everything(self.hp.seed)
 
     def _ready(self, resume_from: dict[str, Any] | None) -> None:
         if self.steps_per_epoch == 0:
@@ -115,15 +111,15 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.sampler) // self.plan.accum
+        return len(self.sampler) // self.batch.accum
 
     @property
     def effective_batch(self) -> int:
-        return self.plan.global_batch
+        return self.batch.global_batch
 
     def run(self) -> dict[str, Any]:
         if self.progress and is_main():
-            tqdm.write(f"{self.plan.describe()}, peak lr {self.lr:.3g}")
+            tqdm.write(f"{self.batch.describe()}, peak lr {self.lr:.3g}")
         resumed = self.state.step if self.state.step > 0 else None
         self.tracker = Tracker(self.run_dir, self.cfg, is_main(), wandb_id=self.wandb_id, resume_step=resumed)
         self.wandb_id = self.tracker.wandb_id
@@ -149,7 +145,7 @@ class Trainer:
         hp, st, spe = self.hp, self.state, self.steps_per_epoch
         schedule = Schedule(self.lr, hp.epochs * spe, hp.warmup_epochs * spe, hp.min_lr)
         done = st.epoch_step  # > 0: resumed mid-epoch after a preemption
-        self.sampler.set_epoch(epoch, skip=done * self.plan.accum)
+        self.sampler.set_epoch(epoch, skip=done * self.batch.accum)
         self.model.train()
         t0, images0 = time.perf_counter(), st.images
         batches = iter(self.loader)  # made first: a DataLoader iterator draws its base seed from the global RNG
@@ -184,8 +180,8 @@ class Trainer:
                 self._micro_step,
                 Stepper(self.opt, schedule, self.scaler),
                 step=st.step,
-                n_batches=(spe - done) * self.plan.accum,
-                accum=self.plan.accum,
+                n_batches=(spe - done) * self.batch.accum,
+                accum=self.batch.accum,
                 hooks=StepHooks(
                     on_step=on_step,
                     before_step=self._before_step,
@@ -310,8 +306,8 @@ class Trainer:
             "train_wall_s": round(st.wall_s, 2),
             "img_per_s": round(st.images / max(st.wall_s, 1e-9), 1),
             "effective_batch": self.effective_batch,
-            "micro_batch": self.plan.micro,
-            "accum_steps": self.plan.accum,
+            "micro_batch": self.batch.micro,
+            "accum_steps": self.batch.accum,
             "world_size": get_world_size(),
             "peak_lr": self.lr,
         }

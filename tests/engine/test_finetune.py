@@ -180,10 +180,11 @@ def test_each_rank_draws_its_own_drop_path_reproducibly(tmp_path, monkeypatch):
     the same batch positions on every rank: each rank reseeds it per micro-batch from (seed, rank, images seen)."""
     from kmim.config import load_config
     from kmim.engine import finetune as ft_module
+    from kmim.engine.plan import resolve_plan
     from kmim.launch import _random_source
 
     source, cfg = _random_source(None, [*TINY, f"out_dir={tmp_path}", *FT, "finetune.drop_path=0.5"])
-    trainer = ft_module.Finetuner(cfg, tmp_path / "r", source, progress=False)
+    trainer = ft_module.Finetuner(resolve_plan(cfg, "finetune"), tmp_path / "r", source, progress=False)
     trainer.model.train()
     torch.nn.init.normal_(trainer.model.head.weight)  # MAE's 2e-5 head makes every loss ln(3)
     imgs, labels = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
