@@ -4,7 +4,8 @@
                              ▲                                                                   │
                              └─ check_resume + reopen (after a kill, or to extend a finished run) ◀┘
 
-A run directory holds config.yaml (the resolved config it runs under, rewritten by every resume), env.json,
+A run directory holds config.yaml (the resolved config it runs under, rewritten by every resume), env.json (the
+environment and code that started it, and under "resumes" those of every resume, with the epoch it resumed at),
 metrics.jsonl (rows of logged steps and of epochs; a resume drops the rows of the epochs it is about to redo),
 checkpoints/, results.json (once finished), image_scan.json (the clean header scan of its images) and its inputs
 (pretraining: tokenizer.pt). `start`, `reopen` and `write_results` write; only rank 0 calls them. Every refusal
@@ -133,7 +134,9 @@ class RunDir:
     def reopen(self, cfg: RunConfig, epoch: int, scan: dict[str, Any] | None = None) -> None:
         """What every resume does before training: remove the temp files a kill left behind, save the config it
         continues under and its clean image scan, and forget the metrics rows of epochs >= `epoch` (about to be
-        redone; a torn last line is dropped with a warning by read_jsonl)."""
+        redone; a torn last line is dropped with a warning by read_jsonl), and add this session's environment (code
+        commit, versions, machine) to env.json's "resumes": a run continued under other code says so."""
+        self._add_resume(epoch)
         if scan is not None:
             write_json(self.path / SCAN_FILE, scan)
         for folder in (self.path, self.checkpoints):
@@ -142,6 +145,24 @@ class RunDir:
         if self.metrics.is_file():
             rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 0) < epoch]
             write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def commits(self) -> list[str | None]:
+        """The code commits (git_sha) of the session that started the run and of every resume, each once, in order."""
+        try:
+            env = json.loads((self.path / "env.json").read_text())
+        except (OSError, ValueError):
+            return []
+        shas = [env.get("git_sha"), *(r.get("git_sha") for r in env.get("resumes", []))]
+        return list(dict.fromkeys(shas))
+
+    def _add_resume(self, epoch: int) -> None:
+        path = self.path / "env.json"
+        try:
+            env = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:  # a torn env.json (a kill mid-write before atomic writes): keep the resumes from now on
+            env = {}
+        env.setdefault("resumes", []).append({"epoch": epoch, **environment()})
+        write_json(path, env)
 
     def log(self, row: dict[str, Any]) -> None:
         """Append a metrics row. Step rows are flushed, not fsynced (an fsync per row inside the loop stalls it on a

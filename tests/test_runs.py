@@ -27,6 +27,9 @@ def test_lifecycle_new_start_unfinished_reopen_finished(tmp_path):
     with pytest.raises(KmimError, match="already holds a run: pass --resume"):
         run.check_new(cfg)
     run.reopen(load_config(None, ["train.epochs=50"]), epoch=2)
+    env = json.loads((run.path / "env.json").read_text())
+    assert [r["epoch"] for r in env["resumes"]] == [2] and "git_sha" in env["resumes"][0] and "torch" in env
+    assert run.commits() == list(dict.fromkeys([env["git_sha"], env["resumes"][0]["git_sha"]]))
     rows = [json.loads(x) for x in run.metrics.read_text().splitlines()]
     assert {r["epoch"] for r in rows} == {0, 1}  # epoch 2 is about to be redone
     assert "epochs: 50" in (run.path / "config.yaml").read_text()

@@ -385,7 +385,7 @@ def run_arm(
 ) -> dict[str, Any]:
     """Train (or continue, or reuse from the shared pool) and evaluate one arm; its record is written atomically, so
     a finished arm is final."""
-    from kmim.runinfo import write_json
+    from kmim.runinfo import git_sha, write_json
     from kmim.studies.demo import pretrain_or_resume
 
     cfg = arm_config(arm, out, config, overrides=overrides, lay=lay)
@@ -421,6 +421,7 @@ def run_arm(
         t2 = time.perf_counter()
         rec["finetune_top1"] = _finetune(run_dir, progress)
         rec["finetune_s"] = round(time.perf_counter() - t2, 1)
+    rec["code"] = {"pretrained": RunDir(run_dir).commits(), "evaluated": git_sha()}  # commits ("-dirty": edits)
     on_main(lambda: write_json(out / "records" / f"{arm.name}.json", rec))  # rank 0 writes
     return rec
 
@@ -477,6 +478,20 @@ def verdicts(study: str, records: list[dict[str, Any]]) -> list[str]:
     return study_rules.RULES[study](records)
 
 
+def _code_line(records: list[dict[str, Any]]) -> str:
+    """Which commits pretrained and evaluated the arms ("-dirty": with uncommitted edits), from the records that say
+    (records written before 2026-12-07 do not)."""
+    said = [r["code"] for r in records if r.get("code")]
+    trained = list(dict.fromkeys(c for code in said for c in code["pretrained"]))
+    evaluated = list(dict.fromkeys(code["evaluated"] for code in said))
+    unsaid = f"; {len(records) - len(said)} records do not say" if len(said) < len(records) else ""
+    return f"Code: pretrained under {_shas(trained)}, evaluated under {_shas(evaluated)}{unsaid}."
+
+
+def _shas(shas: list[Any]) -> str:
+    return ", ".join(str(s)[:7] + ("-dirty" if str(s).endswith("-dirty") else "") for s in shas) or "–"
+
+
 def write_report(
     study: str,
     out: Path,
@@ -524,8 +539,10 @@ def write_report(
         "",
         f"Command: `{cmd}` (rerun it to continue; finished arms are kept). kmim {env['kmim']}, git {env['git_sha']}, "
         f"torch {env['torch']}, {env['cpu']}, {env['threads']} threads. Seeds and "
-        "arms are fixed in kmim/studies/study.py; the budget is the preset's (train.epochs and the rest in each "
-        "arm's config, in the records).",
+        f"arms are fixed in {study_rules.ARMS[study].__module__.replace('.', '/')}.py; the budget is the preset's "
+        "(train.epochs and the rest in each arm's config, in the records).",
+        "",
+        _code_line(records),
         "",
         f"## Verdicts (rules fixed before the runs: {study_rules.RULES[study].__module__.replace('.', '/')}.py)",
         "",

@@ -48,6 +48,8 @@ def test_study_writes_every_file(study, tmp_path, capsys):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(S.arms(study, out))
     report = (out / "report.md").read_text()
+    sha = str(json.loads(next((out / "records").glob("*.json")).read_text())["code"]["evaluated"])[:7]
+    assert f"Code: pretrained under {sha}" in report and "records do not say" not in report
     verdicts = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     words = re.findall(r"\*\*(agree|disagree|not resolved)\*\*|: (agree|disagree|not resolved)\b", verdicts)
     assert verdicts.count("\n- ") >= 1 and words, verdicts  # each verdict says one of the three words, whole
@@ -99,6 +101,7 @@ def test_a_study_continues_only_under_its_own_config(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == report_before and not (out / "report.md").exists()
     rec = json.loads((out / "records" / "pixels-k10-s0.json").read_text())
     assert rec["tokenizer_seed"] == 0 and rec["tokenizer_inertia"] > 0
+    assert rec["code"]["pretrained"] == [rec["code"]["evaluated"]]  # the code that trained and evaluated the arm
     seed1 = S.arm_config(S.arms("k-ablation", out)[6], out, None, overrides=FAST)
     assert (seed1.train.seed, seed1.tokenizer.seed) == (1, 1)  # the seed spread includes the tokenizer's fit
 
