@@ -23,7 +23,7 @@ from kmim.fit import fit_tokenizer, from_blob, prepare_tokenizer, shards_fit, tr
 from kmim.models import EncoderSpec, encoder_kwargs, resolve_spec
 from kmim.paths import check_folder_writable, check_run_writable
 from kmim.resolve import check_images, check_k_patches, check_tokenizer_path, load_run_config
-from kmim.runs import RunDir, check_resume
+from kmim.runs import RunDir, carry_neutral, check_resume
 from kmim.tokenizers import Tokenizer, to_blob
 
 __all__ = ["continue_pretraining", "continue_run", "shared_tokenizer", "start", "start_pretraining"]
@@ -39,7 +39,7 @@ def start_pretraining(
     if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):
         if progress and is_main():
             print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
-        return continue_pretraining(str(run_dir), [], progress, on_epoch=on_epoch)
+        return continue_pretraining(str(run_dir), [], progress, on_epoch=on_epoch, command=cfg)
 
     def check_output() -> RunPlan:
         plan = resolve_plan(cfg, "train")
@@ -56,15 +56,22 @@ def start_pretraining(
 
 
 def continue_pretraining(
-    run_dir: str, overrides: list[str], progress: bool, *, on_epoch: EpochHook | None = None
+    run_dir: str,
+    overrides: list[str],
+    progress: bool,
+    *,
+    on_epoch: EpochHook | None = None,
+    command: RunConfig | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Resume: the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG state. A
-    damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
+    """Resume: the checkpoint's config plus overrides (and, continued by the command line that started it,
+    `command`'s paths and data reading: `runs.carry_neutral`), its tokenizer, its weights, optimizer and RNG state.
+    A damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
     path = Path(run_dir)
     ckpt, where, note = agree(lambda: latest_checkpoint(path))
     if ckpt.get("kind") == "finetune":
         raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    cfg = cfg if command is None else carry_neutral(cfg, command)
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])  # what a checkpoint cannot continue under
     if _finished(path, ckpt, cfg.train.epochs):
         return path, RunDir(path).read_results()
@@ -131,7 +138,7 @@ def start(
     if not overwrite and agree(lambda: RunDir(run_dir).same_run(cfg)):  # the same command line, run again
         if progress and is_main():
             print(f"note: {run_dir} holds this run (same config): continuing it from its last checkpoint")
-        return continue_run(str(run_dir), [], progress)
+        return continue_run(str(run_dir), [], progress, command=cfg)
 
     def check_output() -> RunPlan:
         plan = resolve_plan(cfg, "finetune")
@@ -146,12 +153,15 @@ def start(
     return run_dir, trainer.run()
 
 
-def continue_run(run_dir: str, overrides: list[str], progress: bool) -> tuple[Path, dict[str, Any]]:
+def continue_run(
+    run_dir: str, overrides: list[str], progress: bool, *, command: RunConfig | None = None
+) -> tuple[Path, dict[str, Any]]:
     path = Path(run_dir)
     ckpt, _, note = agree(lambda: latest_checkpoint(path))
     if ckpt.get("kind") != "finetune":
         raise KmimError(f"{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`")
     cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    cfg = cfg if command is None else carry_neutral(cfg, command)
     check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
     if _finished(path, ckpt, cfg.finetune.epochs):
         return path, RunDir(path).read_results()

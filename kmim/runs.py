@@ -14,6 +14,7 @@ names the folder and what to do instead.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -74,8 +75,9 @@ class RunDir:
 
     def same_run(self, cfg: RunConfig) -> bool:
         """This folder holds a checkpoint of a run started with `cfg` (its config.yaml, read with today's schema and
-        defaults, so a run saved by an older kmim still matches): the same command line, run again, continues it
-        (auto-resume after a preemption or a kill)."""
+        defaults, so a run saved by an older kmim still matches), the NEUTRAL fields aside: the same command line,
+        run again, continues it (auto-resume after a preemption or a kill), also from a moved folder or on an
+        allocation that reads its own copy of the data (continue it with `carry_neutral`)."""
         saved = self.path / "config.yaml"
         if not (self.last.exists() and saved.is_file()):
             return False
@@ -83,7 +85,7 @@ class RunDir:
             old = load_config(None, (), base=cast(dict[str, Any], yaml.safe_load(saved.read_text())))
         except (yaml.YAMLError, KmimError):
             return False  # a damaged config.yaml: check_new names the folder
-        return config_to_dict(old) == config_to_dict(cfg)
+        return _results_part(old) == _results_part(cfg)
 
     def check_new(self, cfg: RunConfig, overwrite: bool = False) -> None:
         """A fresh run may use the folder when it is empty or missing, when it holds only the config.yaml of the
@@ -180,6 +182,45 @@ class RunDir:
         rows = read_jsonl(self.metrics) if self.metrics.is_file() else []
         vals = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
         return vals[-1] if vals else None
+
+
+NEUTRAL = (
+    "out_dir",
+    "data.root",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.cache",
+    *(f"run.{k}" for k in ("compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")),
+)  # where the run and its data live, how the data is read and what is logged: the numbers do not depend on these
+# (run.device can, so it is not among them)
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict as {dotted.path: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k != "encoder_kwargs":
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _results_part(cfg: RunConfig) -> dict[str, Any]:
+    return {k: v for k, v in flat(config_to_dict(cfg)).items() if k not in NEUTRAL}
+
+
+def carry_neutral(cfg: RunConfig, src: RunConfig) -> RunConfig:
+    """`cfg` (a checkpoint's config) with `src`'s NEUTRAL fields: a run continued by the same command line reads the
+    data and writes where that command says (a moved folder, another allocation's data copy)."""
+    out = copy.deepcopy(cfg)
+    for path in NEUTRAL:
+        *parents, leaf = path.split(".")
+        dst, s = out, src
+        for part in parents:
+            dst, s = getattr(dst, part), getattr(s, part)
+        setattr(dst, leaf, getattr(s, leaf))
+    return out
 
 
 def check_resume(saved: dict[str, Any], cfg: RunConfig, done_epochs: int, *, section: str = "train") -> None:

@@ -84,3 +84,24 @@ def test_a_run_saved_by_an_older_kmim_is_the_same_run(tmp_path):
     run.last.write_bytes(b"x")
     assert run.same_run(cfg)
     assert not run.same_run(load_config(None, [f"out_dir={tmp_path}", "name=old", "train.epochs=41"]))
+
+
+def test_the_same_run_ignores_where_it_and_its_data_live_and_carries_them(tmp_path):
+    from kmim.runs import carry_neutral
+
+    cfg = load_config(None, ["out_dir=runs", "data.root=/a"])
+    run = RunDir(tmp_path / "r")
+    run.start(cfg)
+    run.checkpoints.mkdir()
+    run.last.write_bytes(b"x")
+    moved = load_config(None, ["out_dir=/elsewhere", "data.root=/b", "data.num_workers=1", "run.tensorboard=false"])
+    assert run.same_run(moved) and not run.same_run(load_config(None, ["out_dir=runs", "train.seed=1"]))
+    assert not run.same_run(load_config(None, ["out_dir=runs", "run.device=cpu"]))  # a device can move the numbers
+    carried = carry_neutral(cfg, moved)
+    assert (carried.out_dir, carried.data.root, carried.data.num_workers, carried.run.tensorboard) == (
+        "/elsewhere",
+        "/b",
+        1,
+        False,
+    )
+    assert carried.train == cfg.train and cfg.data.root == "/a"  # the checkpoint's config itself is unchanged

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from kmim.config import RunConfig, config_to_dict
 from kmim.dist import is_main, on_main
 from kmim.errors import KmimError
-from kmim.runs import RunDir
+from kmim.runs import NEUTRAL, RunDir, flat
 from kmim.studies.common import DRAWS, SHOTS, Arm, Layout
 from kmim.studies.finetune_recipe import RECIPES
 from kmim.studies.study_rules import ARMS
@@ -46,15 +46,6 @@ if TYPE_CHECKING:
     import torch.nn
 
 STUDIES = tuple(ARMS)  # "all" runs them in this order
-NEUTRAL = (
-    "out_dir",
-    "data.root",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "data.cache",
-    *(f"run.{k}" for k in ("compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")),
-)  # where the runs and the data live, how the data is read and what is logged: a study continues when moved, or on
-# another machine with its own data.root (the numbers do not depend on these; run.device can, so it is compared)
 
 
 def layout(out: Path, config: str | None, runs: str | None = None) -> Layout:
@@ -157,8 +148,8 @@ def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], *, out: 
     """A study continues only under the config its finished arms ran with: the first field that differs is named."""
     from kmim.config import load_config
 
-    old = _flat(config_to_dict(load_config(None, (), base=record["config"])))  # the current schema and defaults
-    new = _flat(config_to_dict(cfg))
+    old = flat(config_to_dict(load_config(None, (), base=record["config"])))  # the current schema and defaults
+    new = flat(config_to_dict(cfg))
     for key in new:
         if key not in NEUTRAL and old.get(key) != new[key]:
             raise KmimError(
@@ -166,16 +157,6 @@ def check_same_config(arm: Arm, cfg: RunConfig, record: dict[str, Any], *, out: 
                 f"{new[key]!r}: a study continues only under the preset and overrides it started with "
                 "(see its report's command), or choose another --out"
             )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v and k != "encoder_kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, *, progress: bool) -> dict[str, Any]:

@@ -59,6 +59,23 @@ def test_a_signal_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(
     assert [r["epoch_loss"] for r in rows if "epoch_loss" in r] == [r["epoch_loss"] for r in whole if "epoch_loss" in r]
 
 
+def test_the_same_command_line_continues_a_moved_folder_that_reads_its_data_otherwise(tmp_path, monkeypatch):
+    """A requeue on another allocation: the run folder moved (out_dir) and the data read with other workers; the
+    same command line with those paths continues the run to the uninterrupted weights and records the new paths."""
+    args = ["pretrain", *RUN, "train.target=pixels"]
+    assert main([*args, f"out_dir={tmp_path}", "name=whole"]) == 0
+    _signal_at(monkeypatch, 4)
+    assert main([*args, f"out_dir={tmp_path / 'a'}", "name=cut"]) == PREEMPTED_EXIT
+    monkeypatch.undo()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "cut").rename(tmp_path / "b" / "cut")
+    assert main([*args, f"out_dir={tmp_path / 'b'}", "name=cut", "data.num_workers=1"]) == 0
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "b" / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = (tmp_path / "b" / "cut" / "config.yaml").read_text()
+    assert f"out_dir: {tmp_path / 'b'}" in saved and "num_workers: 1" in saved
+
+
 def test_the_same_command_line_on_another_config_is_still_refused(tmp_path, capsys):
     args = ["pretrain", *RUN, f"out_dir={tmp_path}", "name=r", "train.epochs=1"]
     assert main(args) == 0
