@@ -17,8 +17,6 @@ cache, so it runs on ImageNet as on mnist5k. Reported: the test top-1 of the hea
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sized
 from itertools import product
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,20 +25,17 @@ import torch.nn.functional as F
 from timm.layers import AttentionPoolLatent
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
-from kmim.config import RunConfig, plan_batch
+from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
-from kmim.data.loader import make_train_loader
-from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import lars_probe_transform
 from kmim.dist import all_reduce_mean, all_reduce_sum, get_rank, get_world_size
 from kmim.engine.finetune import holdout_split
 from kmim.engine.optim import Schedule, set_lr
-from kmim.engine.preempt import catch_preemption
 from kmim.engine.trainer import autocast_ctx
 from kmim.errors import KmimError
-from kmim.eval.resume import Position, ProbeCheckpoint
+from kmim.eval.probe_loop import probe_data, train_epochs
+from kmim.eval.resume import ProbeCheckpoint
 from kmim.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -107,20 +102,12 @@ def attentive_probe(
     top-1 (%) of the head with the best held-out top-1, with the grid's held-out numbers. With a `checkpoint` it
     continues from it, saves after every epoch and stops cleanly on a preemption signal."""
     e, dev = cfg.eval, torch.device(device)
-    plan = plan_batch(cfg, "attentive", get_world_size())
     train, info = build_dataset(cfg.data, "train")
     train_eval, _ = build_dataset(cfg.data, "train")
     cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
     fit, held = _split(train, train_eval, e.attentive.holdout, seed=cfg.train.seed)
-    sampler = GlobalBatchSampler(
-        len(cast(Sized, fit)), plan.micro, cfg.train.seed, rank=get_rank(), world_size=get_world_size()
-    )
-    spe = len(sampler) // plan.accum
-    if spe == 0:
-        raise KmimError(
-            f"eval.attentive.batch_size={e.attentive.batch_size} exceeds the {len(cast(Sized, fit))} training images "
-            "left after the held-out part: lower eval.attentive.batch_size"
-        )
+    data = probe_data(cfg, "attentive", fit, dev, what="training images left after the held-out part")
+    plan, spe = data.plan, data.steps
     encoder.eval().to(dev)
     grid = _grid(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -129,34 +116,25 @@ def attentive_probe(
     ).to(dev)
     opt = _optimizer(heads, grid, plan.global_batch)
     schedule = Schedule(1.0, e.attentive.epochs * spe, e.attentive.warmup_epochs * spe)
-    loader = make_train_loader(SeededViews(fit, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     ck = checkpoint or ProbeCheckpoint(None, "", cfg)
-    pos = ck.restore(heads, opt)
-    if progress:
-        again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
-        tqdm.write(
-            f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x "
-            f"{e.attentive.epochs} epochs{again}"
-        )
-    t0, first = time.perf_counter(), pos.epoch
-    with catch_preemption():
-        for epoch in range(pos.epoch, e.attentive.epochs):
-            start = pos.step if epoch == first else 0
-            sampler.set_epoch(epoch, skip=start * plan.accum)
-            batches, loss = iter(loader), math.nan
-            desc = f"attentive probe {epoch + 1}/{e.attentive.epochs}"
-            bar = progress_bar(range(start, spe), desc=desc, disable=not progress, leave=False)
-            for s in bar:
-                step = epoch * spe + s
-                loss = _step(
-                    encoder, heads, opt, lr=schedule(step), batches=batches, accum=plan.accum, device=dev, step=step
-                )
-                bar.set_postfix(loss=f"{loss:.4f}")
-                ck.check_stop(heads, opt, Position(epoch, s + 1), name="attentive probe")
-            ck.save(heads, opt, Position(epoch + 1, 0))
-            if progress:
-                left = (e.attentive.epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
-                tqdm.write(f"{desc}  loss {loss:.4f}  (about {left:.0f} min left)")
+
+    def step(batches: Any, at: int) -> float:
+        return _step(encoder, heads, opt, lr=schedule(at), batches=batches, accum=plan.accum, device=dev, step=at)
+
+    announce = (
+        f"attentive probe: {plan.describe()}, {len(grid)} heads (lr x wd), {spe} steps x {e.attentive.epochs} epochs"
+    )
+    train_epochs(
+        data,
+        ck,
+        heads,
+        opt,
+        epochs=e.attentive.epochs,
+        name="attentive probe",
+        announce=announce,
+        step=step,
+        progress=progress,
+    )
     held_top1 = _top1(encoder, heads, held, cfg=cfg, device=dev, progress=progress, name="held-out")
     best = max(range(len(grid)), key=held_top1.__getitem__)
     test, _ = build_dataset(cfg.data, "test")

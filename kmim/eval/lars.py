@@ -18,7 +18,6 @@ epoch's, `best_top1` the best epoch's (MAE's printed number, a choice made on th
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,22 +26,19 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
-from kmim.config import RunConfig, plan_batch
+from kmim.config import RunConfig
 from kmim.data import build_dataset, make_loader
-from kmim.data.loader import make_train_loader
-from kmim.data.sampling import GlobalBatchSampler, SeededViews
 from kmim.data.transforms import lars_probe_transform
 from kmim.dist import all_gather_cat, gather_in_order, get_rank, get_world_size
 from kmim.engine.optim import Schedule, set_lr
-from kmim.engine.preempt import catch_preemption
 from kmim.engine.probe import probe_head
 from kmim.engine.trainer import autocast_ctx
 from kmim.errors import KmimError
 from kmim.eval.features import pool_tokens
 from kmim.eval.knn import top1
-from kmim.eval.resume import Position, ProbeCheckpoint
+from kmim.eval.probe_loop import probe_data, train_epochs
+from kmim.eval.resume import ProbeCheckpoint
 from kmim.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -97,57 +93,45 @@ def lars_probe(
     """Top-1 (%) on the test split of MAE's linear probe on the feature eval.pool: the final epoch's and the best.
     With a `checkpoint` it continues from it, saves after every epoch and stops cleanly on a preemption signal."""
     e, dev = cfg.eval, torch.device(device)
-    plan = plan_batch(cfg, "eval", get_world_size())
     train, info = build_dataset(cfg.data, "train")
     cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
-    sampler = GlobalBatchSampler(
-        len(cast(Sized, train)), plan.micro, cfg.train.seed, rank=get_rank(), world_size=get_world_size()
-    )
-    spe = len(sampler) // plan.accum
-    if spe == 0:
-        raise KmimError(
-            f"eval.lars.batch_size={e.lars.batch_size} exceeds the {len(cast(Sized, train))} training images: the "
-            "probe would take no step; lower eval.lars.batch_size"
-        )
+    data = probe_data(cfg, "eval", train, dev)
+    plan, spe = data.plan, data.steps
     encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
     te_x, te_y = test_features(encoder, test, cfg, device=dev, progress=progress)
-    loader = make_train_loader(SeededViews(train, cfg.train.seed, 0), sampler, cfg.data, device=dev)
     torch.manual_seed(cfg.train.seed)
     head = probe_head(cast("VisionTransformer", encoder).embed_dim, len(info.classes)).to(dev)
     lr = e.lars.base_lr * plan.global_batch / 256
     opt = lars_optimizer(head, lr)
     schedule = Schedule(lr, e.lars.epochs * spe, e.lars.warmup_epochs * spe)
-    ck = checkpoint or ProbeCheckpoint(None, "", cfg)
-    pos = ck.restore(head, opt)
-    if progress:
-        again = f", continuing at epoch {pos.epoch + 1} step {pos.step}" if pos.epoch or pos.step else ""
-        tqdm.write(f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars.epochs} epochs{again}")
-    history, t0, first = pos.history, time.perf_counter(), pos.epoch
-    with catch_preemption():
-        for epoch in range(pos.epoch, e.lars.epochs):
-            start = pos.step if epoch == first else 0
-            sampler.set_epoch(epoch, skip=start * plan.accum)
-            batches, loss = iter(loader), math.nan
-            bar = progress_bar(
-                range(start, spe), desc=f"lars probe {epoch + 1}/{e.lars.epochs}", disable=not progress, leave=False
-            )
-            for s in bar:
-                x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
-                loss = _head_step(head, opt, schedule(epoch * spe + s), x=x, y=y, step=epoch * spe + s)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                ck.check_stop(head, opt, Position(epoch, s + 1, history), name="lars probe")
-            head.eval()
-            with torch.no_grad():
-                history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))
-            head.train()
-            ck.save(head, opt, Position(epoch + 1, 0, history))
-            if progress:
-                left = (e.lars.epochs - epoch - 1) * (time.perf_counter() - t0) / (epoch + 1 - first) / 60
-                tqdm.write(
-                    f"lars probe epoch {epoch + 1}/{e.lars.epochs}  loss {loss:.4f}  test top-1 {history[-1]:.2f}"
-                    f"  (about {left:.0f} min left)"
-                )
+    ck, history = checkpoint or ProbeCheckpoint(None, "", cfg), []
+
+    def step(batches: Any, at: int) -> float:
+        x, y = _global_batch(encoder, batches, plan.accum, pool=e.pool, device=dev)  # (G, D), (G,)
+        return _head_step(head, opt, schedule(at), x=x, y=y, step=at)
+
+    def end_epoch(epoch: int) -> str:
+        head.eval()
+        with torch.no_grad():
+            history.append(top1(head(te_x).argmax(1).cpu(), te_y.cpu()))
+        head.train()
+        return f"  test top-1 {history[-1]:.2f}"
+
+    announce = f"lars probe: {plan.describe()}, lr {lr:.3g}, {spe} steps x {e.lars.epochs} epochs"
+    train_epochs(
+        data,
+        ck,
+        head,
+        opt,
+        epochs=e.lars.epochs,
+        name="lars probe",
+        announce=announce,
+        step=step,
+        end_epoch=end_epoch,
+        history=history,
+        progress=progress,
+    )
     ck.finish()
     best = max(range(len(history)), key=history.__getitem__)
     return {
