@@ -106,7 +106,7 @@ def attentive_probe(
     train_eval, _ = build_dataset(cfg.data, "train")
     cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
     fit, held = _split(train, train_eval, e.attentive.holdout, seed=cfg.train.seed)
-    data = probe_data(cfg, "attentive", fit, dev, what="training images left after the held-out part")
+    data = probe_data(cfg, "attentive", fit, device=dev, what="training images left after the held-out part")
     plan, spe = data.plan, data.steps
     encoder.eval().to(dev)
     grid = _grid(cfg)
@@ -128,7 +128,7 @@ def attentive_probe(
         data,
         ck,
         heads,
-        opt,
+        opt=opt,
         epochs=e.attentive.epochs,
         name="attentive probe",
         announce=announce,

@@ -95,7 +95,7 @@ def lars_probe(
     e, dev = cfg.eval, torch.device(device)
     train, info = build_dataset(cfg.data, "train")
     cast(Any, train).transform = lars_probe_transform(cfg.data, info.mean, info.std, native=info.native_size)
-    data = probe_data(cfg, "eval", train, dev)
+    data = probe_data(cfg, "eval", train, device=dev)
     plan, spe = data.plan, data.steps
     encoder.eval().to(dev)
     test, _ = build_dataset(cfg.data, "test")
@@ -123,7 +123,7 @@ def lars_probe(
         data,
         ck,
         head,
-        opt,
+        opt=opt,
         epochs=e.lars.epochs,
         name="lars probe",
         announce=announce,

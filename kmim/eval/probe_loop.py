@@ -34,7 +34,7 @@ class ProbeData:
 
 
 def probe_data(
-    cfg: RunConfig, section: str, train: Dataset[Any], device: torch.device, *, what: str = "training images"
+    cfg: RunConfig, section: str, train: Dataset[Any], *, device: torch.device, what: str = "training images"
 ) -> ProbeData:
     """The probe's global batch (BATCH_FIELDS[section]) split over this launch's processes, over `train` in the
     order of cfg.train.seed; one KmimError line when the batch exceeds the images (`what` names them)."""
@@ -58,8 +58,8 @@ def train_epochs(
     data: ProbeData,
     ck: ProbeCheckpoint,
     heads: nn.Module,
-    opt: torch.optim.Optimizer,
     *,
+    opt: torch.optim.Optimizer,
     epochs: int,
     name: str,
     announce: str,

@@ -20,19 +20,19 @@ def _data(extra=()):
 
 def test_the_sections_global_batch_is_split_and_one_larger_than_the_images_refused():
     cfg, train = _data(["eval.attentive.batch_size=4", "eval.attentive.micro_batch_size=2"])
-    data = probe_data(cfg, "attentive", train, torch.device("cpu"))
+    data = probe_data(cfg, "attentive", train, device=torch.device("cpu"))
     assert (data.plan.global_batch, data.plan.micro, data.plan.accum) == (4, 2, 2) and data.steps == len(train) // 4
     cfg, train = _data(["eval.lars.batch_size=1000"])
     with pytest.raises(
         KmimError,
         match=f"eval.lars.batch_size=1000 exceeds the {len(train)} images here: .*; lower eval.lars.batch_size",
     ):
-        probe_data(cfg, "eval", train, torch.device("cpu"), what="images here")
+        probe_data(cfg, "eval", train, device=torch.device("cpu"), what="images here")
 
 
 def test_the_loop_continues_from_the_checkpoints_position_with_its_history(tmp_path):
     cfg, train = _data(["eval.lars.batch_size=8"])
-    data = probe_data(cfg, "eval", train, torch.device("cpu"))
+    data = probe_data(cfg, "eval", train, device=torch.device("cpu"))
     head = nn.Linear(2, 2)
     opt = torch.optim.SGD(head.parameters(), lr=0.1)
     ck = ProbeCheckpoint(tmp_path / "p.pt", "enc", cfg)
@@ -48,7 +48,7 @@ def test_the_loop_continues_from_the_checkpoints_position_with_its_history(tmp_p
         data,
         ck,
         head,
-        opt,
+        opt=opt,
         epochs=2,
         name="p",
         announce="p",
