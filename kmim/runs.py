@@ -192,7 +192,8 @@ NEUTRAL = (
     "data.cache",
     *(f"run.{k}" for k in ("compile", "tensorboard", "wandb", "wandb_project", "wandb_mode")),
 )  # where the run and its data live, how the data is read and what is logged: the numbers do not depend on these
-# (run.device can, so it is not among them)
+# (run.compile can change the last bits of GPU arithmetic, not the recipe; run.device can change more, so it is not
+# among them)
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
