@@ -14,7 +14,7 @@ from kmim.config import RunConfig
 from kmim.dist import agree, broadcast_object, get_rank, get_world_size, is_main, on_main
 from kmim.engine.checkpoint import latest_checkpoint
 from kmim.engine.finetune import Finetuner, FinetuneSource
-from kmim.engine.plan import RunPlan, resolve_plan
+from kmim.engine.plan import RunPlan, Section, resolve_plan
 from kmim.engine.pretrain import pretrain, resume
 from kmim.engine.trainer import EpochHook, reopen_run, start_run
 from kmim.errors import KmimError
@@ -63,22 +63,12 @@ def continue_pretraining(
     on_epoch: EpochHook | None = None,
     command: RunConfig | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Resume: the checkpoint's config plus overrides (and, continued by the command line that started it,
-    `command`'s paths and data reading: `runs.carry_neutral`), its tokenizer, its weights, optimizer and RNG state.
-    A damaged last.pt falls back to the newest intact numbered checkpoint, with a note."""
+    """Resume (`_reopen`): the checkpoint's config plus overrides, its tokenizer, its weights, optimizer and RNG
+    state."""
     path = Path(run_dir)
-    ckpt, where, note = agree(lambda: latest_checkpoint(path))
-    if ckpt.get("kind") == "finetune":
-        raise KmimError(f"{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`")
-    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
-    cfg = cfg if command is None else carry_neutral(cfg, command)
-    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"])  # what a checkpoint cannot continue under
-    if _finished(path, ckpt, cfg.train.epochs):
+    ckpt, where, cfg, plan = _reopen(path, overrides, "train", command=command)
+    if plan is None:
         return path, RunDir(path).read_results()
-    plan = agree(lambda: resolve_plan(cfg, "train"))
-    agree(lambda: check_run_writable(path))
-    if note and is_main():
-        print(f"note: {note}", file=sys.stderr)
     scan = agree(lambda: check_images(cfg, ("train",), path, progress=progress and is_main()))
     tok = None if ckpt.get("tokenizer") is None else from_blob(ckpt["tokenizer"], str(where))
     return resume(path, plan, ckpt, tokenizer=tok, progress=progress, scan=scan, on_epoch=on_epoch)
@@ -157,23 +147,42 @@ def continue_run(
     run_dir: str, overrides: list[str], progress: bool, *, command: RunConfig | None = None
 ) -> tuple[Path, dict[str, Any]]:
     path = Path(run_dir)
-    ckpt, _, note = agree(lambda: latest_checkpoint(path))
-    if ckpt.get("kind") != "finetune":
-        raise KmimError(f"{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`")
-    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
-    cfg = cfg if command is None else carry_neutral(cfg, command)
-    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section="finetune")
-    if _finished(path, ckpt, cfg.finetune.epochs):
+    ckpt, _, cfg, plan = _reopen(path, overrides, "finetune", command=command)
+    if plan is None:
         return path, RunDir(path).read_results()
-    plan = agree(lambda: resolve_plan(cfg, "finetune"))
-    agree(lambda: check_run_writable(path))
-    if note and is_main():
-        print(f"note: {note}", file=sys.stderr)
     source = FinetuneSource(EncoderSpec.from_dict(ckpt["classifier"]).without_head(), None, ckpt["source"])
     trainer = Finetuner(plan, path, source, progress=progress, resume_from=ckpt)
     scan = agree(lambda: check_images(cfg, ("train", "test"), path, progress=progress and is_main(), min_side=1))
     reopen_run(path, cfg, ckpt["train_state"]["epoch"], scan=scan)
     return path, trainer.run()
+
+
+WRONG_KIND = {
+    "train": "{path} is a fine-tuning run: resume it with `kmim finetune --resume {path}`",
+    "finetune": "{path} is not a kmim finetune run: resume pretraining runs with `kmim pretrain --resume`",
+}
+
+
+def _reopen(
+    path: Path, overrides: list[str], section: Section, *, command: RunConfig | None
+) -> tuple[dict[str, Any], Path, RunConfig, RunPlan | None]:
+    """What continuing a run checks, for both kinds: its newest intact checkpoint (a damaged last.pt falls back to a
+    numbered one, with a note), of this kind; the checkpoint's config plus overrides (and `command`'s NEUTRAL
+    fields when the command line that started it runs again), which the checkpoint must be able to continue under;
+    then, unless the run is finished (plan None), its plan and a writable folder."""
+    ckpt, where, note = agree(lambda: latest_checkpoint(path))
+    if (ckpt.get("kind") == "finetune") != (section == "finetune"):
+        raise KmimError(WRONG_KIND[section].format(path=path))
+    cfg = agree(lambda: load_run_config(None, overrides, base=ckpt["config"]))
+    cfg = cfg if command is None else carry_neutral(cfg, command)
+    check_resume(ckpt["config"], cfg, ckpt["train_state"]["epoch"], section=section)
+    if _finished(path, ckpt, cfg.train.epochs if section == "train" else cfg.finetune.epochs):
+        return ckpt, where, cfg, None
+    plan = agree(lambda: resolve_plan(cfg, section))
+    agree(lambda: check_run_writable(path))
+    if note and is_main():
+        print(f"note: {note}", file=sys.stderr)
+    return ckpt, where, cfg, plan
 
 
 def _finished(path: Path, ckpt: dict[str, Any], epochs: int) -> bool:
