@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print each arm's training commands (to run them one by one, e.g. as separate jobs; the study, rerun "
         "without --commands, then evaluates the finished runs) and exit",
     )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print where the study stands, from its records (arms done and left, time, each group's mean so far) "
+        "and exit; nothing is run or written",
+    )
 
 
 def arm_commands(
@@ -57,12 +63,27 @@ def arm_commands(
     return lines
 
 
+def study_status(name: str, out: Path, config: str | None, *, runs: str | None = None) -> list[str]:
+    """The study's status lines (kmim.studies.status), its arms laid out as the run command lays them out; a folder
+    the study would refuse (records of arms it does not have) is refused here too."""
+    from kmim.studies.status import read_records, status_lines
+    from kmim.studies.study import arms, check_records_belong, layout
+
+    todo = arms(name, out, layout(out, config, runs))
+    check_records_belong(name, out, todo)
+    return status_lines(name, todo, read_records(out))
+
+
 def run(args: argparse.Namespace) -> int:
     names = STUDIES if args.name == "all" else (args.name,)
     folders = [Path(args.out) / name if args.name == "all" else Path(args.out) for name in names]
     if args.commands:
         for name, out in zip(names, folders, strict=True):
             print("\n".join(arm_commands(name, out, args.config, overrides=list(args.overrides), runs=args.runs)))
+        return 0
+    if args.status:
+        for name, out in zip(names, folders, strict=True):
+            print("\n".join(study_status(name, out, args.config, runs=args.runs)))
         return 0
 
     def run_all() -> None:
