@@ -183,9 +183,16 @@ def evaluate_arm(cfg: RunConfig, run_dir: Path, curve: bool, *, progress: bool) 
         "n_test": len(tey),
         **_token_scores(cfg, run_dir, progress),
     }
+    say(progress, f"evaluated: kNN {knn:.1f}, linear probe {probe:.1f}, low-shot {low['mean']:.1f}")
     if curve:
-        rec.update(_curves(cfg, run_dir))
+        rec.update(_curves(cfg, run_dir, progress=progress))
     return rec
+
+
+def say(progress: bool, line: str) -> None:
+    """One plain line of an arm's progress (the log of a long study shows each stage, not only the bars)."""
+    if progress and is_main():
+        print(f"  {line}", flush=True)
 
 
 def _encoder_probe(encoder: torch.nn.Module, cfg: RunConfig, checkpoint: Path, *, progress: bool) -> float:
@@ -255,7 +262,7 @@ def probe_epochs(cfg: RunConfig) -> set[int]:
     return {max(t.save_every, round(f * t.epochs / t.save_every) * t.save_every) for f in PROBE_AT}
 
 
-def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
+def _curves(cfg: RunConfig, run_dir: Path, *, progress: bool = False) -> dict[str, list[list[float]]]:
     """{"curve": [[epoch, kNN top-1]] at every numbered checkpoint, "probe_curve": [[epoch, probe top-1]] at those
     in PROBE_AT}."""
     from kmim.eval import load_encoder, split_features
@@ -275,6 +282,7 @@ def _curves(cfg: RunConfig, run_dir: Path) -> dict[str, list[list[float]]]:
         knn_pts.append([epoch, knn])
         if probe is not None:
             probe_pts.append([epoch, probe])
+        say(progress, f"epoch {epoch}: kNN {knn:.1f}" + (f", linear probe {probe:.1f}" if probe is not None else ""))
     return {"curve": knn_pts, "probe_curve": probe_pts}
 
 
@@ -397,11 +405,17 @@ def run_arm(
         t2 = time.perf_counter()
         rec.update(online_study.evaluate(cfg, run_dir, device=_device(cfg), progress=progress))
         rec.update(_target_curves(run_dir))
+        teacher = rec.get("teacher_knn_top1")
+        say(
+            progress,
+            f"attentive probe {rec['attentive_top1']:.1f}" + (f", teacher kNN {teacher:.1f}" if teacher else ""),
+        )
         rec["eval_s"] = round(rec["eval_s"] + time.perf_counter() - t2, 1)
     if curve and arm.seed in FINETUNE_SEEDS:  # vs-mae
         t2 = time.perf_counter()
         rec["finetune_top1"] = _finetune(run_dir, progress)
         rec["finetune_s"] = round(time.perf_counter() - t2, 1)
+        say(progress, f"fine-tuned: top-1 {rec['finetune_top1']:.1f}")
     rec["code"] = {"pretrained": RunDir(run_dir).commits(), "evaluated": git_sha()}  # commits ("-dirty": edits)
     on_main(lambda: write_json(out / "records" / f"{arm.name}.json", rec))  # rank 0 writes
     return rec

@@ -292,3 +292,10 @@ def test_a_study_checks_what_every_arm_needs_of_the_data_before_the_first_trains
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and want in err[0], err
     assert not (out / "runs").exists() and not (out / "records").exists()
+
+
+def test_an_arm_says_its_stages_in_plain_lines_only_with_progress(capsys):
+    """A study's log shows each evaluation stage as a line (bars alone leave minutes of silence in a log file)."""
+    S.say(True, "evaluated: kNN 41.0")
+    S.say(False, "not shown")
+    assert capsys.readouterr().out == "  evaluated: kNN 41.0\n"
