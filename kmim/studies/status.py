@@ -9,9 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kmim.studies.common import Arm
+from kmim.studies.common import Arm, cell
 
 COLUMNS = (  # (record key, header); a column is shown when any record has it
     ("tcas", "TCAS"),
@@ -37,14 +35,9 @@ def arm_seconds(rec: dict[str, Any]) -> float:
     return float(sum(rec.get(k) or 0.0 for k in ("train_s", "eval_s", "finetune_s")))
 
 
-def _cell(values: list[float]) -> str:
-    """mean ± sample sd over seeds ("mean" alone for one seed, "–" for none)."""
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}" if abs(values[0]) >= 1 else f"{values[0]:.3f}"
-    m, s = float(np.mean(values)), float(np.std(values, ddof=1))
-    return f"{m:.1f} ± {s:.1f}" if abs(m) >= 1 else f"{m:.3f} ± {s:.3f}"
+def _cell(values: list[float], key: str) -> str:
+    """mean ± sample sd over the done seeds (the mean alone for one, "–" for none); TCAS to 3 decimals."""
+    return cell(values, ".3f" if key == "tcas" else ".1f") if values else "–"
 
 
 def group_table(todo: list[Arm], records: dict[str, dict[str, Any]]) -> list[str]:
@@ -60,7 +53,7 @@ def group_table(todo: list[Arm], records: dict[str, dict[str, Any]]) -> list[str
     for g in groups:
         arms = [a for a in todo if a.group == g]
         recs = [records[a.name] for a in arms if a.name in records]
-        cells = [_cell([float(r[k]) for r in recs if r.get(k) is not None]) for k, _ in cols]
+        cells = [_cell([float(r[k]) for r in recs if r.get(k) is not None], k) for k, _ in cols]
         lines.append(f"| {g} | {len(recs)}/{len(arms)} | " + " | ".join(cells) + " |")
     return lines
 
