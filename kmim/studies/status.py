@@ -31,7 +31,8 @@ def read_records(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def arm_seconds(rec: dict[str, Any]) -> float:
-    """An arm's wall time: pretraining + evaluation + fine-tuning, as its record says."""
+    """An arm's wall time: pretraining + evaluation + fine-tuning, as its record says (the time of the process that
+    wrote it: an arm whose run was trained in an earlier session or another study counts its evaluation only)."""
     return float(sum(rec.get(k) or 0.0 for k in ("train_s", "eval_s", "finetune_s")))
 
 
