@@ -48,14 +48,14 @@ def group_table(todo: list[Arm], records: dict[str, dict[str, Any]]) -> list[str
     done = [records[a.name] for a in todo if a.name in records]
     cols = [(k, h) for k, h in COLUMNS if any(r.get(k) is not None for r in done)]
     lines = [
-        "| group | seeds done | " + " | ".join(h for _, h in cols) + " |",
+        "| " + " | ".join(["group", "seeds done", *(h for _, h in cols)]) + " |",
         "|---|---:|" + "---:|" * len(cols),
     ]
     for g in groups:
         arms = [a for a in todo if a.group == g]
         recs = [records[a.name] for a in arms if a.name in records]
         cells = [_cell([float(r[k]) for r in recs if r.get(k) is not None], k) for k, _ in cols]
-        lines.append(f"| {g} | {len(recs)}/{len(arms)} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([g, f"{len(recs)}/{len(arms)}", *cells]) + " |")
     return lines
 
 

@@ -22,6 +22,7 @@ def test_group_table_averages_the_done_seeds_of_each_group_in_the_study_order():
     assert rows[0] == "| group | seeds done | kNN | fine-tuning |"  # only the columns some record has
     assert rows[2] == "| a | 2/2 | 41.0 ± 1.4 | 60.0 |"  # mean 41, sample sd sqrt(2) = 1.41; one fine-tuned seed
     assert rows[3] == "| b | 1/2 | 50.0 | – |"
+    assert group_table(ARMS, {})[:3] == ["| group | seeds done |", "|---|---:|", "| a | 0/2 |"]  # nothing done yet
 
 
 def test_status_counts_arms_time_and_the_time_left_and_gives_no_verdict_until_complete():
