@@ -55,8 +55,12 @@ def mean_sd(v: list[float]) -> tuple[float, float]:
 
 
 def noise(records: list[dict[str, Any]]) -> str:
+    """The test set's own noise at the level the arms reach: sqrt(p (1 - p) / n) at p = their mean kNN top-1 (to
+    the nearest 5 %; 80 % when no record has a kNN)."""
     n = records[0]["n_test"]
-    return f"one binomial SE of a top-1 near 80 % on {n} test images is {binomial_se(80.0, n):.1f} pt"
+    knn = [r["knn_top1"] for r in records if r.get("knn_top1") is not None]
+    p = 5.0 * round(float(np.mean(knn)) / 5.0) if knn else 80.0
+    return f"one binomial SE of a top-1 near {p:.0f} % on {n} test images is {binomial_se(p, n):.1f} pt"
 
 
 def groups(records: Iterable[dict[str, Any]], by: str = "group") -> dict[Any, list[dict[str, Any]]]:
