@@ -21,13 +21,18 @@ from kmim.errors import KmimError
 
 
 def git_sha() -> str | None:
-    """The git commit of the kmim source tree, with '-dirty' when it has uncommitted changes; None outside git."""
+    """The git commit of the kmim source tree, with '-dirty' when what sets the numbers (the package, the presets,
+    the dependencies) has uncommitted changes, untracked files included; new results or docs beside it do not
+    count. None outside git."""
     src = Path(kmim.__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True, timeout=5)
+        code = ["kmim", "configs", "pyproject.toml"]
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *code], cwd=src, capture_output=True, text=True, timeout=5
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
