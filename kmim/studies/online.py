@@ -243,8 +243,10 @@ def _collapse(records: list[dict[str, Any]], present: set[str]) -> list[str]:
             continue
         used = [row[1] for row in last]
         word = "**collapsed**" if min(used) < 0.1 else "not collapsed"
+        lo, hi = f"{100 * min(used):.0f}", f"{100 * max(used):.0f}"
+        span = lo if lo == hi else f"{lo}–{hi}"
         out.append(
-            f"{g}: the teacher's argmax uses {100 * min(used):.0f}–{100 * max(used):.0f} % of the K ids in the last "
+            f"{g}: the teacher's argmax uses {span} % of the K ids in the last "
             f"epoch (perplexity {np.mean([row[2] for row in last]):.1f} of {ONLINE_K}): {word} (rule: under 10 %)."
         )
     return out
@@ -325,7 +327,7 @@ def _collapse_table(records: list[dict[str, Any]], out: Path) -> list[str]:
         "",
         "## Online targets in the last epoch (mean over seeds)",
         "",
-        "| method | teacher ids used | teacher perplexity | targets' argmax = teacher's | student masked top-1 | "
+        "| method | teacher ids used | teacher perplexity | targets' argmax = teacher's | student masked top-1 (%) | "
         f"targets' entropy (log K = {np.log(ONLINE_K):.2f}) | TCAS (1,000 images) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -82,7 +82,7 @@ def test_rules_compare_online_with_offline_decoders_networks_and_name_a_collapse
     assert "kmim-pixels-k50 +10.0 (SE 0.7): **cross ahead**" in dec
     assert any("online-k50, teacher − student: kNN +10.0 (SE 0.7): **teacher ahead**" in x for x in lines)
     assert any(x.startswith("Sinkhorn over all patches − position-wise: kNN (student) +0.0") for x in lines)
-    assert any("online-k50: the teacher's argmax uses 5–5 % of the K ids" in x and "**collapsed**" in x for x in lines)
+    assert any("online-k50: the teacher's argmax uses 5 % of the K ids" in x and "**collapsed**" in x for x in lines)
     assert any("online-k50-allsk: " in x and "not collapsed" in x for x in lines)
     assert online.rules([_rec("mae-normpix", 0, 1.0)]) == ["No online arm has a record yet: no verdict."]
 
