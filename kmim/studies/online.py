@@ -23,6 +23,7 @@ every epoch (train.health_images).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,10 +133,36 @@ def network_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, 
     }
 
 
+def kept_scores(cfg: RunConfig, run_dir: Path, network: str, *, device: str, progress: bool) -> dict[str, Any]:
+    """`network_scores`, kept in RUN/probes/scores-<network>.json under the attentive probe's key (the encoder file,
+    the data and eval sections, the seed), so that a study stopped during the teacher's probes does not redo the
+    student's (~9 min an arm at Imagenette-64). A file under another key is recomputed and replaced."""
+    from kmim.dist import on_main
+    from kmim.engine.checkpoint import resolve_checkpoint
+    from kmim.eval.resume import probe_checkpoint
+    from kmim.runinfo import write_json
+    from kmim.studies.study import say
+
+    ck = probe_checkpoint(resolve_checkpoint(run_dir), cfg, network, probe="attentive")
+    path = run_dir / "probes" / f"scores-{network}.json"
+    key = json.loads(json.dumps(ck.key)) if ck is not None else None  # as the file holds it
+    if key is not None and path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            say(progress, f"{network}: probes kept in {path}")
+            return dict(kept["scores"])
+    scores = network_scores(cfg, run_dir, network, device=device, progress=progress)
+    if key is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        on_main(lambda: write_json(path, {"key": key, "scores": scores}))
+    return scores
+
+
 def evaluate(cfg: RunConfig, run_dir: Path, *, device: str, progress: bool) -> dict[str, Any]:
     """The study's extra numbers for one arm: the student's at both pools and its attentive probe, and for an
-    online arm its teacher's (`teacher_*`); `networks` names what was evaluated."""
-    student = network_scores(cfg, run_dir, "student", device=device, progress=progress)
+    online arm its teacher's (`teacher_*`); `networks` names what was evaluated (each network's numbers are kept
+    in the run folder as they land: `kept_scores`)."""
+    student = kept_scores(cfg, run_dir, "student", device=device, progress=progress)
     rec: dict[str, Any] = {
         "networks": ["student"],
         "attentive_top1": student["attentive_top1"],
@@ -144,7 +171,7 @@ def evaluate(cfg: RunConfig, run_dir: Path, *, device: str, progress: bool) -> d
         "pools": {"student": student["pools"]},
     }
     if cfg.train.target == "online-clusters":
-        teacher = network_scores(cfg, run_dir, "teacher", device=device, progress=progress)
+        teacher = kept_scores(cfg, run_dir, "teacher", device=device, progress=progress)
         rec["networks"].append("teacher")
         rec["pools"]["teacher"] = teacher.pop("pools")
         rec.update({f"teacher_{k}": v for k, v in teacher.items()})

@@ -98,3 +98,31 @@ def test_tables_show_the_teacher_beside_the_student(tmp_path):
     assert "| online-k50 | 50 % | 4.0 | 20 % | 12.0 | 3.00 | – |" in text
     assert (tmp_path / "online-over-epochs.png").is_file()
     json.dumps(recs)  # records stay JSON
+
+
+def test_a_networks_scores_are_kept_and_recomputed_for_another_encoder(tmp_path, monkeypatch):
+    from kmim.config import RunConfig
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"weights")
+    calls = []
+
+    def fake(cfg, run_dir, network, *, device, progress):
+        calls.append(network)
+        return {"attentive_top1": 50.0 + len(calls), "pools": {"avg": {"knn": 1.5, "probe": 2.5}}}
+
+    monkeypatch.setattr(online, "network_scores", fake)
+    cfg = RunConfig()
+    first = online.kept_scores(cfg, run, "student", device="cpu", progress=False)
+    again = online.kept_scores(cfg, run, "student", device="cpu", progress=False)
+    assert calls == ["student"] and again == first == {
+        "attentive_top1": 51.0,
+        "pools": {"avg": {"knn": 1.5, "probe": 2.5}},
+    }
+    assert json.loads((run / "probes" / "scores-student.json").read_text())["scores"] == first
+    online.kept_scores(cfg, run, "teacher", device="cpu", progress=False)  # another network: its own file
+    (run / "checkpoints" / "last.pt").write_bytes(b"other weights")  # another encoder file: recomputed
+    assert online.kept_scores(cfg, run, "student", device="cpu", progress=False)["attentive_top1"] == 53.0
+    assert calls == ["student", "teacher", "student"]
