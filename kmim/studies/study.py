@@ -421,6 +421,24 @@ def run_arm(
     return rec
 
 
+def rebuild_read_runs(
+    arm: Arm, todo: list[Arm], out: Path, config: str | None, *, overrides: list[str], lay: Layout, progress: bool
+) -> None:
+    """Pretrain again, from its arm's config (the same command and seed), a recorded arm's run that `arm` reads
+    (tokenizer.encoder=<that run>) when its folder has no checkpoints/last.pt: the runs are not committed, so a study
+    continued on another machine has the records but not the runs."""
+    from kmim.studies.demo import pretrain_or_resume
+
+    enc = arm_config(arm, out, config, overrides=overrides, lay=lay).tokenizer.encoder
+    for dep in todo:
+        run = lay.runs / lay.run_name(dep)
+        if not enc or dep is arm or Path(enc).resolve() != run.resolve() or (run / "checkpoints" / "last.pt").is_file():
+            continue
+        if (out / "records" / f"{dep.name}.json").is_file():
+            say(progress, f"{arm.name} reads {run}, which is not here: pretraining it again ({dep.name}'s config)")
+            pretrain_or_resume(arm_config(dep, out, config, overrides=overrides, lay=lay), progress)
+
+
 # ---- the study ----------------------------------------------------------------------------------------------------
 
 
@@ -458,6 +476,7 @@ def run_study(
             continue
         if progress and is_main():
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
+        rebuild_read_runs(arm, todo, out, config, overrides=overrides, lay=lay, progress=progress)
         curve = study == "vs-mae"
         records.append(
             run_arm(arm, out, config, overrides=overrides, curve=curve, progress=progress, study=study, lay=lay)

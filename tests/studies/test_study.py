@@ -299,3 +299,28 @@ def test_an_arm_says_its_stages_in_plain_lines_only_with_progress(capsys):
     S.say(True, "evaluated: kNN 41.0")
     S.say(False, "not shown")
     assert capsys.readouterr().out == "  evaluated: kNN 41.0\n"
+
+
+def test_a_recorded_run_that_a_later_arm_reads_is_pretrained_again_where_it_is_missing(tmp_path, monkeypatch):
+    import kmim.studies.demo as D
+
+    lay = S.layout(tmp_path, None)
+    todo = S.arms("tcas-vs-probe", tmp_path, lay)
+    built = []
+    monkeypatch.setattr(D, "pretrain_or_resume", lambda cfg, progress: built.append(cfg.name))
+    reader = next(a for a in todo if a.name.startswith("mae-features") and a.seed == 1)
+
+    def rebuild(arm):
+        S.rebuild_read_runs(arm, todo, tmp_path, None, overrides=[], lay=lay, progress=False)
+
+    rebuild(reader)  # the MAE run is neither recorded nor here: the study trains it as an arm of its own
+    assert built == []
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "mae-normpix-s1.json").write_text("{}")
+    rebuild(reader)  # recorded (another machine), its folder missing here: pretrained again
+    rebuild(next(a for a in todo if a.name.startswith("hog")))  # reads no run
+    assert built == ["mae-normpix-s1"]
+    (lay.runs / "mae-normpix-s1" / "checkpoints").mkdir(parents=True)
+    (lay.runs / "mae-normpix-s1" / "checkpoints" / "last.pt").write_bytes(b"weights")
+    rebuild(reader)  # here: read as it is
+    assert built == ["mae-normpix-s1"]
