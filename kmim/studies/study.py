@@ -422,7 +422,7 @@ def run_arm(
 
 
 def rebuild_read_runs(
-    arm: Arm, todo: list[Arm], out: Path, config: str | None, *, overrides: list[str], lay: Layout, progress: bool
+    arm: Arm, todo: list[Arm], out: Path, *, config: str | None, overrides: list[str], lay: Layout, progress: bool
 ) -> None:
     """Pretrain again, from its arm's config (the same command and seed), a recorded arm's run that `arm` reads
     (tokenizer.encoder=<that run>) when its folder has no checkpoints/last.pt: the runs are not committed, so a study
@@ -476,7 +476,7 @@ def run_study(
             continue
         if progress and is_main():
             print(f"[{study}] arm {i + 1}/{len(todo)}: {arm.name}", flush=True)
-        rebuild_read_runs(arm, todo, out, config, overrides=overrides, lay=lay, progress=progress)
+        rebuild_read_runs(arm, todo, out, config=config, overrides=overrides, lay=lay, progress=progress)
         curve = study == "vs-mae"
         records.append(
             run_arm(arm, out, config, overrides=overrides, curve=curve, progress=progress, study=study, lay=lay)

@@ -311,7 +311,7 @@ def test_a_recorded_run_that_a_later_arm_reads_is_pretrained_again_where_it_is_m
     reader = next(a for a in todo if a.name.startswith("mae-features") and a.seed == 1)
 
     def rebuild(arm):
-        S.rebuild_read_runs(arm, todo, tmp_path, None, overrides=[], lay=lay, progress=False)
+        S.rebuild_read_runs(arm, todo, tmp_path, config=None, overrides=[], lay=lay, progress=False)
 
     rebuild(reader)  # the MAE run is neither recorded nor here: the study trains it as an arm of its own
     assert built == []
